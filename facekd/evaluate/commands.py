@@ -1,0 +1,88 @@
+"""CLI commands of the evaluation area: `facekd eval-ijb` and `facekd eval-reid` (thin wrappers)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _load_npy(path: Path, what: str):
+    import numpy as np
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} file not found")
+    return np.load(path, allow_pickle=False)
+
+
+def eval_ijb(
+    features: Path = typer.Option(..., help="Raw per-image features .npy, rows in <t>_face_tid_mid.txt order."),
+    meta: Path = typer.Option(..., help="IJB release folder holding meta/<t>_*.txt (e.g. IJB_release/IJBC)."),
+    target: str = typer.Option("IJBC", help="IJBC or IJBB (selects the meta file prefix)."),
+    features_flip: Optional[Path] = typer.Option(None, help="Raw features of the mirrored images (.npy)."),
+    halves: bool = typer.Option(False, help="`features` holds [orig | flip] column halves, as eval_ijbc's img_feats."),
+    flip: str = typer.Option("sum", help="sum (F1, default) | concat | none (F0)."),
+    norm_score: bool = typer.Option(True, help="N1: keep the feature norm as a quality weight (no pre-normalising)."),
+    detector_score: bool = typer.Option(True, help="D1: multiply each image feature by its faceness score."),
+    out: Path = typer.Option(Path("ijb_results"), help="Output folder: <target>.npy scores, .json, _roc.png."),
+) -> None:
+    """IJB-B/C 1:1 verification (arcface_torch eval_ijbc.py protocol) from precomputed features."""
+    from facekd.data.ijb import read_ijb_meta
+    from facekd.evaluate.ijb import evaluate_ijb, write_ijb_outputs
+
+    x = _load_npy(features, "features")
+    xf = _load_npy(features_flip, "features_flip") if features_flip is not None else None
+    if halves:
+        if x.ndim != 2 or x.shape[1] % 2:
+            raise ValueError(f"{features}: --halves needs an (N, 2d) array, got shape {x.shape}")
+        x, xf = x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2:]
+    m = read_ijb_meta(meta, target)
+    if x.shape[0] != len(m.templates):
+        raise ValueError(f"{features}: {x.shape[0]} rows but {target} meta lists {len(m.templates)} images")
+    res = evaluate_ijb(x, m.templates, m.medias, m.pairs_t1, m.pairs_t2, m.pairs_label, features_flip=xf,
+                       faceness=m.faceness, flip=flip, norm_score=norm_score, detector_score=detector_score)
+    write_ijb_outputs(res, out, target.upper())
+    typer.echo(f"{target.upper()} {res.settings['code']}: {int(res.labels.sum())} genuine / "
+               f"{int((~res.labels).sum())} impostor template pairs\n{res.table()}")
+
+
+def _load_reid_split(path: Path) -> tuple:
+    import numpy as np
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: re-ID features file not found")
+    with np.load(path, allow_pickle=False) as z:
+        missing = [k for k in ("features", "pids", "camids") if k not in z.files]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {missing}; expected an .npz with features (N, d), pids (N,), camids (N,)")
+        return z["features"], z["pids"], z["camids"]
+
+
+def eval_reid(
+    query: Path = typer.Option(..., help=".npz with features (Q, d), pids (Q,), camids (Q,)."),
+    gallery: Path = typer.Option(..., help=".npz with features (G, d), pids (G,), camids (G,)."),
+    metric: str = typer.Option("cosine", help="cosine (fast-reid) or euclidean (squared, reid-strong-baseline)."),
+    normalize: bool = typer.Option(True, help="L2-normalise features first (FEAT_NORM=yes)."),
+    max_rank: int = typer.Option(50, help="CMC length."),
+    out: Optional[Path] = typer.Option(None, help="Also write the metrics as JSON here."),
+) -> None:
+    """Market-1501-protocol re-ID metrics: CMC rank-1/5/10, mAP, mINP."""
+    from facekd.evaluate.reid import evaluate_reid_features
+    from facekd.utils import save_json
+
+    qf, qp, qc = _load_reid_split(query)
+    gf, gp, gc = _load_reid_split(gallery)
+    res = evaluate_reid_features(qf, gf, qp, gp, qc, gc, metric=metric, normalize=normalize, max_rank=max_rank)
+    d = res.to_dict()
+    typer.echo(f"rank1 {100 * d['rank1']:.2f}  rank5 {100 * d.get('rank5', float('nan')):.2f}  "
+               f"rank10 {100 * d.get('rank10', float('nan')):.2f}  mAP {100 * d['mAP']:.2f}  mINP {100 * d['mINP']:.2f}"
+               f"  ({d['num_valid_queries']}/{d['num_queries']} queries with a match)")
+    if out is not None:
+        save_json(out, d | {"cmc": res.cmc.tolist(), "metric_name": metric})
+
+
+def register(app: typer.Typer) -> None:
+    """Add `eval-ijb` and `eval-reid` to the facekd app."""
+    app.command("eval-ijb")(eval_ijb)
+    app.command("eval-reid")(eval_reid)

@@ -1,0 +1,331 @@
+"""1:1 verification metrics: TAR@FAR (two conventions), ROC, insightface's 10-fold `.bin` accuracy.
+
+Scores are similarities (higher = more alike), `issame` is a boolean array (True = genuine pair).
+
+Two TAR@FAR conventions (face-ecosystem.md §5):
+
+* ``"insightface"`` — what eval_ijbc.py, FaceX-Zoo and TFace print: ``sklearn.metrics.roc_curve``
+  with its defaults (``drop_intermediate=True``), both arrays flipped, then the ROC vertex with the
+  smallest ``|fpr - target|`` (ties go to the largest TPR). Nearest point, no interpolation; the
+  realised FAR may be *above* the target.
+* ``"strict"`` — FAR ≤ target, tie-safe: ``k = floor(target·|I|)``, ``τ`` = the (k+1)-th largest
+  impostor score, accept scores strictly greater than ``τ``. At most ``k`` impostors are accepted,
+  even with ties. ``k = 0`` gives ``τ = max(impostors)``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import normalize
+
+from facekd.utils import atomic_path, check_embeddings
+
+CONVENTIONS = ("strict", "insightface")
+DEFAULT_FARS = (1e-2, 1e-3, 1e-4)
+
+
+@dataclass(frozen=True)
+class TarAtFar:
+    """One operating point. `achieved_far` is the FAR actually realised at `threshold`."""
+
+    far: float
+    tar: float
+    threshold: float
+    achieved_far: float
+    n_genuine: int
+    n_impostor: int
+    expected_false_accepts: float  # far · n_impostor: below ~10-100 the TAR is unstable
+    convention: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_scores(scores, issame, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+    """Validate (n,) scores and (n,) booleans; return (genuine, impostor) float64 score arrays."""
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    y = np.asarray(issame)
+    if y.shape != (s.size,):
+        raise ValueError(f"{name}: issame has shape {y.shape}, expected ({s.size},) like the scores")
+    if y.dtype != np.bool_:
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError(f"{name}: issame must be boolean or 0/1, got values {np.unique(y)[:5].tolist()}")
+        y = y.astype(bool)
+    if not np.isfinite(s).all():
+        bad = np.flatnonzero(~np.isfinite(s))
+        raise ValueError(f"{name}: {bad.size} scores are NaN or inf (first rows {bad[:5].tolist()})")
+    gen, imp = s[y], s[~y]
+    if gen.size == 0 or imp.size == 0:
+        raise ValueError(f"{name}: need both genuine and impostor pairs, got {gen.size} genuine, {imp.size} impostor")
+    return gen, imp
+
+
+def strict_threshold(impostor: np.ndarray, far: float) -> tuple[float, int]:
+    """τ for FAR ≤ `far`: the (k+1)-th largest impostor score, k = floor(far·|I|). Returns (τ, k).
+
+    When k ≥ |I| (far = 1), τ = -inf (everything accepted).
+    """
+    n = impostor.size
+    # round() guards against 1e-3 * 3000 = 2.9999999999999996 style products
+    k = int(math.floor(round(far * n, 9)))
+    if k >= n:
+        return -math.inf, k
+    return float(np.partition(impostor, n - 1 - k)[n - 1 - k]), k
+
+
+def tar_at_far(scores, issame, fars: Sequence[float] = DEFAULT_FARS, convention: str = "strict") -> list[TarAtFar]:
+    """TAR at each target FAR for similarity `scores` (n,) and boolean `issame` (n,).
+
+    convention: "strict" (FAR ≤ target, accept s > τ) or "insightface" (nearest ROC vertex,
+    accept s ≥ τ). See the module docstring.
+    """
+    if convention not in CONVENTIONS:
+        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+    for far in fars:
+        if not 0.0 < far <= 1.0:
+            raise ValueError(f"target FAR must be in (0, 1], got {far}")
+    gen, imp = split_scores(scores, issame)
+    ng, ni = gen.size, imp.size
+    out = []
+    if convention == "strict":
+        for far in fars:
+            tau, _ = strict_threshold(imp, far)
+            out.append(TarAtFar(float(far), float(np.mean(gen > tau)), tau, float(np.mean(imp > tau)),
+                                ng, ni, float(far) * ni, convention))
+        return out
+    y = np.concatenate([np.ones(ng, bool), np.zeros(ni, bool)])
+    fpr, tpr, thr = roc_curve(y, np.concatenate([gen, imp]))
+    fpr, tpr, thr = np.flipud(fpr), np.flipud(tpr), np.flipud(thr)
+    for far in fars:
+        i = int(np.argmin(np.abs(fpr - far)))
+        out.append(TarAtFar(float(far), float(tpr[i]), float(thr[i]), float(fpr[i]), ng, ni, float(far) * ni, convention))
+    return out
+
+
+@dataclass(frozen=True)
+class Roc:
+    """ROC vertices (sklearn.metrics.roc_curve, drop_intermediate=True) and the AUC."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    thresholds: np.ndarray
+    auc: float
+
+
+def roc(scores, issame) -> Roc:
+    """ROC of similarity `scores` (n,) against boolean `issame` (n,)."""
+    gen, imp = split_scores(scores, issame)
+    y = np.concatenate([np.ones(gen.size, bool), np.zeros(imp.size, bool)])
+    s = np.concatenate([gen, imp])
+    fpr, tpr, thr = roc_curve(y, s)
+    return Roc(fpr, tpr, thr, float(roc_auc_score(y, s)))
+
+
+def plot_roc(curves: Mapping[str, tuple], path: str | os.PathLike, title: str = "ROC",
+             fars: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)) -> None:
+    """Write a PNG (or any matplotlib suffix) of TAR vs log-FAR for each named (scores, issame).
+
+    The x-axis starts at the smallest positive FAR any curve reaches (or min(fars)).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    low = min(fars)
+    for name, (scores, issame) in curves.items():
+        r = roc(scores, issame)
+        keep = r.fpr > 0
+        if keep.any():
+            low = min(low, float(r.fpr[keep].min()))
+        ax.plot(r.fpr[keep], r.tpr[keep], label=f"{name} (AUC {r.auc:.4f})")
+    ax.set_xscale("log")
+    ax.set_xlim(low, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    for far in fars:
+        ax.axvline(far, color="0.85", lw=0.6, zorder=0)
+    ax.set_xlabel("False Accept Rate")
+    ax.set_ylabel("True Accept Rate")
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# insightface `.bin` protocol (AT/eval/verification.py::evaluate / calculate_roc)
+
+INSIGHTFACE_THRESHOLDS = np.arange(0, 4, 0.01)
+
+
+@dataclass(frozen=True)
+class VerificationAccuracy:
+    """Mean/std (ddof=0) of the per-fold accuracies; per-fold best thresholds (squared L2)."""
+
+    mean: float
+    std: float
+    thresholds: np.ndarray  # (nfolds,)
+    fold_accuracies: np.ndarray  # (nfolds,)
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "thresholds": self.thresholds.tolist(),
+                "fold_accuracies": self.fold_accuracies.tolist()}
+
+
+def _accuracy_per_threshold(dist: np.ndarray, same: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """Accuracy of "same iff dist < t" for each t: (#genuine < t + #impostor ≥ t) / n, by sorting."""
+    tp = np.searchsorted(np.sort(dist[same]), thresholds, side="left")
+    imp = np.sort(dist[~same])
+    tn = imp.size - np.searchsorted(imp, thresholds, side="left")
+    return (tp + tn) / dist.size
+
+
+def verification_accuracy(emb_a, emb_b, issame, nfolds: int = 10) -> VerificationAccuracy:
+    """insightface's k-fold accuracy for pairs (emb_a[i], emb_b[i]), emb_* (n, d), issame (n,).
+
+    Rows are L2-normalised (float32, as insightface), distance = squared L2 in [0, 4], a pair is
+    "same" when dist < threshold, thresholds = arange(0, 4, 0.01). Contiguous folds
+    (KFold(nfolds, shuffle=False)); per fold the threshold with the best accuracy on the other
+    folds (argmax: ties → smallest threshold) is applied to the held-out fold.
+    """
+    a = normalize(check_embeddings(emb_a, "emb_a"))
+    b = normalize(check_embeddings(emb_b, "emb_b"))
+    y = np.asarray(issame, dtype=bool).ravel()
+    if a.shape != b.shape or y.size != a.shape[0]:
+        raise ValueError(f"verification_accuracy: emb_a {a.shape}, emb_b {b.shape}, issame ({y.size},) must agree")
+    if y.size < nfolds:
+        raise ValueError(f"verification_accuracy: {y.size} pairs cannot make {nfolds} folds")
+    dist = np.sum(np.square(a - b), 1)
+    splits = KFold(n_splits=nfolds, shuffle=False).split(np.arange(y.size)) if nfolds > 1 else [(np.arange(y.size),) * 2]
+    accs, best = [], []
+    for train, test in splits:
+        t = int(np.argmax(_accuracy_per_threshold(dist[train], y[train], INSIGHTFACE_THRESHOLDS)))
+        best.append(INSIGHTFACE_THRESHOLDS[t])
+        accs.append(_accuracy_per_threshold(dist[test], y[test], INSIGHTFACE_THRESHOLDS[t:t + 1])[0])
+    accs = np.asarray(accs)
+    return VerificationAccuracy(float(accs.mean()), float(accs.std()), np.asarray(best), accs)
+
+
+@dataclass(frozen=True)
+class AccuracyFlip:
+    """insightface's Accuracy-Flip (mean, std over folds) and XNorm (mean raw embedding norm)."""
+
+    mean: float
+    std: float
+    xnorm: float
+    accuracy: VerificationAccuracy
+
+
+def accuracy_flip(emb_raw_orig, emb_raw_flip, issame, nfolds: int = 10) -> AccuracyFlip:
+    """Accuracy-Flip of a `.bin` set: raw embeddings (2n, d) of each image and of its mirror.
+
+    Rows 2i and 2i+1 are pair i (the `.bin` layout). The pair embedding is
+    normalize(orig + flip); XNorm is the mean raw L2 norm over both copies (4n rows).
+    """
+    o = check_embeddings(emb_raw_orig, "emb_raw_orig")
+    f = check_embeddings(emb_raw_flip, "emb_raw_flip")
+    if o.shape != f.shape or o.shape[0] % 2:
+        raise ValueError(f"accuracy_flip: orig {o.shape} and flip {f.shape} must be equal (2n, d) arrays")
+    xnorm = float(np.concatenate([np.linalg.norm(o, axis=1), np.linalg.norm(f, axis=1)]).astype(np.float64).mean())
+    emb = normalize(o + f)
+    acc = verification_accuracy(emb[0::2], emb[1::2], issame, nfolds)
+    return AccuracyFlip(acc.mean, acc.std, xnorm, acc)
+
+
+def format_insightface_line(name: str, step: int, acc: float, std: float, *,
+                            xnorm: float | None = None, highest: float | None = None) -> str:
+    """The log lines CallBackVerification prints, newline-joined in its order:
+
+    ``[lfw][2000]XNorm: 21.123456`` (if xnorm), ``[lfw][2000]Accuracy-Flip: 0.99817+-0.00229``,
+    ``[lfw][2000]Accuracy-Highest: 0.99817`` (if highest).
+    """
+    lines = []
+    if xnorm is not None:
+        lines.append("[%s][%d]XNorm: %f" % (name, step, xnorm))
+    lines.append("[%s][%d]Accuracy-Flip: %1.5f+-%1.5f" % (name, step, acc, std))
+    if highest is not None:
+        lines.append("[%s][%d]Accuracy-Highest: %1.5f" % (name, step, highest))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# one-call evaluation of a pair list over an embedding matrix
+
+
+def _tars(scores, issame, fars, convention) -> list[dict]:
+    return [t.to_dict() for t in tar_at_far(scores, issame, fars, convention)]
+
+
+def evaluate_pairs(embeddings, pairs, groups=None, fars: Sequence[float] = DEFAULT_FARS, nfolds: int = 10) -> dict:
+    """Everything the demo reports about a pair list, as a JSON-serialisable dict.
+
+    embeddings: (N, d) (normalised here); pairs: object with int `.a`, `.b` (n,) row indices,
+    bool `.issame` (n,) and optional bool `.hard` (n,); groups: optional int (N,) group per image.
+
+    Keys: n_pairs, n_genuine, n_impostor, auc, tar_at_far (strict), tar_at_far_insightface,
+    accuracy (10-fold, insightface protocol, on the pair embeddings), and when available:
+    * hard: ``tar_at_global_threshold`` = TAR of the *hard genuine* pairs at the strict
+      thresholds fixed by all impostors; ``tar_at_far_within`` = strict TAR@FAR on the hard
+      subset alone (only if it holds both genuine and impostor pairs);
+    * groups: per group g, genuine pairs are those whose *first* image is in g, impostors those
+      whose *both* images are in g (cross-group impostors are too easy to set a per-group
+      threshold). Reported per group: own-threshold strict TAR@FAR, and TAR / FAR at the global
+      strict thresholds, with counts. Groups lacking genuine or impostor pairs get counts only.
+    """
+    e = check_embeddings(embeddings, require_unit=True)
+    a, b = np.asarray(pairs.a, dtype=np.int64), np.asarray(pairs.b, dtype=np.int64)
+    y = np.asarray(pairs.issame, dtype=bool)
+    if not (a.shape == b.shape == y.shape) or a.ndim != 1:
+        raise ValueError(f"pairs: a {a.shape}, b {b.shape}, issame {y.shape} must be equal 1-D arrays")
+    for name, idx in (("a", a), ("b", b)):
+        if idx.size and (idx.min() < 0 or idx.max() >= e.shape[0]):
+            raise ValueError(f"pairs.{name}: index out of range [0, {e.shape[0]}) (got {idx.min()}..{idx.max()})")
+    scores = np.einsum("ij,ij->i", e[a], e[b]).astype(np.float64)
+    strict = tar_at_far(scores, y, fars, "strict")
+    out = {
+        "n_pairs": int(y.size), "n_genuine": int(y.sum()), "n_impostor": int((~y).sum()),
+        "auc": roc(scores, y).auc,
+        "tar_at_far": [t.to_dict() for t in strict],
+        "tar_at_far_insightface": _tars(scores, y, fars, "insightface"),
+        "accuracy": verification_accuracy(e[a], e[b], y, nfolds).to_dict(),
+    }
+    hard = getattr(pairs, "hard", None)
+    if hard is not None:
+        h = np.asarray(hard, dtype=bool)
+        hg = scores[h & y]
+        res = {"n_genuine": int(hg.size), "n_impostor": int((h & ~y).sum())}
+        if hg.size:
+            res["tar_at_global_threshold"] = [
+                {"far": t.far, "threshold": t.threshold, "tar": float(np.mean(hg > t.threshold))} for t in strict]
+        if res["n_genuine"] and res["n_impostor"]:
+            res["tar_at_far_within"] = _tars(scores[h], y[h], fars, "strict")
+        out["hard"] = res
+    if groups is not None:
+        g = np.asarray(groups, dtype=np.int64)
+        if g.shape != (e.shape[0],):
+            raise ValueError(f"groups: shape {g.shape}, expected ({e.shape[0]},) (one group per embedding row)")
+        per = {}
+        for grp in np.unique(g):
+            gen_m = y & (g[a] == grp)
+            imp_m = ~y & (g[a] == grp) & (g[b] == grp)
+            res = {"n_genuine": int(gen_m.sum()), "n_impostor": int(imp_m.sum())}
+            if res["n_genuine"] and res["n_impostor"]:
+                sel = gen_m | imp_m
+                res["tar_at_far"] = _tars(scores[sel], y[sel], fars, "strict")
+                res["at_global_threshold"] = [
+                    {"far": t.far, "threshold": t.threshold, "tar": float(np.mean(scores[gen_m] > t.threshold)),
+                     "far_achieved": float(np.mean(scores[imp_m] > t.threshold))} for t in strict]
+            per[str(int(grp))] = res
+        out["groups"] = per
+    return out
