@@ -1,0 +1,358 @@
+"""Angular kernel density estimation on unit embeddings (Eq. 3, 8, 9 of "Rectifying the Data Bias").
+
+For unit embeddings x_1..x_N, optional weights ω (a resampled list's counts, Eq. 9) and bandwidth h
+(radians), the density at every dataset point is
+
+    f̂_h(x_i) = (1/E) Σ_j ω_j K(θ_ij / h),   θ_ij = arccos(clamp(<x_i, x_j>, -1, 1)),   K(u) = exp(-u²/2)
+
+Documented choices (the paper leaves them open):
+- Self-inclusion (`include_self=True`, default): the sum of Eq. 3 runs over the whole training
+  set, so x_i contributes ω_i·K(0) = ω_i to its own density (this keeps 1/f̂ finite for isolated
+  points in Intrinsic Sampling). With `include_self=False` row i's own term is dropped exactly;
+  duplicates of x_i stored in other rows still count.
+- Normalisation E (`normalization`): "weights" (default) E = Σ_j ω_j (N without weights): f̂ is the
+  weighted mean kernel value, in (0, 1]; "none": E = 1, the raw kernel sum. The sphere's Gaussian
+  normalising constant is omitted: uniformity (Eq. 4, after normalising over the points) and the
+  Intrinsic Sampling probabilities (Eq. 10) do not depend on a constant E.
+
+Methods:
+- "exact": chunked matrix products in torch (CPU threads or GPU). The kernel is evaluated only where
+  cos θ > cos θ_cut with K(θ_cut/h) = `truncate_tol`/N; the skipped terms add up to at most
+  `truncate_tol`·mean(ω) per point (reported as the bound). `truncate_tol=0` evaluates every pair.
+  dtype "float32" (default), "float64" (the check path), and on GPU "tf32" / "bf16" for the matrix
+  product (see docs/bias.md for their measured accuracy).
+- "knn": truncated sums. index "flat": the k nearest neighbours from a FAISS IndexFlatIP; every
+  excluded row has angle ≥ θ_(k) (the k-th neighbour's angle), so the truncated mass is at most
+  (Σω − Σ_{j∈kNN} ω_j)·K(θ_(k)/h). index "ivf" (for millions of rows): FAISS spherical k-means
+  cells, each point summing over the members of the `nprobe` cells nearest to its own cell
+  (batched GEMMs per cell), with a triangle-inequality bound on the excluded cells.
+- "auto": "exact" up to `AUTO_EXACT_MAX` rows on CPU (any N on a GPU), "knn" with IVF above.
+
+Sharding: when torch.distributed is initialised (torchrun), the query rows are split across ranks
+(facekd.dist.shard_range), each rank holds all embeddings as the reference set, and the densities
+are all-gathered, so every rank returns the full (N,) result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from facekd import dist
+from facekd.utils import check_embeddings
+
+__all__ = ["KDEResult", "angular_kde", "kde_exact", "kde_knn", "kernel", "list_weights", "AUTO_EXACT_MAX"]
+
+AUTO_EXACT_MAX = 300_000
+_DTYPES = ("float32", "float64", "tf32", "bf16")
+
+
+@dataclass
+class KDEResult:
+    """Densities f̂_h(x_i) (float64 (N,)) and a per-point upper bound of the mass left out (same units)."""
+
+    density: np.ndarray
+    truncation_bound: np.ndarray
+    method: str
+    bandwidth: float
+    normalizer: float
+
+
+def kernel(theta: torch.Tensor | np.ndarray, bandwidth: float):
+    """Gaussian kernel on the angle: K(θ/h) = exp(-θ²/(2h²)); θ and h in radians."""
+    if isinstance(theta, torch.Tensor):
+        return torch.exp(-(theta * theta) / (2.0 * bandwidth * bandwidth))
+    return np.exp(-(np.asarray(theta) ** 2) / (2.0 * bandwidth * bandwidth))
+
+
+def list_weights(samples: np.ndarray, n: int) -> np.ndarray:
+    """Weights ω of Eq. 9 for a sample list: how many times each of the n rows is drawn. float64 (n,)."""
+    samples = np.asarray(samples)
+    if samples.ndim != 1 or not np.issubdtype(samples.dtype, np.integer):
+        raise ValueError(f"sample list: expected a 1-D integer array, got {samples.dtype} {samples.shape}")
+    if samples.size and (samples.min() < 0 or samples.max() >= n):
+        raise ValueError(f"sample list: indices must lie in [0, {n}), got range [{samples.min()}, {samples.max()}]")
+    return np.bincount(samples, minlength=n).astype(np.float64)
+
+
+def _check_inputs(embeddings, bandwidth, weights, float64: bool = False):
+    x = check_embeddings(embeddings, "embeddings", require_unit=True)
+    if float64:  # the check path keeps the caller's precision
+        x = np.asarray(embeddings, dtype=np.float64)
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    if not (isinstance(bandwidth, (int, float)) and math.isfinite(bandwidth) and bandwidth > 0):
+        raise ValueError(f"bandwidth must be a positive angle in radians, got {bandwidth!r}")
+    if weights is not None:
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (x.shape[0],):
+            raise ValueError(f"weights: expected shape ({x.shape[0]},) (one per embedding), got {w.shape}")
+        if not np.isfinite(w).all():
+            raise ValueError(f"weights: {int((~np.isfinite(w)).sum())} values are NaN or inf")
+        if (w < 0).any():
+            bad = np.flatnonzero(w < 0)
+            raise ValueError(f"weights: {bad.size} negative values (first rows: {bad[:5].tolist()})")
+        if w.sum() <= 0:
+            raise ValueError("weights: all zero")
+        weights = w
+    return x, float(bandwidth), weights
+
+
+def _normalizer(normalization: str, n: int, weights) -> float:
+    if normalization == "weights":
+        return float(n if weights is None else weights.sum())
+    if normalization == "none":
+        return 1.0
+    raise ValueError(f"normalization must be 'weights' or 'none', got {normalization!r}")
+
+
+def _cos_cut(bandwidth: float, truncate_tol: float, n: int) -> float:
+    """cos θ_cut with K(θ_cut/h) = truncate_tol / n; -1 (nothing skipped) when tol is 0."""
+    if truncate_tol < 0:
+        raise ValueError(f"truncate_tol must be >= 0, got {truncate_tol}")
+    if truncate_tol == 0:
+        return -1.0
+    theta = bandwidth * math.sqrt(2.0 * math.log(n / truncate_tol)) if truncate_tol < n else 0.0
+    return math.cos(theta) if theta < math.pi else -1.0
+
+
+def kde_exact(
+    embeddings,
+    bandwidth: float,
+    weights=None,
+    *,
+    include_self: bool = True,
+    normalization: str = "weights",
+    truncate_tol: float = 1e-4,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    chunk_bytes: int = 64 << 20,
+    rows: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> KDEResult:
+    """Exact chunked angular KDE at the dataset points (see module docstring). (N, d) -> KDEResult.
+
+    `rows=(start, stop)` evaluates only those query rows (used by sharding); the reference set is
+    always all N rows. The returned arrays then have stop-start entries.
+    """
+    x, h, w = _check_inputs(embeddings, bandwidth, weights, float64=dtype == "float64")
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    device = torch.device(device)
+    if dtype in ("tf32", "bf16") and device.type != "cuda":
+        raise ValueError(f"dtype {dtype!r} is a GPU option; use float32 or float64 on {device}")
+    n = x.shape[0]
+    start, stop = rows if rows is not None else (0, n)
+    E = _normalizer(normalization, n, w)
+    c_cut = _cos_cut(h, truncate_tol, n)
+    k_cut = float(kernel(np.arccos(c_cut), h)) if c_cut > -1 else 0.0
+
+    fdt = torch.float64 if dtype == "float64" else torch.float32
+    mmdt = torch.bfloat16 if dtype == "bf16" else fdt
+    ref = torch.from_numpy(x).to(device=device, dtype=fdt)
+    ref_mm = ref.to(mmdt)
+    wt = None if w is None else torch.from_numpy(w).to(device=device, dtype=fdt)
+    acc = torch.float64  # per-row sums are accumulated in float64
+    out = torch.zeros(stop - start, dtype=acc, device=device)
+
+    chunk = max(1, min(stop - start, chunk_bytes // (4 * n)))
+    prev_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    try:
+        bar = tqdm(range(start, stop, chunk), desc="kde exact", unit="chunk",
+                   disable=not progress or not dist.is_main())
+        for s in bar:
+            e = min(s + chunk, stop)
+            c = ref_mm[s:e] @ ref_mm.T
+            c = c.to(fdt)
+            r = torch.arange(e - s, device=device)
+            c[r, torch.arange(s, e, device=device)] = 1.0  # exact self-similarity
+            sums = _block_sums(c, h, c_cut, wt)
+            if not include_self:
+                sums -= 1.0 if wt is None else wt[s:e].to(acc)
+            out[s - start : e - start] = sums
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+    density = out.cpu().numpy().clip(min=0.0) / E
+    total_w = float(n if w is None else w.sum())
+    bound = np.full(stop - start, k_cut * total_w / E)
+    return KDEResult(density, bound, "exact", h, E)
+
+
+def _block_sums(c: torch.Tensor, h: float, c_cut: float, w: torch.Tensor | None) -> torch.Tensor:
+    """Row sums Σ_j w_j K(arccos(c_ij)/h) of a cosine block (float64 (rows,)). Entries with
+    c ≤ c_cut are skipped without evaluating arccos / exp (one compare pass instead)."""
+    acc = torch.float64
+    if c_cut > -1:
+        ri, ci = (c > c_cut).nonzero(as_tuple=True)
+        kv = kernel(torch.arccos(c[ri, ci].clamp_(-1.0, 1.0)), h)
+        if w is not None:
+            kv = kv * w[ci]
+        return torch.zeros(c.shape[0], dtype=acc, device=c.device).index_add_(0, ri, kv.to(acc))
+    kv = kernel(torch.arccos(c.clamp_(-1.0, 1.0)), h).to(acc)
+    return kv @ w.to(acc) if w is not None else kv.sum(1)
+
+
+def _kde_cells(x, h, wv, start, stop, nlist, nprobe, seed, include_self, c_cut, progress):
+    """IVF-style truncation with BLAS blocks: FAISS spherical k-means cells; every query of a cell
+    sums the kernel over the members of the `nprobe` cells nearest to its cell's centroid (one GEMM
+    per cell). Bound: an excluded cell c with centroid μ_c and radius r_c (largest member angle)
+    only holds points at angle ≥ θ(x, μ_c) − r_c, so the missed mass is ≤ Σ_c W_c·K(max(0, θ−r_c)/h)."""
+    import faiss
+
+    n, d = x.shape
+    nlist = max(1, min(n, nlist or int(math.sqrt(n))))
+    km = faiss.Kmeans(d, nlist, niter=10, seed=seed, spherical=True, max_points_per_centroid=64, verbose=False)
+    km.train(x)
+    xt = torch.from_numpy(x)
+    cent = torch.from_numpy(km.centroids)
+    cq = xt @ cent.T  # (N, nlist) cosines to the centroids
+    assign = cq.argmax(1).numpy()
+    theta_c = torch.arccos(cq.clamp(-1, 1)).numpy().astype(np.float64)
+    radius = np.zeros(nlist)
+    np.maximum.at(radius, assign, theta_c[np.arange(n), assign])
+    cell_w = np.bincount(assign, weights=wv, minlength=nlist)
+    cc = cent @ cent.T
+    cc.fill_diagonal_(2.0)  # a cell's own members come first among its candidates
+    probes = torch.topk(cc, min(nprobe, nlist), dim=1).indices.numpy()
+    order = np.argsort(assign, kind="stable")
+    bounds = np.searchsorted(assign[order], np.arange(nlist + 1))
+    members = [order[bounds[c] : bounds[c + 1]] for c in range(nlist)]
+    wt = torch.from_numpy(wv)
+    density = np.zeros(stop - start)
+    bound = np.zeros(stop - start)
+    for c in tqdm(range(nlist), desc="kde knn (ivf cells)", disable=not progress or not dist.is_main()):
+        q = members[c][(members[c] >= start) & (members[c] < stop)]
+        if q.size == 0:
+            continue
+        cand = np.concatenate([members[p] for p in probes[c]])
+        qt = torch.from_numpy(q)
+        cos = xt[qt] @ xt[cand].T
+        pos = torch.from_numpy(np.searchsorted(members[c], q))  # members are sorted; own cell first
+        cos[torch.arange(q.size), pos] = 1.0  # exact self-similarity (the query's own cell is probed)
+        sums = _block_sums(cos, h, c_cut, wt[cand])
+        if not include_self:
+            sums -= wt[qt]
+        density[q - start] = sums.numpy()
+        excluded = np.ones(nlist, bool)
+        excluded[probes[c]] = False
+        gap = np.clip(theta_c[q][:, excluded] - radius[excluded], 0.0, None)
+        bound[q - start] = kernel(gap, h) @ cell_w[excluded]
+    return density, bound
+
+
+def kde_knn(
+    embeddings,
+    bandwidth: float,
+    weights=None,
+    *,
+    k: int = 256,
+    index: str = "flat",
+    nlist: int | None = None,
+    nprobe: int = 8,
+    truncate_tol: float = 1e-4,
+    include_self: bool = True,
+    normalization: str = "weights",
+    rows: tuple[int, int] | None = None,
+    batch: int = 16384,
+    seed: int = 0,
+    progress: bool = True,
+) -> KDEResult:
+    """Truncated angular KDE (see module docstring). Returns densities and a per-point bound.
+
+    index "flat": the k nearest neighbours from a FAISS IndexFlatIP (exact neighbours); bound
+    (Σω − Σ_{kNN} ω)·K(θ_(k)/h). index "ivf": the members of the `nprobe` cells (of `nlist`, default
+    √N, FAISS spherical k-means) nearest to the point's cell, evaluated with one matrix product per
+    cell; `k` is unused; bound from the triangle inequality on cell radii (rigorous, often loose)
+    plus the `truncate_tol` skip of the exact path.
+    FAISS's own IndexIVFFlat scans lists query by query without BLAS, which measured barely faster
+    than the exact path here; batching the queries of a cell keeps the work in GEMMs.
+    """
+    x, h, w = _check_inputs(embeddings, bandwidth, weights)
+    n = x.shape[0]
+    start, stop = rows if rows is not None else (0, n)
+    E = _normalizer(normalization, n, w)
+    wv = np.ones(n) if w is None else w
+    if index == "ivf":
+        c_cut = _cos_cut(h, truncate_tol, n)
+        density, bound = _kde_cells(x, h, wv, start, stop, nlist, nprobe, seed, include_self, c_cut, progress)
+        bound += 0.0 if c_cut <= -1 else float(kernel(np.arccos(c_cut), h)) * float(wv.sum())
+        return KDEResult(density / E, bound / E, "knn-ivf", h, E)
+    if index != "flat":
+        raise ValueError(f"knn index must be 'flat' or 'ivf', got {index!r}")
+    import faiss
+
+    kk = min(k, n)
+    if kk < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    idx = faiss.IndexFlatIP(x.shape[1])
+    idx.add(x)
+    total_w = float(wv.sum())
+    density = np.empty(stop - start)
+    bound = np.empty(stop - start)
+    bar = tqdm(range(start, stop, batch), desc="kde knn (flat)", unit="batch",
+               disable=not progress or not dist.is_main())
+    for s in bar:
+        e = min(s + batch, stop)
+        sims, nbr = idx.search(x[s:e], kk)
+        valid = nbr >= 0
+        nbr_c = np.where(valid, nbr, 0)
+        is_self = (nbr_c == np.arange(s, e)[:, None]) & valid
+        theta = np.arccos(np.clip(sims.astype(np.float64), -1.0, 1.0))
+        theta[is_self] = 0.0
+        kv = kernel(theta, h) * wv[nbr_c] * valid
+        self_found = is_self.any(1)
+        if include_self:
+            kv[is_self] = wv[nbr_c][is_self]
+        else:
+            kv[is_self] = 0.0
+        dens = kv.sum(1)
+        if include_self:  # the self term belongs to Eq. 3 even when the search did not return row i
+            dens[~self_found] += wv[s:e][~self_found]
+        found_w = (wv[nbr_c] * valid).sum(1) + np.where(self_found, 0.0, wv[s:e])
+        theta_k = np.where(valid.any(1), theta.max(1, where=valid, initial=0.0), 0.0)
+        density[s - start : e - start] = dens / E
+        bound[s - start : e - start] = np.clip(total_w - found_w, 0.0, None) * kernel(theta_k, h) / E
+    return KDEResult(density, bound, "knn-flat", h, E)
+
+
+def angular_kde(
+    embeddings,
+    bandwidth: float,
+    weights=None,
+    method: str = "auto",
+    *,
+    return_result: bool = False,
+    **options,
+):
+    """Angular KDE f̂_h at each of the N dataset points (Eq. 3 with D of Eq. 8; weights ω: Eq. 9).
+
+    embeddings: (N, d) (L2-normalised here), bandwidth: radians, weights: (N,) non-negative or None.
+    method: "exact" | "knn" | "auto". `options` go to `kde_exact` / `kde_knn`. Returns float64 (N,)
+    densities, or the full KDEResult (with the per-point truncation bound) if `return_result`.
+    Under torchrun the query rows are sharded across ranks and the result all-gathered.
+    """
+    n = int(np.shape(embeddings)[0]) if np.ndim(embeddings) == 2 else 0
+    if method == "auto":
+        on_gpu = torch.device(options.get("device", "cpu")).type == "cuda"
+        if on_gpu or n <= AUTO_EXACT_MAX:
+            method = "exact"
+        else:
+            method = "knn"
+            options.setdefault("index", "ivf")
+    if method not in ("exact", "knn"):
+        raise ValueError(f"method must be 'exact', 'knn' or 'auto', got {method!r}")
+    fn = kde_exact if method == "exact" else kde_knn
+    if dist.world_size() > 1 and n > 0:
+        options["rows"] = dist.shard_range(n)
+        res = fn(embeddings, bandwidth, weights, **options)
+        dev = torch.device(options.get("device", "cpu"))
+        both = torch.from_numpy(np.stack([res.density, res.truncation_bound], 1)).to(dev)
+        gathered = dist.all_gather_cat(both).cpu().numpy()
+        res = KDEResult(gathered[:, 0].copy(), gathered[:, 1].copy(), res.method, res.bandwidth, res.normalizer)
+    else:
+        res = fn(embeddings, bandwidth, weights, **options)
+    return res if return_result else res.density
