@@ -1,0 +1,386 @@
+"""YAML run configs for `facekd train`, validated by pydantic (unknown keys are errors).
+
+    data:     {kind: synthfaces, preset: default}          # or recordio / folder / list / arrays + path
+    model:    {arch: mbf_tiny, embedding_size: 128}
+    head:     {name: arcface, s: 64, m: 0.5}               # null: feature-only student
+    cls_loss: {name: ce}
+    distill:  {loss: l2, weighting: uniform, lambda: 1.0, options: {}}     # optional
+    teacher:  {cache: runs/teacher/cache_train}            # or {checkpoint: backbone.pth, arch: r50, online: true}
+    sampler:  {name: uniform}                              # file (path: list.npy), intrinsic, extrinsic, usi
+    train:    {epochs: 10, batch_size: 128, lr: 0.1, ...}  # facekd.train.TrainConfig
+    run_dir:  runs/my_run
+
+`load_config(path, overrides=["train.lr=0.05"])` returns a validated `RunConfig`; every problem is
+a one-line `ConfigError` naming the file and the key. `run_training(cfg)` builds and trains it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from facekd.train import TrainConfig
+from facekd.utils import atomic_path, parse_angle
+
+
+class ConfigError(ValueError):
+    """A config problem, as one line that names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _existing(p: Path | None, what: str) -> Path | None:
+    if p is not None and not Path(p).exists():
+        raise ValueError(f"{what} {p} does not exist")
+    return p
+
+
+class DataConfig(_Strict):
+    """kind synthfaces: `preset` + `synthfaces` overrides of SynthFacesConfig, `split` train/test.
+    recordio: `path` = folder or prefix of train.rec/.idx; folder: `path` = root/<id>/<img>;
+    list: `path` = list file; arrays: `path` = .npz with uint8 `images` and int `labels`."""
+
+    kind: Literal["synthfaces", "recordio", "folder", "list", "arrays"] = "synthfaces"
+    preset: Literal["quick", "default", "full"] = "default"
+    split: Literal["train", "test"] = "train"
+    synthfaces: dict[str, Any] = Field(default_factory=dict)
+    cache_dir: Path | None = None
+    path: Path | None = None
+    image_size: int | None = None
+    hflip: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind == "synthfaces":
+            if self.path is not None:
+                raise ValueError("path is not used with kind synthfaces (use preset / synthfaces)")
+        elif self.split != "train":
+            raise ValueError(f"split applies only to kind synthfaces, not {self.kind}")
+        elif self.path is None:
+            raise ValueError(f"kind {self.kind} needs a path")
+        else:
+            _existing(self.path if self.kind != "recordio" else _recordio_probe(self.path), "data path")
+        return self
+
+
+def _recordio_probe(path: Path) -> Path:
+    p = Path(path)
+    return p if p.exists() else p.with_suffix(".rec")
+
+
+class ModelConfig(_Strict):
+    arch: str = "mbf_tiny"
+    embedding_size: int | None = Field(None, ge=1)
+    input_size: int | None = Field(None, ge=8, description="default: the dataset's image size")
+
+
+class HeadConfig(_Strict):
+    name: Literal["arcface", "cosface", "softmax"] = "arcface"
+    s: float = Field(64.0, gt=0)
+    m: float | None = Field(None, description="radians; default 0.5 (arcface) / 0.4 (cosface); accepts '28.6deg'")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("m", mode="before")
+    @classmethod
+    def _angle(cls, v):
+        return parse_angle(v) if isinstance(v, str) else v
+
+
+class ClsLossConfig(_Strict):
+    name: Literal["ce", "focal", "cb", "ldam"] = "ce"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DistillConfig(_Strict):
+    loss: str = "l2"
+    weighting: str = "uniform"
+    lam: float = Field(1.0, alias="lambda", ge=0)
+    normalize: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TeacherConfig(_Strict):
+    """Either `cache` (an EmbeddingCache directory computed on the training data), or
+    `checkpoint` (backbone.pth) + `arch` (+ embedding_size) run online (`online: true`) or embedded
+    once into `run_dir/teacher_cache` (`online: false`)."""
+
+    cache: Path | None = None
+    checkpoint: Path | None = None
+    arch: str | None = None
+    embedding_size: int | None = None
+    online: bool = False
+    flip: bool = False
+
+    @model_validator(mode="after")
+    def _check(self):
+        _existing(self.cache, "teacher cache")
+        _existing(self.checkpoint, "teacher checkpoint")
+        if (self.cache is None) == (self.checkpoint is None):
+            raise ValueError("give exactly one of cache or checkpoint")
+        if self.checkpoint is not None and self.arch is None:
+            raise ValueError("checkpoint needs arch")
+        if self.online and self.checkpoint is None:
+            raise ValueError("online needs checkpoint (a cache cannot run online)")
+        return self
+
+
+class SamplerConfig(_Strict):
+    """uniform: a shuffle per epoch; file: `path` to an int64 .npy sample list (one epoch);
+    intrinsic / extrinsic / usi: facekd.bias.samplers.epoch_fn on the teacher cache (options: num,
+    bandwidth e.g. '12deg', ...)."""
+
+    name: Literal["uniform", "file", "intrinsic", "extrinsic", "usi"] = "uniform"
+    path: Path | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.name == "file") != (self.path is not None):
+            raise ValueError("path is needed by (and only by) sampler name 'file'")
+        _existing(self.path, "sample list")
+        return self
+
+
+class RunConfig(_Strict):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    head: HeadConfig | None = Field(default_factory=HeadConfig)
+    cls_loss: ClsLossConfig = Field(default_factory=ClsLossConfig)
+    distill: DistillConfig | None = None
+    teacher: TeacherConfig | None = None
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    run_dir: Path = Path("runs/train")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.head is None and self.distill is None:
+            raise ValueError("head is null and there is no distill block: nothing to train")
+        if self.distill is not None and self.teacher is None:
+            raise ValueError("distill needs a teacher block")
+        if self.sampler.name in ("intrinsic", "extrinsic") and self.teacher is None:
+            raise ValueError(f"sampler {self.sampler.name} needs a teacher (its embeddings)")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------
+
+
+def _format_validation(err: ValidationError, where: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] not in ("value_error", "missing") and "input" in e:
+            msg += f" (got {e['input']!r})"
+        parts.append(f"{loc}: {msg}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
+    """Apply `a.b.c=value` strings (value parsed as YAML: 0.05, true, [1, 2], null) to a nested dict."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. train.lr=0.05)")
+        key, value = item.split("=", 1)
+        keys = key.strip().split(".")
+        if not all(keys):
+            raise ConfigError(f"override {item!r}: empty key part")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({str(e).splitlines()[0]})") from None
+        node = out
+        for k in keys[:-1]:
+            if not isinstance(node.get(k), dict):
+                node[k] = {}
+            node = node[k]
+        node[keys[-1]] = parsed
+    return out
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults with path=None), apply overrides, validate.
+
+    Relative paths inside the file are taken as written (relative to the working directory).
+    Raises ConfigError (one line naming the file and key) on any problem.
+    """
+    where = str(path) if path is not None else "config"
+    raw: Any = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: invalid YAML ({' '.join(str(e).split())})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, where)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The fully resolved config as YAML (keys by alias, e.g. distill.lambda)."""
+    return yaml.safe_dump(json.loads(cfg.model_dump_json(by_alias=True)), sort_keys=False)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config atomically (run_dir/config.yaml)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(dump_config(cfg))
+
+
+# --------------------------------------------------------------------------------------------
+# building and running
+# --------------------------------------------------------------------------------------------
+
+
+def build_dataset(cfg: DataConfig):
+    """The training dataset described by `cfg` (see DataConfig)."""
+    if cfg.kind == "synthfaces":
+        from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
+
+        synth = SynthFacesConfig.preset(cfg.preset, **cfg.synthfaces)
+        ds = getattr(make_synthfaces(synth, cache_dir=cfg.cache_dir), cfg.split)
+        return ds.with_hflip(True) if cfg.hflip else ds
+    if cfg.hflip:
+        from facekd.data.transforms import random_hflip as transform
+    else:
+        transform = None
+    if cfg.kind == "recordio":
+        from facekd.data.recordio import RecordIODataset
+
+        return RecordIODataset(cfg.path, image_size=cfg.image_size, transform=transform)
+    if cfg.kind == "folder":
+        from facekd.data.folder import ImageFolderDataset
+
+        return ImageFolderDataset(cfg.path, image_size=cfg.image_size, transform=transform)
+    if cfg.kind == "list":
+        from facekd.data.folder import ListFileDataset
+
+        return ListFileDataset(cfg.path, image_size=cfg.image_size, transform=transform)
+    from facekd.data.arrays import ArrayDataset
+
+    with np.load(cfg.path, allow_pickle=False) as z:
+        missing = {"images", "labels"} - set(z.files)
+        if missing:
+            raise ValueError(f"{cfg.path}: missing arrays {sorted(missing)} (expected uint8 images and int labels)")
+        return ArrayDataset(z["images"], z["labels"], z["groups"] if "groups" in z.files else None,
+                            hflip=cfg.hflip, name=str(cfg.path))
+
+
+def build_teacher(cfg: RunConfig, dataset):
+    """(provider module for FaceTask, teacher EmbeddingCache or None) from cfg.teacher."""
+    from facekd.embed import EmbeddingCache, embed_dataset
+    from facekd.models import get_model
+    from facekd.models.checkpoint import load_backbone
+    from facekd.train import CachedTeacher, OnlineTeacher
+
+    t = cfg.teacher
+    if t.cache is not None:
+        cache = EmbeddingCache.open(t.cache)
+        return CachedTeacher(cache), cache
+    model = load_backbone(t.checkpoint, get_model(t.arch, embedding_size=t.embedding_size,
+                                                  input_size=cfg.model.input_size or dataset.image_size))
+    if t.online:
+        return OnlineTeacher(model), None
+    cache = embed_dataset(model, dataset, cfg.run_dir / "teacher_cache", flip=t.flip)
+    return CachedTeacher(cache), cache
+
+
+def build_sampler(cfg: SamplerConfig, dataset, seed: int, cache=None):
+    """None (uniform shuffle), an int64 array (file), or an epoch → indices callable."""
+    if cfg.name == "uniform" and not cfg.options:
+        return None
+    if cfg.name == "file":
+        arr = np.load(cfg.path, allow_pickle=False)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"sample list {cfg.path}: expected a 1-D integer array, got {arr.dtype} {arr.shape}")
+        if arr.size and (arr.min() < 0 or arr.max() >= len(dataset)):
+            raise ValueError(f"sample list {cfg.path}: indices must lie in [0, {len(dataset)})")
+        return arr.astype(np.int64)
+    from facekd.bias.samplers import epoch_fn
+
+    opts = dict(cfg.options)
+    if isinstance(opts.get("bandwidth"), str):
+        opts["bandwidth"] = parse_angle(opts["bandwidth"])
+    embeddings = np.asarray(cache.embeddings) if cache is not None else None
+    return epoch_fn(cfg.name, embeddings=embeddings, labels=dataset.labels, n=len(dataset), seed=seed, **opts)
+
+
+def build_task(cfg: RunConfig, dataset, teacher_provider=None):
+    """FaceTask(student, head, cls_loss, distiller, teacher) from the config."""
+    from facekd.losses.classification import get_cls_loss
+    from facekd.losses.distiller import Distiller
+    from facekd.models import get_model
+    from facekd.models.heads import get_head
+    from facekd.train import CachedTeacher, FaceTask
+
+    input_size = cfg.model.input_size or dataset.image_size
+    student = get_model(cfg.model.arch, embedding_size=cfg.model.embedding_size, input_size=input_size)
+    dim = _embedding_dim(student, input_size)
+    head = loss = distiller = None
+    if cfg.head is not None:
+        head = get_head(cfg.head.name, dim, dataset.num_classes, s=cfg.head.s, m=cfg.head.m, **cfg.head.options)
+        opts = dict(cfg.cls_loss.options)
+        if cfg.cls_loss.name in ("cb", "ldam"):
+            opts["class_counts"] = np.bincount(dataset.labels, minlength=dataset.num_classes)
+        loss = get_cls_loss(cfg.cls_loss.name, **opts)
+    if cfg.distill is not None:
+        t_dim = (teacher_provider.dim if isinstance(teacher_provider, CachedTeacher)
+                 else _embedding_dim(teacher_provider.model, input_size))
+        distiller = Distiller.from_config(
+            {"loss": cfg.distill.loss, "weighting": cfg.distill.weighting, "lambda": cfg.distill.lam,
+             "normalize": cfg.distill.normalize, "options": cfg.distill.options},
+            student_dim=dim, teacher_dim=t_dim, student=student,
+            teacher=getattr(teacher_provider, "model", None), input_size=input_size)
+    return FaceTask(student, head=head, cls_loss=loss, distiller=distiller,
+                    teacher=teacher_provider if cfg.distill is not None else None)
+
+
+def _embedding_dim(model, input_size: int) -> int:
+    import torch
+
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        d = int(model(torch.zeros(1, 3, input_size, input_size)).shape[1])
+    model.train(was)
+    return d
+
+
+def run_training(cfg: RunConfig, resume: bool = True, progress: bool = True):
+    """Build everything from `cfg`, save run_dir/config.yaml, train; returns the trained task."""
+    from facekd.train import train
+    from facekd.utils import seed_everything
+
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    dataset = build_dataset(cfg.data)
+    provider, cache = build_teacher(cfg, dataset) if cfg.teacher is not None else (None, None)
+    sampler = build_sampler(cfg.sampler, dataset, cfg.train.seed, cache)
+    seed_everything(cfg.train.seed)
+    task = build_task(cfg, dataset, provider)
+    return train(task, dataset, cfg.train, cfg.run_dir, sampler=sampler, resume=resume, progress=progress)
+
+
+__all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "HeadConfig", "ClsLossConfig", "DistillConfig",
+           "TeacherConfig", "SamplerConfig", "load_config", "apply_overrides", "dump_config", "save_config",
+           "build_dataset", "build_teacher", "build_sampler", "build_task", "run_training"]
