@@ -17,20 +17,38 @@ def _load_npy(path: Path, what: str):
 
 
 def eval_ijb(
-    features: Path = typer.Option(..., help="Raw per-image features .npy, rows in <t>_face_tid_mid.txt order."),
-    meta: Path = typer.Option(..., help="IJB release folder holding meta/<t>_*.txt (e.g. IJB_release/IJBC)."),
+    features: Optional[Path] = typer.Option(None, help="Raw per-image features .npy, rows in <t>_face_tid_mid.txt order."),
+    checkpoint: Optional[Path] = typer.Option(None, help="Instead of --features: embed the release with this backbone (file or run dir)."),
+    arch: Optional[str] = typer.Option(None, help="Architecture of --checkpoint (facekd.models.list_models())."),
+    meta: Path = typer.Option(..., help="IJB release folder holding meta/<t>_*.txt (and loose_crop/ with --checkpoint)."),
     target: str = typer.Option("IJBC", help="IJBC or IJBB (selects the meta file prefix)."),
     features_flip: Optional[Path] = typer.Option(None, help="Raw features of the mirrored images (.npy)."),
     halves: bool = typer.Option(False, help="`features` holds [orig | flip] column halves, as eval_ijbc's img_feats."),
     flip: str = typer.Option("sum", help="sum (F1, default) | concat | none (F0)."),
     norm_score: bool = typer.Option(True, help="N1: keep the feature norm as a quality weight (no pre-normalising)."),
     detector_score: bool = typer.Option(True, help="D1: multiply each image feature by its faceness score."),
-    out: Path = typer.Option(Path("ijb_results"), help="Output folder: <target>.npy scores, .json, _roc.png."),
+    batch_size: int = typer.Option(256, min=1, help="Images per batch with --checkpoint."),
+    num_workers: int = typer.Option(0, min=0, help="DataLoader workers with --checkpoint."),
+    device: str = typer.Option("auto", help="With --checkpoint: auto (the local GPU if any) | cpu | cuda:N."),
+    out: Path = typer.Option(Path("ijb_results"), help="Output folder: <target>.npy scores, .json, _roc.png "
+                             "(with --checkpoint also <target>_features.npy / _features_flip.npy)."),
 ) -> None:
-    """IJB-B/C 1:1 verification (arcface_torch eval_ijbc.py protocol) from precomputed features."""
+    """IJB-B/C 1:1 verification (arcface_torch eval_ijbc.py protocol) from precomputed features or a checkpoint.
+
+    With --checkpoint/--arch the faces of `meta`/loose_crop are aligned at the model's input size,
+    embedded with their mirrors, the raw features saved to `out`, and evaluated exactly as --features.
+    """
     from facekd.data.ijb import read_ijb_meta
     from facekd.evaluate.ijb import evaluate_ijb, write_ijb_outputs
 
+    if (features is None) == (checkpoint is None):
+        raise typer.BadParameter("give exactly one of --features or --checkpoint (with --arch)")
+    if checkpoint is not None:
+        if arch is None:
+            raise typer.BadParameter("--checkpoint needs --arch")
+        if features_flip is not None or halves:
+            raise typer.BadParameter("--features-flip / --halves apply to --features, not --checkpoint")
+        features, features_flip = _embed_ijb_to(out, checkpoint, arch, meta, target, batch_size, num_workers, device)
     x = _load_npy(features, "features")
     xf = _load_npy(features_flip, "features_flip") if features_flip is not None else None
     if halves:
@@ -45,6 +63,23 @@ def eval_ijb(
     write_ijb_outputs(res, out, target.upper())
     typer.echo(f"{target.upper()} {res.settings['code']}: {int(res.labels.sum())} genuine / "
                f"{int((~res.labels).sum())} impostor template pairs\n{res.table()}")
+
+
+def _embed_ijb_to(out: Path, checkpoint: Path, arch: str, meta: Path, target: str, batch_size: int,
+                  num_workers: int, device: str) -> tuple[Path, Path]:
+    """Embed the release with the checkpoint; write raw features (+ flip) as .npy in `out`; return their paths."""
+    from facekd.evaluate.model_eval import embed_ijb
+    from facekd.models.checkpoint import load_backbone
+    from facekd.train import resolve_device
+    from facekd.utils import save_npy
+
+    model = load_backbone(checkpoint, arch).to(resolve_device(device))
+    feats, feats_flip = embed_ijb(model, meta, target, batch_size=batch_size, num_workers=num_workers)
+    paths = out / f"{target.upper()}_features.npy", out / f"{target.upper()}_features_flip.npy"
+    save_npy(paths[0], feats)
+    save_npy(paths[1], feats_flip)
+    typer.echo(f"embedded {feats.shape[0]} faces with {arch} ({feats.shape[1]}-d) -> {paths[0]}, {paths[1]}")
+    return paths
 
 
 def _load_reid_split(path: Path) -> tuple:

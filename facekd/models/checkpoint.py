@@ -1,6 +1,6 @@
 """Loading backbones and class centres from insightface and facekd checkpoints (never plain pickle).
 
-`load_backbone(path, arch)` accepts
+`load_backbone(path, arch_or_model)` (the one loader of backbones in facekd) accepts
 - insightface `backbone.pth` / `model.pt`: a plain state_dict (a `module.` prefix is stripped);
 - arcface_torch `checkpoint_gpu_{r}.pt` (`state_dict_backbone`);
 - facekd's `run_dir/backbone.pth` (plain) and `run_dir/checkpoints/last.pt` (`task` → `student.*`);
@@ -111,23 +111,31 @@ def load_state_dict_checked(model: nn.Module, sd: dict, strict: bool = True, sou
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 
-def load_backbone(path: str | os.PathLike, arch: str, strict: bool = True, **model_kw) -> nn.Module:
-    """Build `arch` and load its weights from `path`; returns the model in eval mode on CPU.
+def load_backbone(path: str | os.PathLike, arch: str | nn.Module, strict: bool = True, **model_kw) -> nn.Module:
+    """Load backbone weights from `path` (any layout of the module doc); returns the model in eval mode.
 
+    `arch` is a model name (facekd.models.list_models()), built here on CPU, or an already-built
+    `nn.Module` (e.g. a ReFO student with a projection), loaded in place and returned. With a name,
     `embedding_size` / `input_size` are inferred from the checkpoint (fc / GDC / neck shapes) unless
-    given in `model_kw`. `strict=False` tolerates missing / unexpected keys (e.g. an ImageNet trunk
-    for a re-ID net, whose neck is new) but still refuses shape mismatches.
+    given in `model_kw` (`model_kw` must be empty with a module). `strict=False` tolerates missing /
+    unexpected keys (e.g. an ImageNet trunk for a re-ID net, whose neck is new) but still refuses
+    shape mismatches.
     """
     file = resolve_backbone_path(path)
     sd = extract_state_dict(_torch_load(file), str(file))
-    spec = model_spec(arch)
-    convert = getattr(spec.cls, "convert_state_dict", None)
+    if isinstance(arch, nn.Module):
+        if model_kw:
+            raise ValueError(f"load_backbone({file}): model options {sorted(model_kw)} apply only when arch is a name")
+        model, name, cls = arch, type(arch).__name__, type(arch)
+    else:
+        model, name, cls = None, arch, model_spec(arch).cls
+    convert = getattr(cls, "convert_state_dict", None)
     if convert is not None:
         sd = convert(sd)
-    infer = getattr(spec.cls, "config_from_state_dict", None)
-    kw = {**(infer(sd) if infer else {}), **model_kw}
-    model = get_model(arch, **kw)
-    load_state_dict_checked(model, sd, strict=strict, source=f"{file} (arch {arch})")
+    if model is None:
+        infer = getattr(cls, "config_from_state_dict", None)
+        model = get_model(arch, **{**(infer(sd) if infer else {}), **model_kw})
+    load_state_dict_checked(model, sd, strict=strict, source=f"{file} (arch {name})")
     return model.eval()
 
 
