@@ -23,7 +23,7 @@ from facekd.embed import embed_dataset
 from facekd.losses.distiller import Distiller
 from facekd.models import get_model
 from facekd.models.heads import get_head
-from facekd.train import CachedTeacher, FaceTask, OnlineTeacher
+from facekd.tasks import CachedTeacher, FaceTask, OnlineTeacher
 
 
 def main() -> None:

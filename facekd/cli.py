@@ -124,14 +124,18 @@ def embed(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Embed a dataset into an EmbeddingCache (resumable; reused when it matches)."""
+    from facekd import dist
     from facekd.config import build_dataset
     from facekd.embed import embed_dataset
+    from facekd.train import resolve_device
 
+    dist.init_from_env()  # under torchrun each rank embeds its shard and rank 0 assembles the cache
     dataset = build_dataset(_data_config(data, kind, split))
-    model = _load_model(arch, checkpoint, embedding_size, dataset.image_size)
+    model = _load_model(arch, checkpoint, embedding_size, dataset.image_size).to(resolve_device("auto"))
     cache = embed_dataset(model, dataset, out, flip=flip, batch_size=batch_size, normalize=normalize,
                           progress=progress)
-    typer.echo(f"{cache.directory}: {cache.embeddings.shape[0]} × {cache.embeddings.shape[1]} float32")
+    if dist.is_main():
+        typer.echo(f"{cache.directory}: {cache.embeddings.shape[0]} × {cache.embeddings.shape[1]} float32")
 
 
 @app.command("eval")
@@ -146,6 +150,7 @@ def eval_(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="flip-sum test embeddings (no --bin; .bin always flips)"),
     step: int = typer.Option(0, "--step", help="the training step printed in each .bin line"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
+    device: str = typer.Option("auto", "--device", help="with --bin: auto (the local GPU if any) | cpu | cuda:N"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the result JSON (and roc.png) here"),
 ) -> None:
     """Verification. With --bin: insightface's Accuracy-Flip on each .bin set, printed in its log
@@ -154,7 +159,7 @@ def eval_(
     if more_bins and not bins:
         raise typer.BadParameter(f"unexpected argument {more_bins[0]}; .bin sets go after --bin")
     if bins:
-        _eval_bins(arch, checkpoint, bins + list(more_bins or []), embedding_size, step, batch_size, out)
+        _eval_bins(arch, checkpoint, bins + list(more_bins or []), embedding_size, step, batch_size, device, out)
         return
     import numpy as np
     import torch
@@ -179,15 +184,16 @@ def eval_(
 
 
 def _eval_bins(arch: str, checkpoint: Optional[Path], bins: List[Path], embedding_size: Optional[int], step: int,
-               batch_size: int, out: Optional[Path]) -> None:
+               batch_size: int, device: str, out: Optional[Path]) -> None:
     from facekd.evaluate.model_eval import evaluate_bin
     from facekd.evaluate.verification import format_insightface_line
+    from facekd.train import resolve_device
     from facekd.utils import save_json
 
     for path in bins:
         if not path.is_file():
             raise FileNotFoundError(f"verification set {path} does not exist")
-    model = _load_model(arch, checkpoint, embedding_size, None)
+    model = _load_model(arch, checkpoint, embedding_size, None).to(resolve_device(device))
     results = []
     for path in bins:
         r = evaluate_bin(model, path, batch_size=batch_size)

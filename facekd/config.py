@@ -1,12 +1,15 @@
 """YAML run configs for `facekd train`, validated by pydantic (unknown keys are errors).
 
-    data:     {kind: synthfaces, preset: default}          # or recordio / folder / list / arrays + path
+    task:     face                                         # classification | metric (+ metric: {...})
+    data:     {kind: synthfaces, preset: default}          # or recordio / folder / list / arrays / idx /
+                                                           #    market1501 / dukemtmc + path
     model:    {arch: mbf_tiny, embedding_size: 128}
     head:     {name: arcface, s: 64, m: 0.5}               # null: feature-only student
     cls_loss: {name: ce}
     distill:  {loss: l2, weighting: uniform, lambda: 1.0, options: {}}     # optional
     teacher:  {cache: runs/teacher/cache_train}            # or {checkpoint: backbone.pth, arch: r50, online: true}
-    sampler:  {name: uniform}                              # file (path: list.npy), intrinsic, extrinsic, usi
+    sampler:  {name: uniform}                              # file (path: list.npy), intrinsic, extrinsic, usi,
+                                                           #    pk (options: {p: 16, k: 4}; metric task)
     train:    {epochs: 10, batch_size: 128, lr: 0.1, ...}  # facekd.train.TrainConfig
     run_dir:  runs/my_run
 
@@ -45,29 +48,40 @@ def _existing(p: Path | None, what: str) -> Path | None:
 class DataConfig(_Strict):
     """kind synthfaces: `preset` + `synthfaces` overrides of SynthFacesConfig, `split` train/test.
     recordio: `path` = folder or prefix of train.rec/.idx; folder: `path` = root/<id>/<img>;
-    list: `path` = list file; arrays: `path` = .npz with uint8 `images` and int `labels`."""
+    list: `path` = list file; arrays: `path` = .npz with uint8 `images` and int `labels`;
+    idx: `path` = folder of Fashion-MNIST / MNIST IDX files, `split` train/test;
+    market1501 / dukemtmc: `path` = the re-ID dataset folder (or its parent), `split`
+    train/query/gallery, `image_size` [H, W] (default [256, 128]), ImageNet normalisation."""
 
-    kind: Literal["synthfaces", "recordio", "folder", "list", "arrays"] = "synthfaces"
+    kind: Literal["synthfaces", "recordio", "folder", "list", "arrays", "idx", "market1501", "dukemtmc"] = "synthfaces"
     preset: Literal["quick", "default", "full"] = "default"
-    split: Literal["train", "test"] = "train"
+    split: Literal["train", "test", "query", "gallery"] = "train"
     synthfaces: dict[str, Any] = Field(default_factory=dict)
     cache_dir: Path | None = None
     path: Path | None = None
-    image_size: int | None = None
+    image_size: int | tuple[int, int] | None = Field(None, description="[H, W] only for re-ID kinds")
     hflip: bool = False
 
     @model_validator(mode="after")
     def _check(self):
+        splits = _SPLITS.get(self.kind, ("train",))
+        if self.split not in splits:
+            raise ValueError(f"kind {self.kind} has split {' / '.join(splits)}, not {self.split}")
+        if isinstance(self.image_size, tuple) and self.kind not in _REID_KINDS:
+            raise ValueError(f"image_size [H, W] applies only to kinds {' / '.join(_REID_KINDS)}; use one int")
         if self.kind == "synthfaces":
             if self.path is not None:
                 raise ValueError("path is not used with kind synthfaces (use preset / synthfaces)")
-        elif self.split != "train":
-            raise ValueError(f"split applies only to kind synthfaces, not {self.kind}")
         elif self.path is None:
             raise ValueError(f"kind {self.kind} needs a path")
         else:
             _existing(self.path if self.kind != "recordio" else _recordio_probe(self.path), "data path")
         return self
+
+
+_REID_KINDS = ("market1501", "dukemtmc")
+_SPLITS = {"synthfaces": ("train", "test"), "idx": ("train", "test"),
+           **{k: ("train", "query", "gallery") for k in _REID_KINDS}}
 
 
 def _recordio_probe(path: Path) -> Path:
@@ -134,9 +148,10 @@ class TeacherConfig(_Strict):
 class SamplerConfig(_Strict):
     """uniform: a shuffle per epoch; file: `path` to an int64 .npy sample list (one epoch);
     intrinsic / extrinsic / usi: facekd.bias.samplers.epoch_fn on the teacher cache (options: num,
-    bandwidth e.g. '12deg', ...)."""
+    bandwidth e.g. '12deg', ...); pk: facekd.data.pk_sampler.PKSampler, options {p: 16, k: 4}
+    (P identities × K images per batch, reid-strong-baseline's 16 × 4; batch_size must be P·K)."""
 
-    name: Literal["uniform", "file", "intrinsic", "extrinsic", "usi"] = "uniform"
+    name: Literal["uniform", "file", "intrinsic", "extrinsic", "usi", "pk"] = "uniform"
     path: Path | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -145,10 +160,40 @@ class SamplerConfig(_Strict):
         if (self.name == "file") != (self.path is not None):
             raise ValueError("path is needed by (and only by) sampler name 'file'")
         _existing(self.path, "sample list")
+        if self.name == "pk":
+            unknown = set(self.options) - {"p", "k"}
+            if unknown:
+                raise ValueError(f"sampler pk: unknown options {sorted(unknown)}; expected p, k")
+            for key in ("p", "k"):
+                v = self.options.setdefault(key, _PK_DEFAULTS[key])
+                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                    raise ValueError(f"sampler pk: option {key} must be an integer ≥ 1, got {v!r}")
         return self
 
 
+_PK_DEFAULTS = {"p": 16, "k": 4}
+
+
+class MetricConfig(_Strict):
+    """Options of `task: metric` (facekd.tasks.MetricTask; defaults = reid-strong-baseline):
+    triplet on the feature before the BNNeck, ID loss (head) on the feature after it."""
+
+    triplet_margin: float | None = Field(0.3, gt=0, description="null: soft margin")
+    triplet_weight: float = Field(1.0, ge=0)
+    triplet_normalize: bool = False
+    center_weight: float = Field(0.0, ge=0, description="0: no center loss; RSB uses 5e-4")
+    label_smoothing: float = Field(0.1, ge=0, lt=1, description="for cls_loss ce")
+    bnneck: bool = True
+    distill_feat: Literal["after", "before"] = "after"
+
+
 class RunConfig(_Strict):
+    """`task`: face (FaceTask: margin head + cls_loss), classification (ClassificationTask: linear
+    classifier, head name softmax) or metric (MetricTask: head + triplet (+ center), `metric` block).
+    With task classification / metric a head without an explicit name is `softmax`."""
+
+    task: Literal["face", "classification", "metric"] = "face"
+    metric: MetricConfig | None = None
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     head: HeadConfig | None = Field(default_factory=HeadConfig)
@@ -161,7 +206,20 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.head is None and self.distill is None:
+        if self.task != "face" and self.head is not None and "name" not in self.head.model_fields_set:
+            self.head.name = "softmax"
+        if self.task == "classification" and (self.head is None or self.head.name != "softmax"):
+            raise ValueError("task classification needs head {name: softmax} (a linear classifier)")
+        if self.metric is not None and self.task != "metric":
+            raise ValueError(f"the metric block applies only to task metric, not {self.task}")
+        if self.sampler.name == "pk":
+            if self.task != "metric":
+                raise ValueError(f"sampler pk is for task metric, not {self.task}")
+            pk = self.sampler.options["p"] * self.sampler.options["k"]
+            if self.train.batch_size != pk:
+                raise ValueError(f"sampler pk: train.batch_size must be p·k = {pk}, got {self.train.batch_size}")
+        if self.head is None and self.distill is None and not (
+                self.task == "metric" and (self.metric or MetricConfig()).triplet_weight > 0):
             raise ValueError("head is null and there is no distill block: nothing to train")
         if self.distill is not None and self.teacher is None:
             raise ValueError("distill needs a teacher block")
@@ -276,6 +334,16 @@ def build_dataset(cfg: DataConfig):
         from facekd.data.folder import ListFileDataset
 
         return ListFileDataset(cfg.path, image_size=cfg.image_size, transform=transform)
+    if cfg.kind in _REID_KINDS:
+        from facekd.data.reid import ReIDDataset
+
+        size = cfg.image_size or (256, 128)
+        return ReIDDataset(cfg.path, cfg.kind, cfg.split, image_size=(size, size) if isinstance(size, int) else size,
+                           transform=transform)
+    if cfg.kind == "idx":
+        from facekd.data.arrays import load_fashion_mnist
+
+        return load_fashion_mnist(cfg.path, cfg.split, hflip=cfg.hflip)
     from facekd.data.arrays import ArrayDataset
 
     with np.load(cfg.path, allow_pickle=False) as z:
@@ -291,7 +359,8 @@ def build_teacher(cfg: RunConfig, dataset):
     from facekd.embed import EmbeddingCache, embed_dataset
     from facekd.models import get_model
     from facekd.models.checkpoint import load_backbone
-    from facekd.train import CachedTeacher, OnlineTeacher
+    from facekd.tasks import CachedTeacher, OnlineTeacher
+    from facekd.train import resolve_device
 
     t = cfg.teacher
     if t.cache is not None:
@@ -301,14 +370,20 @@ def build_teacher(cfg: RunConfig, dataset):
                                                   input_size=cfg.model.input_size or dataset.image_size))
     if t.online:
         return OnlineTeacher(model), None
-    cache = embed_dataset(model, dataset, cfg.run_dir / "teacher_cache", flip=t.flip)
+    # under torchrun each rank embeds its shard on its own device; rank 0 assembles the cache
+    cache = embed_dataset(model.to(resolve_device(cfg.train.device)), dataset, cfg.run_dir / "teacher_cache",
+                          flip=t.flip)
     return CachedTeacher(cache), cache
 
 
 def build_sampler(cfg: SamplerConfig, dataset, seed: int, cache=None):
-    """None (uniform shuffle), an int64 array (file), or an epoch → indices callable."""
+    """None (uniform shuffle), an int64 array (file), an epoch → indices callable, or a PKSampler."""
     if cfg.name == "uniform" and not cfg.options:
         return None
+    if cfg.name == "pk":
+        from facekd.data.pk_sampler import PKSampler
+
+        return PKSampler(dataset.labels, p=cfg.options["p"], k=cfg.options["k"], seed=seed)
     if cfg.name == "file":
         arr = np.load(cfg.path, allow_pickle=False)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
@@ -326,19 +401,26 @@ def build_sampler(cfg: SamplerConfig, dataset, seed: int, cache=None):
 
 
 def build_task(cfg: RunConfig, dataset, teacher_provider=None):
-    """FaceTask(student, head, cls_loss, distiller, teacher) from the config."""
+    """The task of `cfg.task` from the config (facekd.tasks):
+    face → FaceTask(student, head, cls_loss, distiller, teacher);
+    classification → ClassificationTask(student, Linear(d, C), distiller, teacher, cls_loss);
+    metric → MetricTask(student, head, cls_loss (None for ce: label-smoothed CE), triplet, center, ...)."""
+    from torch import nn
+
     from facekd.losses.classification import get_cls_loss
     from facekd.losses.distiller import Distiller
+    from facekd.losses.metric import CenterLoss
     from facekd.models import get_model
     from facekd.models.heads import get_head
-    from facekd.train import CachedTeacher, FaceTask
+    from facekd.tasks import CachedTeacher, ClassificationTask, FaceTask, MetricTask
 
     input_size = cfg.model.input_size or dataset.image_size
     student = get_model(cfg.model.arch, embedding_size=cfg.model.embedding_size, input_size=input_size)
     dim = _embedding_dim(student, input_size)
     head = loss = distiller = None
     if cfg.head is not None:
-        head = get_head(cfg.head.name, dim, dataset.num_classes, s=cfg.head.s, m=cfg.head.m, **cfg.head.options)
+        head = (nn.Linear(dim, dataset.num_classes) if cfg.task == "classification" else
+                get_head(cfg.head.name, dim, dataset.num_classes, s=cfg.head.s, m=cfg.head.m, **cfg.head.options))
         opts = dict(cfg.cls_loss.options)
         if cfg.cls_loss.name in ("cb", "ldam"):
             opts["class_counts"] = np.bincount(dataset.labels, minlength=dataset.num_classes)
@@ -351,28 +433,45 @@ def build_task(cfg: RunConfig, dataset, teacher_provider=None):
              "normalize": cfg.distill.normalize, "options": cfg.distill.options},
             student_dim=dim, teacher_dim=t_dim, student=student,
             teacher=getattr(teacher_provider, "model", None), input_size=input_size)
-    return FaceTask(student, head=head, cls_loss=loss, distiller=distiller,
-                    teacher=teacher_provider if cfg.distill is not None else None)
+    teacher = teacher_provider if cfg.distill is not None else None
+    if cfg.task == "classification":
+        return ClassificationTask(student, head, distiller=distiller, teacher=teacher, cls_loss=loss)
+    if cfg.task == "metric":
+        m = cfg.metric or MetricConfig()
+        return MetricTask(student, head=head, cls_loss=None if cfg.cls_loss.name == "ce" else loss,
+                          label_smoothing=m.label_smoothing, triplet_margin=m.triplet_margin,
+                          triplet_weight=m.triplet_weight, triplet_normalize=m.triplet_normalize,
+                          center=CenterLoss(dataset.num_classes, dim) if m.center_weight > 0 else None,
+                          center_weight=m.center_weight, bnneck=m.bnneck, distill_feat=m.distill_feat,
+                          distiller=distiller, teacher=teacher)
+    return FaceTask(student, head=head, cls_loss=loss, distiller=distiller, teacher=teacher)
 
 
-def _embedding_dim(model, input_size: int) -> int:
+def _embedding_dim(model, input_size: int | tuple[int, int]) -> int:
     import torch
 
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     was = model.training
     model.eval()
     with torch.no_grad():
-        d = int(model(torch.zeros(1, 3, input_size, input_size)).shape[1])
+        d = int(model(torch.zeros(1, 3, h, w)).shape[1])
     model.train(was)
     return d
 
 
 def run_training(cfg: RunConfig, resume: bool = True, progress: bool = True):
-    """Build everything from `cfg`, save run_dir/config.yaml, train; returns the trained task."""
+    """Build everything from `cfg`, save run_dir/config.yaml, train; returns the trained task.
+
+    Under torchrun the process group is initialised first (NCCL on GPUs, gloo on CPU), so a teacher
+    cache computed here is embedded one shard per rank."""
+    from facekd import dist
     from facekd.train import train
     from facekd.utils import seed_everything
 
+    dist.init_from_env()  # before the teacher cache, so that it is embedded sharded under torchrun
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg.run_dir / "config.yaml")
+    if dist.is_main():
+        save_config(cfg, cfg.run_dir / "config.yaml")
     dataset = build_dataset(cfg.data)
     provider, cache = build_teacher(cfg, dataset) if cfg.teacher is not None else (None, None)
     sampler = build_sampler(cfg.sampler, dataset, cfg.train.seed, cache)
@@ -382,5 +481,5 @@ def run_training(cfg: RunConfig, resume: bool = True, progress: bool = True):
 
 
 __all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "HeadConfig", "ClsLossConfig", "DistillConfig",
-           "TeacherConfig", "SamplerConfig", "load_config", "apply_overrides", "dump_config", "save_config",
+           "TeacherConfig", "SamplerConfig", "MetricConfig", "load_config", "apply_overrides", "dump_config", "save_config",
            "build_dataset", "build_teacher", "build_sampler", "build_task", "run_training"]

@@ -37,13 +37,15 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from facekd import dist
 from facekd.embed import EmbeddingCache, embed_dataset
 from facekd.losses.classification import get_cls_loss
 from facekd.losses.distiller import Distiller
 from facekd.models import get_model
 from facekd.models.checkpoint import load_backbone
 from facekd.models.heads import get_head
-from facekd.train import CachedTeacher, FaceTask, TrainConfig, resolve_device, train
+from facekd.tasks import CachedTeacher, FaceTask
+from facekd.train import TrainConfig, resolve_device, train
 from facekd.utils import save_json
 
 _RESUMABLE = {"checkpoint_every", "log_every", "num_workers", "device"}  # may change between resumes
@@ -313,6 +315,7 @@ def run_refo(cfg: RefoConfig, run_dir: str | Path, train_set, distill_set=None, 
     train_set: D1, labelled (proxy and reverse distillation). distill_set: D2 for the
     feature-only student (labels never read); defaults to D1. Both follow `facekd.data.base`.
     """
+    dist.init_from_env()  # before any stage: the embed stages shard across torchrun ranks too
     device = cfg.train_config("teacher").device
 
     run_dir = Path(run_dir)

@@ -3,6 +3,7 @@
 A *task* is an `nn.Module` holding everything with parameters that the loss needs (student, margin
 head, distiller projection, PAD branch) and whose `forward(batch, step)` returns `(loss, logs)`.
 `train()` only knows tasks, so a new method is a new task (or a new distiller), never a new loop.
+The tasks (FaceTask, ClassificationTask, MetricTask) and teacher providers live in `facekd.tasks`.
 
 Resume contract: a run killed at any point and restarted with `resume=True` ends with the same
 weights as an uninterrupted run (same seed, CPU, `num_workers=0`). This holds because
@@ -28,7 +29,6 @@ from typing import Iterable, Iterator, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Sampler
@@ -97,144 +97,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-# --------------------------------------------------------------------------------------------
-# Teachers and tasks
-# --------------------------------------------------------------------------------------------
-
-
-def _features_cls():
-    from facekd.losses.distiller import Features
-
-    return Features
-
-
-class CachedTeacher(nn.Module):
-    """Teacher targets read from an EmbeddingCache by dataset row (`batch["index"]`).
-
-    The cache must have been computed on the *training dataset itself* (same rows); its
-    embeddings are used as stored (normalised when the cache is).
-
-    Holds no parameters or buffers (the cache stays a memory map, never enters a state_dict).
-    Returns `Features(embedding (B, d) float32 on the batch's device, maps=None)`.
-    """
-
-    def __init__(self, cache):
-        super().__init__()
-        self.cache = cache
-        self.dim = int(cache.embeddings.shape[1])
-
-    def check_dataset(self, dataset) -> None:
-        """Raise ValueError unless the cache was computed on `dataset` (fingerprint and size)."""
-        fp = self.cache.meta.get("dataset_fingerprint")
-        if fp != str(dataset.fingerprint()) or len(self.cache) != len(dataset):
-            raise ValueError(f"teacher cache {self.cache.directory} was computed on dataset {fp} ({len(self.cache)} rows), "
-                             f"not on the training dataset {dataset.fingerprint()} ({len(dataset)} rows)")
-
-    def forward(self, batch: dict, need_maps: bool = False, need_logits: bool = False):
-        if need_maps or need_logits:
-            raise ValueError("a cached teacher has only embeddings: use an OnlineTeacher for feature-map or logit losses")
-        idx = batch["index"].cpu().numpy()
-        if idx.size and (idx.min() < 0 or idx.max() >= len(self.cache.embeddings)):
-            raise ValueError(
-                f"teacher cache {self.cache.directory}: batch index {int(idx.max())} outside its {len(self.cache.embeddings)} rows"
-            )
-        emb = torch.from_numpy(np.ascontiguousarray(self.cache.embeddings[idx], dtype=np.float32))
-        return _features_cls()(embedding=emb.to(batch["image"].device, non_blocking=True))
-
-
-class OnlineTeacher(nn.Module):
-    """A frozen teacher run on the batch's images (needed when augmentations change the input).
-
-    Always in eval mode with no gradients, whatever mode the enclosing task is in. With a `head`
-    (the teacher's margin head) it also returns logits `head(emb, labels)` for logit losses (HKD).
-    """
-
-    def __init__(self, model: nn.Module, head: nn.Module | None = None):
-        super().__init__()
-        self.model = model
-        self.head = head
-        for p in self.parameters():
-            p.requires_grad_(False)
-        self.eval()
-
-    def train(self, mode: bool = True):
-        return super().train(False)
-
-    @torch.no_grad()
-    def forward(self, batch: dict, need_maps: bool = False, need_logits: bool = False):
-        Features = _features_cls()
-        maps = None
-        if need_maps:
-            emb, maps = self.model(batch["image"], return_features=True)
-            maps = [m.float() for m in maps]
-        else:
-            emb = self.model(batch["image"])
-        emb = emb.float()
-        logits = None
-        if need_logits:
-            if self.head is None:
-                raise ValueError("this distiller needs teacher logits: give OnlineTeacher(model, head=teacher_head)")
-            logits = self.head(emb, batch["label"]).float()
-        return Features(embedding=emb, maps=maps, logits=logits)
-
-
-class FaceTask(nn.Module):
-    """Student + optional margin head / classification loss + optional distiller.
-
-    loss = mean_b cls_loss(head(student(x_b), y_b), y_b)  (if head)
-         + distiller(Features(student), teacher(batch), step)  (if distiller; λ is inside it)
-    With `head=None` labels are never used (feature-only students, ReFO). `cls_loss` maps
-    (logits (B, C), labels (B,)) to per-sample losses (B,); default plain cross-entropy.
-    The head runs in float32 even under AMP.
-    """
-
-    def __init__(self, student: nn.Module, head: nn.Module | None = None, cls_loss: nn.Module | None = None,
-                 distiller: nn.Module | None = None, teacher: nn.Module | None = None):
-        super().__init__()
-        if head is None and distiller is None:
-            raise ValueError("FaceTask needs a head, a distiller, or both")
-        if distiller is not None and teacher is None:
-            raise ValueError("FaceTask: a distiller needs a teacher (CachedTeacher or OnlineTeacher)")
-        self.student = student
-        self.head = head
-        self.cls_loss = cls_loss
-        self.distiller = distiller
-        self.teacher = teacher
-
-    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        x = batch["image"]
-        need_maps = self.distiller is not None and bool(getattr(self.distiller, "needs_maps", False))
-        need_logits = self.distiller is not None and bool(getattr(self.distiller, "needs_logits", False))
-        if need_logits and self.head is None:
-            raise ValueError("this distiller needs student logits: FaceTask needs a head")
-        maps = None
-        if need_maps:
-            emb, maps = self.student(x, return_features=True)
-        else:
-            emb = self.student(x)
-        logs: dict[str, float] = {}
-        loss = emb.new_zeros((), dtype=torch.float32)
-        logits = None
-        if self.head is not None:
-            labels = batch["label"]
-            logits = self.head(emb.float(), labels)
-            per_sample = (self.cls_loss(logits, labels) if self.cls_loss is not None
-                          else F.cross_entropy(logits, labels, reduction="none"))
-            cls = per_sample.float().mean()
-            loss = loss + cls
-            logs["cls"] = float(cls.detach())
-        if self.distiller is not None:
-            Features = _features_cls()
-            target = self.teacher(batch, need_maps, need_logits)
-            student_maps = [m.float() for m in maps] if maps is not None else None
-            student = Features(embedding=emb.float(), maps=student_maps, logits=logits if need_logits else None)
-            dl, dlogs = self.distiller(student, target, step)
-            loss = loss + dl
-            logs["distill"] = float(dl.detach())
-            logs.update({k: float(v) for k, v in dlogs.items()})
-        return loss, logs
 
 
 # --------------------------------------------------------------------------------------------
@@ -540,5 +402,4 @@ def train(task: nn.Module, dataset, cfg: TrainConfig, run_dir: str | Path, sampl
     return task.eval()
 
 
-__all__ = ["TrainConfig", "lr_at", "FaceTask", "CachedTeacher", "OnlineTeacher", "train", "load_checkpoint",
-           "make_sampler", "resolve_device"]
+__all__ = ["TrainConfig", "lr_at", "train", "load_checkpoint", "make_sampler", "resolve_device"]

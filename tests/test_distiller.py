@@ -180,7 +180,8 @@ def test_classification_task_trains_through_the_spine(tmp_path, cfg):
     import numpy as np
 
     from facekd.data.arrays import ArrayDataset
-    from facekd.tasks_classification import ClassificationTask, ClassifierTeacher, SmallCNN
+    from facekd.models import SmallCNN
+    from facekd.tasks import ClassificationTask, ClassifierTeacher
     from facekd.train import TrainConfig, train
 
     rng = np.random.default_rng(0)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from conftest import LinearHead, TinyFaces, TinyNet
-from facekd.train import FaceTask, TrainConfig, lr_at, train
+from facekd.tasks import FaceTask
+from facekd.train import TrainConfig, lr_at, train
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -97,7 +98,8 @@ _SCRIPT = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
     from conftest import TinyFaces, TinyNet, LinearHead
-    from facekd.train import FaceTask, TrainConfig, train
+    from facekd.tasks import FaceTask
+    from facekd.train import TrainConfig, train
     run_dir, delay = sys.argv[1], float(sys.argv[2])
     torch.manual_seed(0)
     task = FaceTask(TinyNet(dim=6, bn=True, dropout=0.2), head=LinearHead(6, 4))
@@ -148,7 +150,8 @@ _DDP_SCRIPT = textwrap.dedent("""
     torch.set_num_threads(1)
     from conftest import TinyFaces, TinyNet, LinearHead
     from facekd import dist
-    from facekd.train import FaceTask, TrainConfig, train
+    from facekd.tasks import FaceTask
+    from facekd.train import TrainConfig, train
     run_dir = sys.argv[1]
     torch.manual_seed(0)
     task = FaceTask(TinyNet(dim=6), head=LinearHead(6, 4))
@@ -198,7 +201,7 @@ def test_face_task_kd_loss_wiring_and_teachers(tmp_path):
     """loss = mean CE(head) + λ·mean ||n(P s) − n(t)||² with a cached or an online teacher."""
     from facekd.embed import embed_dataset
     from facekd.losses.distiller import Distiller
-    from facekd.train import CachedTeacher, OnlineTeacher
+    from facekd.tasks import CachedTeacher, OnlineTeacher
 
     ds = TinyFaces(n=16)
     torch.manual_seed(1)
@@ -229,7 +232,7 @@ def test_face_task_kd_loss_wiring_and_teachers(tmp_path):
 def test_feature_only_task_ignores_labels(tmp_path):
     from facekd.embed import embed_dataset
     from facekd.losses.distiller import Distiller
-    from facekd.train import CachedTeacher
+    from facekd.tasks import CachedTeacher
 
     ds = TinyFaces(n=32)
     ds.labels[:] = -5  # would crash any classification loss

@@ -260,7 +260,7 @@ class DemoContext:
         if self._teacher is None:
             from facekd.models import get_model
             from facekd.models.heads import get_head
-            from facekd.train import FaceTask
+            from facekd.tasks import FaceTask
 
             net = self.settings.teacher
             data = self.data.train.with_hflip(True) if net.hflip else self.data.train
@@ -298,7 +298,7 @@ class DemoContext:
         from facekd.embed import EmbeddingCache
         from facekd.models import get_model
         from facekd.models.heads import get_head
-        from facekd.train import CachedTeacher, FaceTask, OnlineTeacher
+        from facekd.tasks import CachedTeacher, FaceTask, OnlineTeacher
 
         net = self.settings.student
         if arch is not None or embedding_size is not None:

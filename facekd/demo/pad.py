@@ -303,7 +303,7 @@ _T2 = _table_experiment(["uniform", "pad", "fitnet", "pad_fitnet", "at", "pad_at
                         "the teacher's feature maps, so those students run the teacher online. HKD is not in this "
                         "table: it needs the class logits of both networks, and the face teacher's ArcFace head is "
                         "not shared with the student (it is in the classification task, "
-                        "`facekd.tasks_classification`). Paper: PAD improves each of L2, FitNet and AT.")
+                        "`facekd.tasks.ClassificationTask`). Paper: PAD improves each of L2, FitNet and AT.")
 
 register(Experiment("pad.weighting", tier="default", run=run_weighting, report=report_weighting,
                     title="PAD: uniform vs PAD vs hard-discarding (L2), Fig. 2 and Fig. 3 analogues", order=40))

@@ -51,7 +51,7 @@ def tailored_teacher(ctx: DemoContext, variant: str = "refo", arch: str | None =
     from facekd.models import get_model
     from facekd.models.heads import get_head
     from facekd.refo import make_distiller
-    from facekd.train import CachedTeacher, FaceTask
+    from facekd.tasks import CachedTeacher, FaceTask
 
     arch = arch or ctx.settings.student.arch
     beta1 = BETA1 if beta1 is None else beta1

@@ -13,6 +13,7 @@
 | mbf_tiny | demo student: narrow MobileFaceNet (~0.2M) | 32 | 512 |
 | resnet50_reid | torchvision-named ResNet-50, last stride 1, BNNeck | 256×128 | 2048 |
 | shufflenet_v2_x0_5 | torchvision-named ShuffleNetV2 ×0.5, BNNeck | 256×128 | 1024 |
+| small_cnn | 3-stage CNN for small images (Fashion-MNIST; width 16, any size) | 28 | 64 |
 
 `embedding_size=None` / `input_size=None` mean the architecture's default above.
 """
@@ -27,6 +28,7 @@ from torch import nn
 from .iresnet import IResNet
 from .mobilefacenet import MobileFaceNet
 from .reid_nets import ReIDNet, resnet50_reid, shufflenet_v2_x0_5
+from .small_cnn import SmallCNN
 
 
 @dataclass(frozen=True)
@@ -107,5 +109,6 @@ register_model(
 )
 register_model("resnet50_reid", resnet50_reid, ReIDNet, "re-ID ResNet-50 + BNNeck", embedding_size=None, input_size=(256, 128))
 register_model("shufflenet_v2_x0_5", shufflenet_v2_x0_5, ReIDNet, "re-ID ShuffleNetV2 x0.5 + BNNeck", embedding_size=None, input_size=(256, 128))
+register_model("small_cnn", SmallCNN, SmallCNN, "3-stage CNN for small images", embedding_size=64, input_size=28)
 
-__all__ = ["get_model", "list_models", "model_spec", "register_model", "ModelSpec", "IResNet", "MobileFaceNet", "ReIDNet"]
+__all__ = ["get_model", "list_models", "model_spec", "register_model", "ModelSpec", "IResNet", "MobileFaceNet", "ReIDNet", "SmallCNN"]
