@@ -129,7 +129,7 @@ def kde_exact(
     truncate_tol: float = 1e-4,
     dtype: str = "float32",
     device: str | torch.device = "cpu",
-    chunk_bytes: int = 64 << 20,
+    chunk_bytes: int = 256 << 20,
     rows: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> KDEResult:
@@ -158,7 +158,10 @@ def kde_exact(
     acc = torch.float64  # per-row sums are accumulated in float64
     out = torch.zeros(stop - start, dtype=acc, device=device)
 
-    chunk = max(1, min(stop - start, chunk_bytes // (4 * n)))
+    chunk = max(1, min(stop - start, chunk_bytes // (ref_mm.element_size() * n)))
+    # One preallocated block reused by every GEMM: a fresh (chunk, N) tensor per block costs page
+    # faults that measured ~20 % of the matrix-product time on CPU (benchmarks/density.py).
+    block = torch.empty((chunk, n), dtype=mmdt, device=device)
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     try:
@@ -166,7 +169,7 @@ def kde_exact(
                    disable=not progress or not dist.is_main())
         for s in bar:
             e = min(s + chunk, stop)
-            c = ref_mm[s:e] @ ref_mm.T
+            c = torch.mm(ref_mm[s:e], ref_mm.T, out=block[: e - s])
             c = c.to(fdt)
             r = torch.arange(e - s, device=device)
             c[r, torch.arange(s, e, device=device)] = 1.0  # exact self-similarity

@@ -151,10 +151,13 @@ def tier_settings(tier: str, seeds: Sequence[int] | None = None) -> DemoSettings
             teacher=dict(arch="iresnet_tiny", epochs=8, batch_size=64, lr=0.1),
             student=dict(arch="mbf_tiny", epochs=5, batch_size=64, lr=0.1),
         ),
+        # Every experiment, three seeds, on the default tier's data and networks: a full run in the
+        # default run directory (`--out runs/demo/default`) reuses the default demo's teacher and
+        # students instead of training them again.
         "full": dict(
-            seeds=[0, 1, 2], data_preset="full", data={},
-            teacher=dict(arch="iresnet_tiny", epochs=10, batch_size=128, lr=0.1, hflip=True),
-            student=dict(arch="mbf_tiny", epochs=6, batch_size=128, lr=0.1),
+            seeds=[0, 1, 2], data_preset="default", data=dict(num_train_identities=200),
+            teacher=dict(arch="iresnet_tiny", epochs=8, batch_size=64, lr=0.1),
+            student=dict(arch="mbf_tiny", epochs=5, batch_size=64, lr=0.1),
         ),
     }
     if tier not in presets:
