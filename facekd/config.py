@@ -27,6 +27,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from facekd.models import embedding_dim
 from facekd.train import TrainConfig
 from facekd.utils import atomic_path, parse_angle
 
@@ -233,7 +234,7 @@ class RunConfig(_Strict):
 # --------------------------------------------------------------------------------------------
 
 
-def _format_validation(err: ValidationError, where: str) -> str:
+def format_validation_error(err: ValidationError, where: str) -> str:
     parts = []
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
@@ -269,6 +270,20 @@ def apply_overrides(raw: dict, overrides: Sequence[str]) -> dict:
     return out
 
 
+def read_yaml_mapping(path: str | Path) -> dict:
+    """The top-level mapping of a YAML file; ConfigError (one line naming the file) otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML ({' '.join(str(e).split())})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a YAML config (or start from defaults with path=None), apply overrides, validate.
 
@@ -276,22 +291,11 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     Raises ConfigError (one line naming the file and key) on any problem.
     """
     where = str(path) if path is not None else "config"
-    raw: Any = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: invalid YAML ({' '.join(str(e).split())})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: expected a mapping at the top level, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(read_yaml_mapping(path) if path is not None else {}, overrides)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, where)) from None
+        raise ConfigError(format_validation_error(e, where)) from None
 
 
 def dump_config(cfg: RunConfig) -> str:
@@ -416,7 +420,7 @@ def build_task(cfg: RunConfig, dataset, teacher_provider=None):
 
     input_size = cfg.model.input_size or dataset.image_size
     student = get_model(cfg.model.arch, embedding_size=cfg.model.embedding_size, input_size=input_size)
-    dim = _embedding_dim(student, input_size)
+    dim = embedding_dim(student, input_size)
     head = loss = distiller = None
     if cfg.head is not None:
         head = (nn.Linear(dim, dataset.num_classes) if cfg.task == "classification" else
@@ -427,7 +431,7 @@ def build_task(cfg: RunConfig, dataset, teacher_provider=None):
         loss = get_cls_loss(cfg.cls_loss.name, **opts)
     if cfg.distill is not None:
         t_dim = (teacher_provider.dim if isinstance(teacher_provider, CachedTeacher)
-                 else _embedding_dim(teacher_provider.model, input_size))
+                 else embedding_dim(teacher_provider.model, input_size))
         distiller = Distiller.from_config(
             {"loss": cfg.distill.loss, "weighting": cfg.distill.weighting, "lambda": cfg.distill.lam,
              "normalize": cfg.distill.normalize, "options": cfg.distill.options},
@@ -445,18 +449,6 @@ def build_task(cfg: RunConfig, dataset, teacher_provider=None):
                           center_weight=m.center_weight, bnneck=m.bnneck, distill_feat=m.distill_feat,
                           distiller=distiller, teacher=teacher)
     return FaceTask(student, head=head, cls_loss=loss, distiller=distiller, teacher=teacher)
-
-
-def _embedding_dim(model, input_size: int | tuple[int, int]) -> int:
-    import torch
-
-    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        d = int(model(torch.zeros(1, 3, h, w)).shape[1])
-    model.train(was)
-    return d
 
 
 def run_training(cfg: RunConfig, resume: bool = True, progress: bool = True):

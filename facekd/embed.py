@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from facekd import dist
+from facekd.models import embedding_dim
 from facekd.utils import atomic_path, save_json, save_npy
 
 FORMAT_VERSION = 1
@@ -136,7 +137,7 @@ def embed_dataset(model: nn.Module, dataset, out_dir: str | os.PathLike, flip: b
     was_training = model.training
     model.eval()
     try:
-        dim = _embedding_dim(model, dataset, device)
+        dim = embedding_dim(model, dataset.image_size)
         done = 0
         if prog_path.exists() and part.exists():
             prog = json.loads(prog_path.read_text())
@@ -181,12 +182,6 @@ def embed_dataset(model: nn.Module, dataset, out_dir: str | os.PathLike, flip: b
     if w > 1:
         torch.distributed.barrier()
     return EmbeddingCache.open(out_dir)
-
-
-@torch.no_grad()
-def _embedding_dim(model: nn.Module, dataset, device) -> int:
-    x = dataset[0]["image"].unsqueeze(0).to(device)
-    return int(model(x).shape[1])
 
 
 def _assemble(out_dir: Path, dataset, expected: dict, dim: int, w: int) -> None:

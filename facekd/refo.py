@@ -41,7 +41,7 @@ from facekd import dist
 from facekd.embed import EmbeddingCache, embed_dataset
 from facekd.losses.classification import get_cls_loss
 from facekd.losses.distiller import Distiller
-from facekd.models import get_model
+from facekd.models import embedding_dim, get_model
 from facekd.models.checkpoint import load_backbone
 from facekd.models.heads import get_head
 from facekd.tasks import CachedTeacher, FaceTask
@@ -170,7 +170,7 @@ def train_with_labels(model: nn.Module, dataset, train_cfg, run_dir: str | Path,
     distillation (model: the teacher, target: the proxy). The margin head has `dataset.num_classes`
     class centres.
     """
-    dim = _embedding_dim(model, dataset.image_size)
+    dim = embedding_dim(model, dataset.image_size)
     head_module = get_head(head.name, dim, dataset.num_classes, s=head.s, m=head.m)
     distiller = teacher = None
     if target_cache is not None and lam > 0:
@@ -192,21 +192,9 @@ def train_feature_only(model: nn.Module, dataset, teacher_cache, train_cfg, run_
     if len(teacher_cache.embeddings) != len(dataset):
         raise ValueError(f"teacher cache {teacher_cache.directory} has {len(teacher_cache.embeddings)} rows, "
                          f"the distillation data {len(dataset)}")
-    distiller = make_distiller(beta2, _embedding_dim(model, dataset.image_size), teacher.dim, emb_loss, normalize)
+    distiller = make_distiller(beta2, embedding_dim(model, dataset.image_size), teacher.dim, emb_loss, normalize)
     task = FaceTask(model, head=None, distiller=distiller, teacher=teacher)
     return train(task, dataset, train_cfg, run_dir, progress=progress).student.eval()
-
-
-def _embedding_dim(model: nn.Module, image_size: int) -> int:
-    size = getattr(model, "embedding_size", None)
-    if isinstance(size, int):
-        return size
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        dim = int(model(torch.zeros(1, 3, image_size, image_size)).shape[1])
-    model.train(was_training)
-    return dim
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from facekd.config import ConfigError, DataConfig, _format_validation, apply_overrides, build_dataset
+from facekd.config import (ConfigError, DataConfig, apply_overrides, build_dataset, format_validation_error,
+                           read_yaml_mapping)
 from facekd.refo import RefoConfig, run_refo
 from facekd.utils import atomic_path, save_json
 
@@ -64,18 +65,10 @@ def load_refo_file(path: Path, overrides: Sequence[str] = ()) -> RefoRunFile:
 
     Raises ConfigError, one line naming the file and the key.
     """
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
-    try:
-        return RefoRunFile.model_validate(apply_overrides(raw, overrides))
+        return RefoRunFile.model_validate(apply_overrides(read_yaml_mapping(path), overrides))
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, str(path))) from None
+        raise ConfigError(format_validation_error(e, str(path))) from None
 
 
 def refo(

@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from facekd.models import embedding_dim
 from facekd.utils import atomic_path, save_json, seed_everything
 
 Tier = Literal["quick", "default", "full"]
@@ -346,7 +347,7 @@ class DemoContext:
                     provider = CachedTeacher(teacher)
                 else:
                     provider = OnlineTeacher(teacher)
-                t_dim = provider.dim if isinstance(provider, CachedTeacher) else self._embedding_dim(provider.model, data)
+                t_dim = provider.dim if isinstance(provider, CachedTeacher) else embedding_dim(provider.model, data.image_size)
                 distiller = Distiller.from_config(dict(distill), student_dim=net.embedding_size, teacher_dim=t_dim,
                                                   student=student,
                                                   teacher=provider.model if isinstance(provider, OnlineTeacher) else None,
@@ -356,11 +357,6 @@ class DemoContext:
         task = self.train_task(f"students/{key}/seed{seed}", build, spec, net, seed, dataset=data, sampler=sampler,
                                epochs=epochs, train_overrides=train_overrides)
         return task.student.eval()
-
-    @staticmethod
-    def _embedding_dim(model: nn.Module, data) -> int:
-        with torch.no_grad():
-            return int(model.eval()(data[0]["image"][None]).shape[1])
 
     # ---- evaluation
     def evaluate(self, model: nn.Module, name: str) -> dict:

@@ -144,7 +144,7 @@ def _train_set_stats(ctx: DemoContext, method: str, seed: int) -> dict[str, np.n
     s_emb = torch.from_numpy(np.array(cache.embeddings, dtype=np.float32))
     t_emb = torch.from_numpy(np.array(ctx.teacher_cache().embeddings, dtype=np.float32))
     d = _load_distiller(ctx, key, seed, spec, s_emb.shape[1], t_emb.shape[1])
-    gap, var, weight = [], [], []
+    gap, var = [], []
     with torch.no_grad():
         for i in range(0, len(s_emb), 512):
             fs, ft = Features(s_emb[i:i + 512]), Features(t_emb[i:i + 512])

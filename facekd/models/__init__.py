@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
 from torch import nn
 
 from .iresnet import IResNet
@@ -111,4 +112,17 @@ register_model("resnet50_reid", resnet50_reid, ReIDNet, "re-ID ResNet-50 + BNNec
 register_model("shufflenet_v2_x0_5", shufflenet_v2_x0_5, ReIDNet, "re-ID ShuffleNetV2 x0.5 + BNNeck", embedding_size=None, input_size=(256, 128))
 register_model("small_cnn", SmallCNN, SmallCNN, "3-stage CNN for small images", embedding_size=64, input_size=28)
 
-__all__ = ["get_model", "list_models", "model_spec", "register_model", "ModelSpec", "IResNet", "MobileFaceNet", "ReIDNet", "SmallCNN"]
+__all__ = ["embedding_dim", "get_model", "list_models", "model_spec", "register_model", "ModelSpec", "IResNet", "MobileFaceNet", "ReIDNet", "SmallCNN"]
+
+
+def embedding_dim(model: nn.Module, input_size: int | tuple[int, int]) -> int:
+    """Output width d of `model` (B, 3, H, W) → (B, d), probed by one forward of a zero image in eval
+    mode (no BatchNorm statistics change; the model's train/eval mode is restored)."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        dim = int(model(torch.zeros(1, 3, h, w, device=device)).shape[1])
+    model.train(was_training)
+    return dim
