@@ -202,6 +202,7 @@ class DemoContext:
         self.seeds = list(settings.seeds)
         self.progress = progress
         self._teacher: nn.Module | None = None
+        self._teacher_head: nn.Module | None = None
         self._evals: dict[str, dict] = {}
         if settings.threads:
             torch.set_num_threads(settings.threads)
@@ -275,6 +276,7 @@ class DemoContext:
 
             task = self.train_task("teacher", build, {"kind": "teacher", "head": "arcface"}, net, seed=0, dataset=data)
             self._teacher = task.student.eval()
+            self._teacher_head = task.head.eval()
         return self._teacher
 
     def teacher_cache(self):
@@ -296,7 +298,8 @@ class DemoContext:
         cls_loss: "ce" | "focal" | "cb" | "ldam" (+ cls_loss_options; class counts are supplied).
         distill: None, or {"loss", "weighting", "lam" (or "lambda"), "options"} for `Distiller`.
         teacher: "cache" (teacher_cache(), default), "online" (the teacher run on each batch),
-            an EmbeddingCache, or an nn.Module (run online).
+            "online_logits" (online, with its ArcFace head's logits, for HKD), an EmbeddingCache, or
+            an nn.Module (run online).
         sampler: None (uniform shuffle), an int64 index array, or a callable epoch → indices.
         """
         from facekd.embed import EmbeddingCache
@@ -313,8 +316,8 @@ class DemoContext:
         if distill is not None:
             if isinstance(teacher, str) and teacher == "cache":
                 provider_spec = "teacher_cache"
-            elif isinstance(teacher, str) and teacher == "online":
-                provider_spec = "teacher_online"
+            elif isinstance(teacher, str) and teacher in ("online", "online_logits"):
+                provider_spec = f"teacher_{teacher}"
             elif isinstance(teacher, EmbeddingCache):
                 provider_spec = {"cache": str(teacher.directory), "model": teacher.meta.get("model_sha256")}
             elif isinstance(teacher, nn.Module):
@@ -341,8 +344,11 @@ class DemoContext:
                     opts["class_counts"] = counts
                 loss_fn = get_cls_loss(cls_loss, **opts)
             if distill is not None:
-                if isinstance(teacher, str):
-                    provider = CachedTeacher(self.teacher_cache()) if teacher == "cache" else OnlineTeacher(self.teacher())
+                if teacher == "cache":
+                    provider = CachedTeacher(self.teacher_cache())
+                elif teacher in ("online", "online_logits"):
+                    t = self.teacher()
+                    provider = OnlineTeacher(t, head=self._teacher_head if teacher == "online_logits" else None)
                 elif isinstance(teacher, EmbeddingCache):
                     provider = CachedTeacher(teacher)
                 else:

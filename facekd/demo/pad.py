@@ -53,6 +53,7 @@ METHODS: dict[str, tuple[dict, float, str]] = {
     "pad_fitnet": ({"loss": "fitnet", "weighting": "pad", "options": {**PAD_DEMO, "init_logvar": 0.0}}, 1.0, "online"),
     "at": ({"loss": "at", "options": {"dim_reduce": "mean"}}, 1000.0, "online"),
     "pad_at": ({"loss": "at", "weighting": "pad", "options": {**PAD_DEMO, "init_logvar": -math.log(1000.0)}}, 1.0, "online"),
+    "hkd": ({"loss": "hkd", "options": {"temperature": 4.0}}, 1.0, "online_logits"),
     "rkd": ({"loss": "rkd"}, 1.0, "cache"),
     "cc": ({"loss": "cc"}, 1.0, "cache"),
     "vid": ({"loss": "vid", "options": {"dim_reduce": "mean"}}, 1.0, "cache"),
@@ -296,14 +297,13 @@ _T7 = _table_experiment(["uniform", "soft_exp_T0.5", "soft_poly_a5", "warmup", "
                         [("pad", "uniform"), ("warmup", "uniform"), ("pad", "soft_exp_T0.5")],
                         "PAD Table 7 analogue: weighting schemes and loss warm-up (λ ramps from 0 over the first "
                         "20% of steps) vs PAD. Paper: PAD best, warm-up slightly above the baseline.")
-_T2 = _table_experiment(["uniform", "pad", "fitnet", "pad_fitnet", "at", "pad_at", "rkd", "cc", "vid"],
+_T2 = _table_experiment(["uniform", "pad", "fitnet", "pad_fitnet", "at", "pad_at", "hkd", "rkd", "cc", "vid"],
                         [("pad", "uniform"), ("pad_fitnet", "fitnet"), ("pad_at", "at")],
                         "PAD Table 2 analogue: L2, FitNet (last stage, 1×1 conv + BN regressor) and AT (all four "
-                        "stages) with and without PAD, plus RKD, CC and VID on the embedding. FitNet and AT need "
-                        "the teacher's feature maps, so those students run the teacher online. HKD is not in this "
-                        "table: it needs the class logits of both networks, and the face teacher's ArcFace head is "
-                        "not shared with the student (it is in the classification task, "
-                        "`facekd.tasks.ClassificationTask`). Paper: PAD improves each of L2, FitNet and AT.")
+                        "stages) with and without PAD, plus HKD (T = 4, on the ArcFace logits of both networks: teacher and "
+                        "student heads cover the same identities), RKD, CC and VID on the embedding. FitNet, AT and "
+                        "HKD need the teacher's feature maps or logits, so those students run the teacher online. "
+                        "Paper: PAD improves each of L2, FitNet and AT.")
 
 register(Experiment("pad.weighting", tier="default", run=run_weighting, report=report_weighting,
                     title="PAD: uniform vs PAD vs hard-discarding (L2), Fig. 2 and Fig. 3 analogues", order=40))
