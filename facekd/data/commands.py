@@ -69,17 +69,14 @@ def export_synth(
     cache_dir: Optional[Path] = typer.Option(None, help="Reuse / store the rendered SynthFaces arrays here."),
 ) -> None:
     """Render SynthFaces and write it as RecordIO + a verification .bin + an IJB-C-style release."""
-    import yaml
-
+    from facekd.config import ConfigError, apply_overrides
     from facekd.data.export_synth import export_synthfaces
     from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
 
-    overrides = {}
-    for kv in set_:
-        key, sep, value = kv.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--set {kv!r}: expected key=value")
-        overrides[key.strip()] = yaml.safe_load(value)
+    try:
+        overrides = apply_overrides({}, set_)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint="--set") from None
     cfg = SynthFacesConfig.preset(preset, **overrides)
     s = export_synthfaces(make_synthfaces(cfg, cache_dir=cache_dir), out_dir, bin_name=bin_name)
     typer.echo(f"train: {s['recordio']['num_images']} images / {s['recordio']['num_classes']} classes -> {s['recordio']['rec']}\n"
