@@ -64,9 +64,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (smoke run, bars not meaningful)")
     ap.add_argument("--skip-sklearn", action="store_true")
-    ap.add_argument("--nlist", type=int, default=None, help="IVF cells (default √N)")
+    ap.add_argument("--nlist", type=int, default=None, help="IVF cells (default 3·√N)")
     ap.add_argument("--nprobe", type=int, default=8)
-    ap.add_argument("--k", type=int, default=128)
     args = ap.parse_args()
     sizes = (2000, 5000, 10000) if args.quick else (10_000, 50_000, 100_000)
     sk_sizes = (1000, 2000) if args.quick else (10_000, 20_000)
@@ -95,10 +94,10 @@ def main() -> None:
     x = data[n]
     t_ex, ref = exact_times[n]
     res = {}
-    t = _timed(lambda: res.setdefault("r", kde_knn(x, H, k=args.k, index="ivf", nlist=args.nlist,
-                                                   nprobe=args.nprobe, progress=False)))
+    t = _timed(lambda: res.setdefault("r", kde_knn(x, H, index="ivf", nlist=args.nlist, nprobe=args.nprobe,
+                                                   progress=False)))
     rel = np.abs(res["r"].density - ref.density) / ref.density
-    rows.append((f"knn ivf k={args.k} nprobe={args.nprobe}", n, t, n / t,
+    rows.append((f"knn ivf nprobe={args.nprobe}", n, t, n / t,
                  f"{t_ex / t:.1f}x vs exact; rel err median {np.median(rel):.1e} max {rel.max():.1e}"))
 
 

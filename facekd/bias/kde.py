@@ -24,8 +24,8 @@ Methods:
 - "knn": truncated sums. index "flat": the k nearest neighbours from a FAISS IndexFlatIP; every
   excluded row has angle ≥ θ_(k) (the k-th neighbour's angle), so the truncated mass is at most
   (Σω − Σ_{j∈kNN} ω_j)·K(θ_(k)/h). index "ivf" (for millions of rows): FAISS spherical k-means
-  cells, each point summing over the members of the `nprobe` cells nearest to its own cell
-  (batched GEMMs per cell), with a triangle-inequality bound on the excluded cells.
+  cells; each point sums over the members of the `nprobe` cells nearest to it (batched GEMMs per
+  cell), and points no cell represents sum exactly among themselves (`_kde_cells`).
 - "auto": "exact" up to `AUTO_EXACT_MAX` rows on CPU (any N on a GPU), "knn" with IVF above.
 
 Sharding: when torch.distributed is initialised (torchrun), the query rows are split across ranks
@@ -48,6 +48,7 @@ from facekd.utils import check_embeddings
 __all__ = ["KDEResult", "angular_kde", "kde_exact", "kde_knn", "kernel", "list_weights", "AUTO_EXACT_MAX"]
 
 AUTO_EXACT_MAX = 300_000
+CELLS_MIN_ROWS = 4096  # below this, the unrepresented points of the cell path are summed exactly
 _DTYPES = ("float32", "float64", "tf32", "bf16")
 
 
@@ -151,38 +152,41 @@ def kde_exact(
     k_cut = float(kernel(np.arccos(c_cut), h)) if c_cut > -1 else 0.0
 
     fdt = torch.float64 if dtype == "float64" else torch.float32
-    mmdt = torch.bfloat16 if dtype == "bf16" else fdt
     ref = torch.from_numpy(x).to(device=device, dtype=fdt)
-    ref_mm = ref.to(mmdt)
     wt = None if w is None else torch.from_numpy(w).to(device=device, dtype=fdt)
-    acc = torch.float64  # per-row sums are accumulated in float64
-    out = torch.zeros(stop - start, dtype=acc, device=device)
-
-    chunk = max(1, min(stop - start, chunk_bytes // (ref_mm.element_size() * n)))
-    # One preallocated block reused by every GEMM: a fresh (chunk, N) tensor per block costs page
-    # faults that measured ~20 % of the matrix-product time on CPU (benchmarks/density.py).
-    block = torch.empty((chunk, n), dtype=mmdt, device=device)
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     try:
-        bar = tqdm(range(start, stop, chunk), desc="kde exact", unit="chunk",
-                   disable=not progress or not dist.is_main())
-        for s in bar:
-            e = min(s + chunk, stop)
-            c = torch.mm(ref_mm[s:e], ref_mm.T, out=block[: e - s])
-            c = c.to(fdt)
-            r = torch.arange(e - s, device=device)
-            c[r, torch.arange(s, e, device=device)] = 1.0  # exact self-similarity
-            sums = _block_sums(c, h, c_cut, wt)
-            if not include_self:
-                sums -= 1.0 if wt is None else wt[s:e].to(acc)
-            out[s - start : e - start] = sums
+        out = _exact_row_sums(ref.to(torch.bfloat16) if dtype == "bf16" else ref, start, stop, h, c_cut, wt,
+                              chunk_bytes, progress, "kde exact")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
+    if not include_self:
+        out -= 1.0 if wt is None else wt[start:stop].to(torch.float64)
     density = out.cpu().numpy().clip(min=0.0) / E
     total_w = float(n if w is None else w.sum())
     bound = np.full(stop - start, k_cut * total_w / E)
     return KDEResult(density, bound, "exact", h, E)
+
+
+def _exact_row_sums(ref: torch.Tensor, start: int, stop: int, h: float, c_cut: float, w: torch.Tensor | None,
+                    chunk_bytes: int, progress: bool, desc: str) -> torch.Tensor:
+    """Σ_j w_j K(θ_ij/h) over all M rows j of `ref` (M, d) for query rows i in [start, stop), the self
+    term exact (cos θ_ii := 1). Chunked GEMMs in ref's dtype; float64 (stop-start,) on ref's device."""
+    m = ref.shape[0]
+    fdt = torch.float64 if ref.dtype == torch.float64 else torch.float32
+    out = torch.zeros(stop - start, dtype=torch.float64, device=ref.device)
+    chunk = max(1, min(stop - start, chunk_bytes // (ref.element_size() * m)))
+    # One preallocated block reused by every GEMM: a fresh (chunk, M) tensor per block costs page
+    # faults that measured ~20 % of the matrix-product time on CPU (benchmarks/density.py).
+    block = torch.empty((chunk, m), dtype=ref.dtype, device=ref.device)
+    bar = tqdm(range(start, stop, chunk), desc=desc, unit="chunk", disable=not progress or not dist.is_main())
+    for s in bar:
+        e = min(s + chunk, stop)
+        c = torch.mm(ref[s:e], ref.T, out=block[: e - s]).to(fdt)
+        c[torch.arange(e - s, device=ref.device), torch.arange(s, e, device=ref.device)] = 1.0
+        out[s - start : e - start] = _block_sums(c, h, c_cut, w)
+    return out
 
 
 def _block_sums(c: torch.Tensor, h: float, c_cut: float, w: torch.Tensor | None) -> torch.Tensor:
@@ -199,52 +203,104 @@ def _block_sums(c: torch.Tensor, h: float, c_cut: float, w: torch.Tensor | None)
     return kv @ w.to(acc) if w is not None else kv.sum(1)
 
 
-def _kde_cells(x, h, wv, start, stop, nlist, nprobe, seed, include_self, c_cut, progress):
-    """IVF-style truncation with BLAS blocks: FAISS spherical k-means cells; every query of a cell
-    sums the kernel over the members of the `nprobe` cells nearest to its cell's centroid (one GEMM
-    per cell). Bound: an excluded cell c with centroid μ_c and radius r_c (largest member angle)
-    only holds points at angle ≥ θ(x, μ_c) − r_c, so the missed mass is ≤ Σ_c W_c·K(max(0, θ−r_c)/h)."""
+def default_nlist(n: int) -> int:
+    """IVF cells for N rows: 3·√N (949 at 100k, 6,841 at MS1MV3's 5.2M; see docs/bias.md)."""
+    return max(1, min(n, round(3 * math.sqrt(n))))
+
+
+def default_refine_cos(nlist: int, d: int) -> float:
+    """Twice the cosine a random unit direction reaches to its best of `nlist` random centroids in
+    d dimensions, √(2 ln nlist / d): a point below it is not represented by any cell."""
+    return min(1.0, 2.0 * math.sqrt(2.0 * math.log(max(nlist, 2)) / d))
+
+
+def _kde_cells(x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, chunk_bytes, progress):
+    """Truncated sums on FAISS spherical k-means cells, all in GEMMs. Returns (sums, bound), float64
+    (stop-start,) each, in kernel-sum units with the self term included.
+
+    1. Each point probes the `nprobe` cells whose centroids have the largest cosine to it (its own
+       cell first). Queries are grouped by probed cell, so each cell costs one GEMM of its queries
+       against its members: N·nprobe·(N/nlist)·d multiply-adds in all.
+    2. A point whose best centroid cosine is below `refine_cos` is "unrepresented": no cell follows
+       its identity (small identities are spread over cells at random), so cells miss its
+       neighbours. Pairs of unrepresented points are summed by the same method applied to them
+       alone (their own, finer cells; recursively), or exactly once fewer than CELLS_MIN_ROWS are
+       left or they are more than half of the rows. They meet represented points through step 1.
+    Bound: an excluded cell's centroid is at angle ≥ θ_(nprobe) (the last probed) from the point,
+    and its members lie within the largest cell radius R of their centroid, so the missed mass is
+    ≤ W_excluded·K(max(0, θ_(nprobe) − R)/h). Rigorous, but loose in high dimension, where cell
+    radii are wide; benchmarks/density.py measures the real error against exact.
+    """
     import faiss
 
     n, d = x.shape
-    nlist = max(1, min(n, nlist or int(math.sqrt(n))))
-    km = faiss.Kmeans(d, nlist, niter=10, seed=seed, spherical=True, max_points_per_centroid=64, verbose=False)
+    nlist = max(1, min(n, nlist or default_nlist(n)))
+    p = min(nprobe, nlist)
+    refine_cos = default_refine_cos(nlist, d) if refine_cos is None else refine_cos
+    km = faiss.Kmeans(d, nlist, niter=5, seed=seed, spherical=True, min_points_per_centroid=1,
+                      max_points_per_centroid=32, verbose=False)
     km.train(x)
-    xt = torch.from_numpy(x)
-    cent = torch.from_numpy(km.centroids)
-    cq = xt @ cent.T  # (N, nlist) cosines to the centroids
-    assign = cq.argmax(1).numpy()
-    theta_c = torch.arccos(cq.clamp(-1, 1)).numpy().astype(np.float64)
-    radius = np.zeros(nlist)
-    np.maximum.at(radius, assign, theta_c[np.arange(n), assign])
-    cell_w = np.bincount(assign, weights=wv, minlength=nlist)
-    cc = cent @ cent.T
-    cc.fill_diagonal_(2.0)  # a cell's own members come first among its candidates
-    probes = torch.topk(cc, min(nprobe, nlist), dim=1).indices.numpy()
-    order = np.argsort(assign, kind="stable")
-    bounds = np.searchsorted(assign[order], np.arange(nlist + 1))
-    members = [order[bounds[c] : bounds[c + 1]] for c in range(nlist)]
+    xt, cent = torch.from_numpy(x), torch.from_numpy(km.centroids)
+    probes = torch.empty(n, p, dtype=torch.long)
+    top = torch.empty(n, p)
+    step = max(1, chunk_bytes // (4 * nlist))
+    for s in range(0, n, step):
+        top[s : s + step], probes[s : s + step] = torch.topk(xt[s : s + step] @ cent.T, p, dim=1)
+    probes, top = probes.numpy(), top.numpy().astype(np.float64)
+    assign, flag = probes[:, 0], top[:, 0] < refine_cos
+
+    # members grouped by cell, represented first; queries grouped by probed cell, represented first
+    order = np.lexsort((flag, assign))
+    cell_start = np.searchsorted(assign[order], np.arange(nlist + 1))
+    cell_split = cell_start[:-1] + np.bincount(assign, weights=~flag, minlength=nlist).astype(np.int64)
+    q_all = np.repeat(np.arange(start, stop), p)
+    q_cell = probes[start:stop].ravel()
+    q_order = np.lexsort((flag[q_all], q_cell))
+    q_all, q_cell = q_all[q_order], q_cell[q_order]
+    q_start = np.searchsorted(q_cell, np.arange(nlist + 1))
+    q_split = q_start[:-1] + np.bincount(q_cell, weights=~flag[q_all], minlength=nlist).astype(np.int64)
+
     wt = torch.from_numpy(wv)
-    density = np.zeros(stop - start)
-    bound = np.zeros(stop - start)
+    out = torch.zeros(stop - start, dtype=torch.float64)
     for c in tqdm(range(nlist), desc="kde knn (ivf cells)", disable=not progress or not dist.is_main()):
-        q = members[c][(members[c] >= start) & (members[c] < stop)]
-        if q.size == 0:
-            continue
-        cand = np.concatenate([members[p] for p in probes[c]])
-        qt = torch.from_numpy(q)
-        cos = xt[qt] @ xt[cand].T
-        pos = torch.from_numpy(np.searchsorted(members[c], q))  # members are sorted; own cell first
-        cos[torch.arange(q.size), pos] = 1.0  # exact self-similarity (the query's own cell is probed)
-        sums = _block_sums(cos, h, c_cut, wt[cand])
-        if not include_self:
-            sums -= wt[qt]
-        density[q - start] = sums.numpy()
-        excluded = np.ones(nlist, bool)
-        excluded[probes[c]] = False
-        gap = np.clip(theta_c[q][:, excluded] - radius[excluded], 0.0, None)
-        bound[q - start] = kernel(gap, h) @ cell_w[excluded]
-    return density, bound
+        members = order[cell_start[c] : cell_start[c + 1]]
+        represented = members[: cell_split[c] - cell_start[c]]  # sorted: the self positions are found by search
+        q = q_all[q_start[c] : q_split[c]]  # represented queries meet every member
+        if q.size and members.size:
+            cos = xt[torch.from_numpy(q)] @ xt[torch.from_numpy(members)].T
+            own = np.flatnonzero(assign[q] == c)
+            cos[torch.from_numpy(own), torch.from_numpy(np.searchsorted(represented, q[own]))] = 1.0
+            out.index_add_(0, torch.from_numpy(q - start), _block_sums(cos, h, c_cut, wt[members]))
+        q = q_all[q_split[c] : q_start[c + 1]]  # unrepresented ones only the represented: see below for the rest
+        if q.size and represented.size:
+            cos = xt[torch.from_numpy(q)] @ xt[torch.from_numpy(represented)].T
+            out.index_add_(0, torch.from_numpy(q - start), _block_sums(cos, h, c_cut, wt[represented]))
+
+    unrep = np.flatnonzero(flag)
+    a, b = (int(i) for i in np.searchsorted(unrep, [start, stop]))
+    unrep_bound = np.zeros(stop - start)
+    if b > a and CELLS_MIN_ROWS <= unrep.size <= n // 2:  # recurse: their own cells find most of their pairs
+        sums, unrep_bound[unrep[a:b] - start] = _kde_cells(
+            x[unrep], h, wv[unrep], a, b, None, nprobe, refine_cos, seed, c_cut, chunk_bytes, progress)
+        out[torch.from_numpy(unrep[a:b] - start)] += torch.from_numpy(sums)
+    elif b > a:
+        out[torch.from_numpy(unrep[a:b] - start)] += _exact_row_sums(
+            xt[torch.from_numpy(unrep)], a, b, h, c_cut, wt[unrep], chunk_bytes, progress,
+            "kde knn (unrepresented, exact)")
+
+    # bound: represented points miss excluded cells' members, unrepresented ones only their represented
+    # members (the pairs among them carry the bound of the step above); R from each member's θ to its centroid
+    radius_all = float(np.arccos(np.clip(top[:, 0].min(), -1, 1)))
+    radius_rep = float(np.arccos(np.clip(top[~flag, 0].min(initial=1.0), -1, 1)))
+    cell_w = np.bincount(assign, weights=wv, minlength=nlist)
+    cell_w_rep = np.bincount(assign, weights=wv * ~flag, minlength=nlist)
+    fq = flag[start:stop]
+    excluded_w = np.where(fq, cell_w_rep.sum() - cell_w_rep[probes[start:stop]].sum(1),
+                          cell_w.sum() - cell_w[probes[start:stop]].sum(1))
+    theta_p = np.arccos(np.clip(top[start:stop, -1], -1, 1))
+    gap = np.clip(theta_p - np.where(fq, radius_rep, radius_all), 0.0, None)
+    bound = np.clip(excluded_w, 0.0, None) * kernel(gap, h) + unrep_bound
+    return out.numpy(), bound
 
 
 def kde_knn(
@@ -256,21 +312,23 @@ def kde_knn(
     index: str = "flat",
     nlist: int | None = None,
     nprobe: int = 8,
+    refine_cos: float | None = None,
     truncate_tol: float = 1e-4,
     include_self: bool = True,
     normalization: str = "weights",
     rows: tuple[int, int] | None = None,
     batch: int = 16384,
+    chunk_bytes: int = 256 << 20,
     seed: int = 0,
     progress: bool = True,
 ) -> KDEResult:
     """Truncated angular KDE (see module docstring). Returns densities and a per-point bound.
 
     index "flat": the k nearest neighbours from a FAISS IndexFlatIP (exact neighbours); bound
-    (Σω − Σ_{kNN} ω)·K(θ_(k)/h). index "ivf": the members of the `nprobe` cells (of `nlist`, default
-    √N, FAISS spherical k-means) nearest to the point's cell, evaluated with one matrix product per
-    cell; `k` is unused; bound from the triangle inequality on cell radii (rigorous, often loose)
-    plus the `truncate_tol` skip of the exact path.
+    (Σω − Σ_{kNN} ω)·K(θ_(k)/h). index "ivf": each point sums over the members of the `nprobe` cells
+    (of `nlist`, default 3·√N, FAISS spherical k-means) nearest to it, one matrix product per cell;
+    points whose best centroid cosine is below `refine_cos` (default `default_refine_cos`) sum
+    exactly among themselves; `k` is unused; see `_kde_cells` for the method and its bound.
     FAISS's own IndexIVFFlat scans lists query by query without BLAS, which measured barely faster
     than the exact path here; batching the queries of a cell keeps the work in GEMMs.
     """
@@ -281,7 +339,10 @@ def kde_knn(
     wv = np.ones(n) if w is None else w
     if index == "ivf":
         c_cut = _cos_cut(h, truncate_tol, n)
-        density, bound = _kde_cells(x, h, wv, start, stop, nlist, nprobe, seed, include_self, c_cut, progress)
+        density, bound = _kde_cells(x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, chunk_bytes,
+                                    progress)
+        if not include_self:
+            density -= wv[start:stop]
         bound += 0.0 if c_cut <= -1 else float(kernel(np.arccos(c_cut), h)) * float(wv.sum())
         return KDEResult(density / E, bound / E, "knn-ivf", h, E)
     if index != "flat":
