@@ -40,9 +40,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def save_json(path: str | os.PathLike, obj) -> None:
-    """Write `obj` as indented JSON, atomically."""
+    """Write `obj` as indented JSON, atomically, keys in insertion order (tables read back in the
+    order they were built)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
 def save_npy(path: str | os.PathLike, array: np.ndarray) -> None:

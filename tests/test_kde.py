@@ -105,7 +105,7 @@ def test_knn_ivf_close_to_exact_on_clusters():
     assert (err >= -1e-6).all() and (err <= res.truncation_bound + 1e-6).all()
 
 
-def _small_identities(seed=0, n=3000, d=64, spread=0.4):
+def _small_identities(seed=0, n=3000, d=256, spread=0.4):
     """Identities of 2-6 images on orthogonal-ish centres: far more identities than IVF cells, so
     no cell follows an identity (the case where plain IVF probing misses a point's neighbours)."""
     rng = np.random.default_rng(seed)
@@ -123,7 +123,7 @@ def test_knn_ivf_finds_neighbours_of_unrepresented_points(recurse, monkeypatch):
     w = np.random.default_rng(3).integers(0, 3, len(x)).astype(float)
     for weights, include_self in [(None, True), (w, False)]:
         ref = kde_exact(x, math.radians(12), weights, include_self=include_self, truncate_tol=0, progress=False)
-        res = kde_knn(x, math.radians(12), weights, index="ivf", include_self=include_self, progress=False)
+        res = kde_knn(x, math.radians(12), weights, index="ivf", nlist=300, include_self=include_self, progress=False)
         err = ref.density - res.density
         assert (err >= -1e-9).all() and (err <= res.truncation_bound + 1e-9).all()
         if weights is None:  # with the self term every density is ≥ 1/N
@@ -135,8 +135,8 @@ def test_knn_ivf_finds_neighbours_of_unrepresented_points(recurse, monkeypatch):
 def test_knn_ivf_row_shards_match_the_full_result(monkeypatch):
     monkeypatch.setattr("facekd.bias.kde.CELLS_MIN_ROWS", 64)
     x = _small_identities(1, n=2000)
-    full = kde_knn(x, math.radians(12), index="ivf", progress=False)
-    parts = [kde_knn(x, math.radians(12), index="ivf", rows=r, progress=False) for r in [(0, 700), (700, 2000)]]
+    full = kde_knn(x, math.radians(12), index="ivf", nlist=200, progress=False)
+    parts = [kde_knn(x, math.radians(12), index="ivf", nlist=200, rows=r, progress=False) for r in [(0, 700), (700, 2000)]]
     # same cells on every shard; float32 products of differently shaped blocks differ in the last bits
     np.testing.assert_allclose(np.concatenate([p.density for p in parts]), full.density, rtol=1e-5)
     np.testing.assert_allclose(np.concatenate([p.truncation_bound for p in parts]), full.truncation_bound, rtol=1e-5)

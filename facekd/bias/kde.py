@@ -179,11 +179,17 @@ def _exact_row_sums(ref: torch.Tensor, start: int, stop: int, h: float, c_cut: f
     chunk = max(1, min(stop - start, chunk_bytes // (ref.element_size() * m)))
     # One preallocated block reused by every GEMM: a fresh (chunk, M) tensor per block costs page
     # faults that measured ~20 % of the matrix-product time on CPU (benchmarks/density.py).
-    block = torch.empty((chunk, m), dtype=ref.dtype, device=ref.device)
+    # bf16 on CUDA writes float32 cosines instead (cuBLAS sums in float32 either way): rounding the
+    # cosine to bf16 raised the worst density error from 9e-3 to 1.6e-2 (benchmarks/density_precision.py).
+    fp32_out = ref.dtype == torch.bfloat16 and ref.is_cuda
+    block = None if fp32_out else torch.empty((chunk, m), dtype=ref.dtype, device=ref.device)
     bar = tqdm(range(start, stop, chunk), desc=desc, unit="chunk", disable=not progress or not dist.is_main())
     for s in bar:
         e = min(s + chunk, stop)
-        c = torch.mm(ref[s:e], ref.T, out=block[: e - s]).to(fdt)
+        if fp32_out:
+            c = torch.mm(ref[s:e], ref.T, out_dtype=torch.float32)
+        else:
+            c = torch.mm(ref[s:e], ref.T, out=block[: e - s]).to(fdt)
         c[torch.arange(e - s, device=ref.device), torch.arange(s, e, device=ref.device)] = 1.0
         out[s - start : e - start] = _block_sums(c, h, c_cut, w)
     return out
@@ -204,8 +210,10 @@ def _block_sums(c: torch.Tensor, h: float, c_cut: float, w: torch.Tensor | None)
 
 
 def default_nlist(n: int) -> int:
-    """IVF cells for N rows: 3·√N (949 at 100k, 6,841 at MS1MV3's 5.2M; see docs/bias.md)."""
-    return max(1, min(n, round(3 * math.sqrt(n))))
+    """IVF cells for N rows: one per 100 rows. A centroid represents an identity only while its
+    cell holds few identities, so cells must grow with the identity count, i.e. with N: with 3·√N
+    cells, 44 % of the benchmark's points were unrepresented at 1M rows, with N/100 20 %."""
+    return max(1, min(n, round(n / 100)))
 
 
 def default_refine_cos(nlist: int, d: int) -> float:
@@ -238,7 +246,7 @@ def _kde_cells(x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, ch
     p = min(nprobe, nlist)
     refine_cos = default_refine_cos(nlist, d) if refine_cos is None else refine_cos
     km = faiss.Kmeans(d, nlist, niter=5, seed=seed, spherical=True, min_points_per_centroid=1,
-                      max_points_per_centroid=32, verbose=False)
+                      max_points_per_centroid=16, verbose=False)
     km.train(x)
     xt, cent = torch.from_numpy(x), torch.from_numpy(km.centroids)
     probes = torch.empty(n, p, dtype=torch.long)
@@ -326,7 +334,7 @@ def kde_knn(
 
     index "flat": the k nearest neighbours from a FAISS IndexFlatIP (exact neighbours); bound
     (Σω − Σ_{kNN} ω)·K(θ_(k)/h). index "ivf": each point sums over the members of the `nprobe` cells
-    (of `nlist`, default 3·√N, FAISS spherical k-means) nearest to it, one matrix product per cell;
+    (of `nlist`, default N/100, FAISS spherical k-means) nearest to it, one matrix product per cell;
     points whose best centroid cosine is below `refine_cos` (default `default_refine_cos`) sum
     exactly among themselves; `k` is unused; see `_kde_cells` for the method and its bound.
     FAISS's own IndexIVFFlat scans lists query by query without BLAS, which measured barely faster
