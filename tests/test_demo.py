@@ -76,3 +76,13 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     assert info.value.code == 0
     assert "stored result reused" in capsys.readouterr().out
     assert (out / "report.md").read_text().split("## ")[1] == report.split("## ")[1]
+    # a result stored by other experiment code is recomputed (from the stored trained models)
+    store = out / "experiments" / "spine.kd_baseline.json"
+    saved = json.loads(store.read_text())
+    store.write_text(json.dumps({**saved, "code": "stale"}))
+    with pytest.raises(SystemExit) as info:
+        app(["demo", "--quick", "--out", str(out), "--no-progress"], prog_name="facekd")
+    assert info.value.code == 0
+    log = capsys.readouterr().out
+    assert "spine.kd_baseline: running" in log and "stored result reused" not in log and "training" not in log
+    assert json.loads(store.read_text())["code"] != "stale"

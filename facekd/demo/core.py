@@ -13,6 +13,7 @@ in the default and full demos; one with tier "full" only in the full demo.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import time
@@ -454,9 +455,15 @@ def group_table(rows: dict[str, list[dict]], far: float = 1e-3) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def code_digest(exp: Experiment) -> str:
+    """sha256 (16 hex) of the source file that defines `exp.run`: a stored result is reused only
+    while its settings and this file are unchanged (its trained models are reused by spec anyway)."""
+    return hashlib.sha256(Path(inspect.getsourcefile(exp.run)).read_bytes()).hexdigest()[:16]
+
+
 def run_demo(tier: str = "default", out: str | Path | None = None, seeds: Sequence[int] | None = None,
              only: Sequence[str] | None = None, progress: bool = True, settings: DemoSettings | None = None) -> Path:
-    """Run every experiment of `tier` (resuming stored results) and write the report.
+    """Run every experiment of `tier` (reusing stored results, see `code_digest`) and write the report.
 
     out: run directory (default runs/demo/<tier>). Returns the path of report.md.
     """
@@ -475,7 +482,7 @@ def run_demo(tier: str = "default", out: str | Path | None = None, seeds: Sequen
         store = run_dir / "experiments" / f"{exp.name}.json"
         if store.exists():
             saved = json.loads(store.read_text())
-            if saved.get("settings") == settings.digest():
+            if saved.get("settings") == settings.digest() and saved.get("code") == code_digest(exp):
                 ctx.log(f"{exp.name}: stored result reused")
                 results[exp.name] = (saved["result"], saved["wall_s"])
                 continue
@@ -483,7 +490,8 @@ def run_demo(tier: str = "default", out: str | Path | None = None, seeds: Sequen
         t = time.perf_counter()
         result = exp.run(ctx)
         wall = time.perf_counter() - t
-        save_json(store, {"name": exp.name, "settings": settings.digest(), "wall_s": wall, "result": result})
+        save_json(store, {"name": exp.name, "settings": settings.digest(), "code": code_digest(exp), "wall_s": wall,
+                          "result": result})
         results[exp.name] = (json.loads(json.dumps(result, default=str)), wall)
         ctx.log(f"{exp.name}: done in {wall:.1f} s")
     wall_total = time.perf_counter() - t0
