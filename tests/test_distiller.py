@@ -171,6 +171,19 @@ def test_from_config_probes_feature_shapes_without_touching_bn_stats():
         Distiller.from_config({"loss": "fitnet"}, 4, 4)
 
 
+@pytest.mark.parametrize("loss", ["fitnet", "at"])
+def test_from_config_probes_non_square_inputs(loss):  # re-ID crops are (256, 128)
+    student, teacher = _TinyNet(2, 3), _TinyNet(4, 5)
+    assert probe_feature_shapes(teacher, (16, 8)) == [(4, 8, 4), (5, 4, 2)]
+    d = Distiller.from_config({"loss": loss, "weighting": "pad"}, 4, 4, student=student, teacher=teacher,
+                              input_size=(16, 8))
+    x = torch.randn(3, 3, 16, 8)
+    se, sm = student(x, return_features=True)
+    te, tm = teacher(x, return_features=True)
+    loss_value, _ = d(Features(se, sm), Features(te.detach(), [m.detach() for m in tm]))
+    assert torch.isfinite(loss_value)
+
+
 @pytest.mark.parametrize("cfg", [
     {"loss": "hkd", "lambda": 1.0},
     {"loss": "fitnet", "weighting": "pad", "options": {"layers": [-1]}},

@@ -54,14 +54,16 @@ def _scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x * scale + x.detach() * (1.0 - scale)
 
 
-def probe_feature_shapes(model: nn.Module, input_size: int, in_channels: int = 3) -> list[tuple[int, int, int]]:
-    """Run a 2-image dummy batch through `model(x, return_features=True)` in eval mode (no grad,
-    no BN statistics change) and return the (C, H, W) of each stage map."""
+def probe_feature_shapes(model: nn.Module, input_size: int | tuple[int, int], in_channels: int = 3) -> list[tuple[int, int, int]]:
+    """Run a 2-image dummy batch of `input_size` (side, or (H, W) e.g. re-ID's (256, 128)) through
+    `model(x, return_features=True)` in eval mode (no grad, no BN statistics change) and return the
+    (C, H, W) of each stage map."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
     was_training = model.training
     model.eval()
     try:
         p = next(model.parameters(), None)
-        x = torch.zeros(2, in_channels, input_size, input_size, device=p.device if p is not None else "cpu")
+        x = torch.zeros(2, in_channels, h, w, device=p.device if p is not None else "cpu")
         with torch.no_grad():
             out = model(x, return_features=True)
     finally:
@@ -213,7 +215,7 @@ class Distiller(nn.Module):
         *,
         student: nn.Module | None = None,
         teacher: nn.Module | None = None,
-        input_size: int | None = None,
+        input_size: int | tuple[int, int] | None = None,
         in_channels: int = 3,
     ) -> "Distiller":
         """Build from a config block ``{loss, weighting, lambda, options}`` (all but loss optional).
