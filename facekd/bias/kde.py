@@ -25,7 +25,8 @@ Methods:
   excluded row has angle ≥ θ_(k) (the k-th neighbour's angle), so the truncated mass is at most
   (Σω − Σ_{j∈kNN} ω_j)·K(θ_(k)/h). index "ivf" (for millions of rows): FAISS spherical k-means
   cells; each point sums over the members of the `nprobe` cells nearest to it (batched GEMMs per
-  cell), and points no cell represents sum exactly among themselves (`_kde_cells`).
+  cell), and points no cell represents sum among themselves by the same method, recursively,
+  then exactly (`_kde_cells`).
 - "auto": "exact" up to `AUTO_EXACT_MAX` rows on CPU (any N on a GPU), "knn" with IVF above.
 
 Sharding: when torch.distributed is initialised (torchrun), the query rows are split across ranks
@@ -232,7 +233,7 @@ def _kde_cells(x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, ch
     2. A point whose best centroid cosine is below `refine_cos` is "unrepresented": no cell follows
        its identity (small identities are spread over cells at random), so cells miss its
        neighbours. Pairs of unrepresented points are summed by the same method applied to them
-       alone (their own, finer cells; recursively), or exactly once fewer than CELLS_MIN_ROWS are
+       alone (their own cells; recursively), or exactly once fewer than CELLS_MIN_ROWS are
        left or they are more than half of the rows. They meet represented points through step 1.
     Bound: an excluded cell's centroid is at angle ≥ θ_(nprobe) (the last probed) from the point,
     and its members lie within the largest cell radius R of their centroid, so the missed mass is
