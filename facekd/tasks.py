@@ -153,6 +153,15 @@ class _Task(nn.Module):
             return self.student(x, return_features=True)
         return self.student(x), None
 
+    def _cls_mean(self, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """Mean over the batch of `self.cls_loss(logits, labels)` (B,), or of cross-entropy when the
+        task has none. Float32 scalar."""
+        if self.cls_loss is not None:
+            per_sample = self.cls_loss(logits, labels)
+        else:
+            per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+        return per_sample.float().mean()
+
     def _distill(self, batch: dict, emb: torch.Tensor, maps, logits, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """distiller(Features(student), teacher(batch), step) → (scalar, logs incl. "distill")."""
         need_maps, need_logits = self._need_maps, self._need_logits
@@ -194,9 +203,7 @@ class FaceTask(_Task):
         if self.head is not None:
             labels = batch["label"]
             logits = self.head(emb.float(), labels)
-            per_sample = (self.cls_loss(logits, labels) if self.cls_loss is not None
-                          else F.cross_entropy(logits, labels, reduction="none"))
-            cls = per_sample.float().mean()
+            cls = self._cls_mean(logits, labels)
             loss = loss + cls
             logs["cls"] = float(cls.detach())
         if self.distiller is not None:
@@ -232,8 +239,7 @@ class ClassificationTask(_Task):
         emb, maps = self._run_student(batch["image"])
         logits = self.head(emb)
         labels = batch["label"]
-        per_sample = self.cls_loss(logits, labels) if self.cls_loss is not None else F.cross_entropy(logits, labels, reduction="none")
-        loss = per_sample.float().mean()
+        loss = self._cls_mean(logits, labels)
         logs = {"cls": float(loss.detach()), "acc": float((logits.argmax(1) == labels).float().mean())}
         if self.distiller is not None:
             dl, dlogs = self._distill(batch, emb, maps, logits, step)
@@ -325,9 +331,7 @@ class MetricTask(_Task):
         logits = None
         if self.head is not None:
             logits = self.head(after, labels)
-            per_sample = (self.cls_loss(logits, labels) if self.cls_loss is not None else
-                          F.cross_entropy(logits, labels, reduction="none", label_smoothing=self.label_smoothing))
-            cls = per_sample.float().mean()
+            cls = self._cls_mean(logits, labels, self.label_smoothing)
             loss = loss + cls
             logs["cls"] = float(cls.detach())
             logs["acc"] = float((logits.argmax(1) == labels).float().mean())
