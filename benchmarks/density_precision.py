@@ -42,8 +42,8 @@ def densities(x: np.ndarray, variant: str) -> np.ndarray:
     """Row sums Σ_j K(θ_ij/h) (self included) with the products of `variant`. float64 (N,)."""
     n = x.shape[0]
     t = torch.from_numpy(x)
-    ref = {"float64": t.double(), "float32": t, "tf32": round_to_tf32(t), "bf16 -> bf16": t.bfloat16(),
-           "bf16 -> fp32": t.bfloat16().float()}[variant]
+    ref = {"float64": t.double, "float32": lambda: t, "tf32": lambda: round_to_tf32(t), "bf16 -> bf16": t.bfloat16,
+           "bf16 -> fp32": lambda: t.bfloat16().float()}[variant]()
     return _exact_row_sums(ref, 0, n, H, _cos_cut(H, 1e-4, n), None, 256 << 20, False, variant).numpy()
 
 
