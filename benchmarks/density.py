@@ -67,8 +67,13 @@ def main() -> None:
     ap.add_argument("--skip-sklearn", action="store_true")
     ap.add_argument("--nlist", type=int, default=None, help="IVF cells (default N/100)")
     ap.add_argument("--nprobe", type=int, default=8)
-    ap.add_argument("--large", type=int, default=0, metavar="N",
-                    help="also run kNN at N rows, checked on 2,000 random rows against exact")
+    ap.add_argument(
+        "--large",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run kNN at N rows, checked on 2,000 random rows against exact",
+    )
     args = ap.parse_args()
     sizes = (2000, 5000, 10000) if args.quick else (10_000, 50_000, 100_000)
     sk_sizes = (1000, 2000) if args.quick else (10_000, 20_000)
@@ -97,22 +102,40 @@ def main() -> None:
     x = data[n]
     t_ex, ref = exact_times[n]
     res = {}
-    t = _timed(lambda: res.setdefault("r", kde_knn(x, H, index="ivf", nlist=args.nlist, nprobe=args.nprobe,
-                                                   progress=False)))
+    t = _timed(
+        lambda: res.setdefault("r", kde_knn(x, H, index="ivf", nlist=args.nlist, nprobe=args.nprobe, progress=False))
+    )
     rel = np.abs(res["r"].density - ref.density) / ref.density
-    rows.append((f"knn ivf nprobe={args.nprobe}", n, t, n / t,
-                 f"{t_ex / t:.1f}x vs exact; rel err median {np.median(rel):.1e} max {rel.max():.1e}"))
+    rows.append(
+        (
+            f"knn ivf nprobe={args.nprobe}",
+            n,
+            t,
+            n / t,
+            f"{t_ex / t:.1f}x vs exact; rel err median {np.median(rel):.1e} max {rel.max():.1e}",
+        )
+    )
     if args.large:
         n, check = args.large, 2000
         x = clustered_embeddings(n)
         x = x[np.random.default_rng(1).permutation(n)]  # rows 0..check-1 are then a random sample
-        t = _timed(lambda: res.__setitem__("r", kde_knn(x, H, index="ivf", nlist=args.nlist, nprobe=args.nprobe,
-                                                        progress=False)))
+        t = _timed(
+            lambda: res.__setitem__(
+                "r", kde_knn(x, H, index="ivf", nlist=args.nlist, nprobe=args.nprobe, progress=False)
+            )
+        )
         t_check = _timed(lambda: res.__setitem__("ref", kde_exact(x, H, rows=(0, check), progress=False)))
         rel = np.abs(res["r"].density[:check] - res["ref"].density) / res["ref"].density
-        rows.append((f"knn ivf nprobe={args.nprobe}", n, t, n / t,
-                     f"{t_check * n / check / t:.0f}x vs exact (its time extrapolated from {check} random rows); "
-                     f"rel err on them median {np.median(rel):.1e} max {rel.max():.1e}"))
+        rows.append(
+            (
+                f"knn ivf nprobe={args.nprobe}",
+                n,
+                t,
+                n / t,
+                f"{t_check * n / check / t:.0f}x vs exact (its time extrapolated from {check} random rows); "
+                f"rel err on them median {np.median(rel):.1e} max {rel.max():.1e}",
+            )
+        )
 
 
 if __name__ == "__main__":

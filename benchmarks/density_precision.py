@@ -23,8 +23,8 @@ import math
 
 import numpy as np
 import torch
-
 from density import H, clustered_embeddings
+
 from facekd.bias.kde import _cos_cut, _exact_row_sums
 from facekd.bias.samplers import intrinsic_probabilities
 from facekd.bias.uniformity import entropy_of_density
@@ -42,8 +42,13 @@ def densities(x: np.ndarray, variant: str) -> np.ndarray:
     """Row sums Σ_j K(θ_ij/h) (self included) with the products of `variant`. float64 (N,)."""
     n = x.shape[0]
     t = torch.from_numpy(x)
-    ref = {"float64": t.double, "float32": lambda: t, "tf32": lambda: round_to_tf32(t), "bf16 -> bf16": t.bfloat16,
-           "bf16 -> fp32": lambda: t.bfloat16().float()}[variant]()
+    ref = {
+        "float64": t.double,
+        "float32": lambda: t,
+        "tf32": lambda: round_to_tf32(t),
+        "bf16 -> bf16": t.bfloat16,
+        "bf16 -> fp32": lambda: t.bfloat16().float(),
+    }[variant]()
     return _exact_row_sums(ref, 0, n, H, _cos_cut(H, 1e-4, n), None, 256 << 20, False, variant).numpy()
 
 
@@ -56,14 +61,19 @@ def main() -> None:
     u_ref = entropy_of_density(ref) / math.log(args.n)
     p_ref = intrinsic_probabilities(ref)
     print(f"N={args.n}, d={x.shape[1]}, h=12deg; errors against float64")
-    print(f"{'products':<14}{'rel err median':>15}{'p99':>10}{'max':>10}{'uniformity/logN':>17}{'IS p max rel':>14}{'IS TV':>10}")
+    print(
+        f"{'products':<14}{'rel err median':>15}{'p99':>10}{'max':>10}{'uniformity/logN':>17}{'IS p max rel':>14}{'IS TV':>10}"
+    )
     for variant in ("float32", "tf32", "bf16 -> fp32", "bf16 -> bf16"):
         got = densities(x, variant)
         rel = np.abs(got - ref) / ref
         p = intrinsic_probabilities(got)
         du = entropy_of_density(got) / math.log(args.n) - u_ref
-        print(f"{variant:<14}{np.median(rel):>15.1e}{np.quantile(rel, 0.99):>10.1e}{rel.max():>10.1e}"
-              f"{du:>+17.1e}{(np.abs(p - p_ref) / p_ref).max():>14.1e}{0.5 * np.abs(p - p_ref).sum():>10.1e}", flush=True)
+        print(
+            f"{variant:<14}{np.median(rel):>15.1e}{np.quantile(rel, 0.99):>10.1e}{rel.max():>10.1e}"
+            f"{du:>+17.1e}{(np.abs(p - p_ref) / p_ref).max():>14.1e}{0.5 * np.abs(p - p_ref).sum():>10.1e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -115,10 +115,14 @@ def main() -> None:
             alone[name].append((time.perf_counter() - t0) / args.steps)
 
     base = statistics.median(times["l2 uniform"])
-    print(f"model={args.model} input={args.input_size}px batch={B} d={d} classes={args.num_classes} "
-          f"device={device} threads={args.threads} repeats={args.repeats}×{args.steps} steps")
-    print(f"{'configuration':24s} {'median ms/step':>15s} {'vs l2 uniform':>14s} {'distill alone ms':>17s} "
-          f"{'extra vs l2, % of step':>23s}")
+    print(
+        f"model={args.model} input={args.input_size}px batch={B} d={d} classes={args.num_classes} "
+        f"device={device} threads={args.threads} repeats={args.repeats}×{args.steps} steps"
+    )
+    print(
+        f"{'configuration':24s} {'median ms/step':>15s} {'vs l2 uniform':>14s} {'distill alone ms':>17s} "
+        f"{'extra vs l2, % of step':>23s}"
+    )
     result = {"args": vars(args), "median_s": {}, "ratio": {}, "distill_alone_s": {}, "extra_fraction_of_step": {}}
     alone_base = statistics.median(alone["l2 uniform"])
     for name in CONFIGS:
@@ -129,9 +133,11 @@ def main() -> None:
         print(f"{name:24s} {med * 1e3:15.2f} {med / base:14.3f} {a * 1e3:17.3f} {100 * extra:+22.2f}%")
     pad = result["ratio"]["l2 pad (per_dim)"]
     extra = result["extra_fraction_of_step"]["l2 pad (per_dim)"]
-    print(f"PAD (per_dim) overhead: {100 * (pad - 1):+.1f} % per step measured end to end, "
-          f"{100 * extra:+.1f} % from the distillation part alone (bar: ≤ +5 %): "
-          f"{'PASS' if max(pad - 1, extra) <= 0.05 else 'FAIL'}")
+    print(
+        f"PAD (per_dim) overhead: {100 * (pad - 1):+.1f} % per step measured end to end, "
+        f"{100 * extra:+.1f} % from the distillation part alone (bar: ≤ +5 %): "
+        f"{'PASS' if max(pad - 1, extra) <= 0.05 else 'FAIL'}"
+    )
     if args.out:
         save_json(args.out, result)
 

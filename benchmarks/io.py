@@ -84,8 +84,14 @@ def bench_ijb(n_pairs: int, n_templates: int, dim: int) -> dict:
     t = time.perf_counter()
     scores = pair_scores(ids, feats, p1, p2)
     sec = time.perf_counter() - t
-    return {"n_pairs": n_pairs, "n_templates": n_templates, "dim": dim, "seconds": sec,
-            "pairs_per_s": n_pairs / sec, "score_mean": float(scores.mean())}
+    return {
+        "n_pairs": n_pairs,
+        "n_templates": n_templates,
+        "dim": dim,
+        "seconds": sec,
+        "pairs_per_s": n_pairs / sec,
+        "score_mean": float(scores.mean()),
+    }
 
 
 def bench_streaming(n: int, dim: int, chunk: int) -> dict:
@@ -101,10 +107,18 @@ def bench_streaming(n: int, dim: int, chunk: int) -> dict:
     res = streaming_tar_at_far(x, labels, fars=(1e-6,), chunk=chunk, device="cpu")
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     pairs = n * (n - 1) // 2
-    return {"n": n, "dim": dim, "chunk": chunk, "pairs": pairs, "n_impostor": res.n_impostor,
-            "seconds": res.seconds, "pairs_per_s": res.pairs_per_second,
-            "tar_at_1e-6": res.tar_at_far[0].tar, "peak_rss_growth_mib": (rss1 - rss0) / 1024,
-            "embeddings_mib": x.nbytes / 2 ** 20}
+    return {
+        "n": n,
+        "dim": dim,
+        "chunk": chunk,
+        "pairs": pairs,
+        "n_impostor": res.n_impostor,
+        "seconds": res.seconds,
+        "pairs_per_s": res.pairs_per_second,
+        "tar_at_1e-6": res.tar_at_far[0].tar,
+        "peak_rss_growth_mib": (rss1 - rss0) / 1024,
+        "embeddings_mib": x.nbytes / 2**20,
+    }
 
 
 def main() -> None:

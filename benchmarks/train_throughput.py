@@ -60,11 +60,15 @@ def main() -> None:
             torch.manual_seed(1)
             student = get_model(args.student, embedding_size=args.dim, input_size=size)
             provider = CachedTeacher(cache) if mode == "cached" else OnlineTeacher(teacher)
-            task = FaceTask(student, head=get_head("arcface", args.dim, data.num_classes),
-                            distiller=Distiller("l2", lam=1.0, student_dim=args.dim, teacher_dim=args.dim),
-                            teacher=provider).train()
-            opt = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=0.01, momentum=0.9,
-                                  weight_decay=5e-4)
+            task = FaceTask(
+                student,
+                head=get_head("arcface", args.dim, data.num_classes),
+                distiller=Distiller("l2", lam=1.0, student_dim=args.dim, teacher_dim=args.dim),
+                teacher=provider,
+            ).train()
+            opt = torch.optim.SGD(
+                [p for p in task.parameters() if p.requires_grad], lr=0.01, momentum=0.9, weight_decay=5e-4
+            )
             for i, batch in enumerate(batches):
                 if i == args.warmup:
                     start = time.perf_counter()
@@ -77,12 +81,14 @@ def main() -> None:
 
         speeds: dict[str, list[float]] = {"cached": [], "online": []}
         for r in range(args.repeats):
-            for mode in (("cached", "online") if r % 2 == 0 else ("online", "cached")):
+            for mode in ("cached", "online") if r % 2 == 0 else ("online", "cached"):
                 speeds[mode].append(run(mode))
     cached, online = statistics.median(speeds["cached"]), statistics.median(speeds["online"])
-    print(f"SynthFaces {args.preset} ({size}px), student {args.student}, teacher {args.teacher}, d={args.dim}, "
-          f"batch {args.batch_size}, {args.batches} timed steps × {args.repeats} repeats, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"SynthFaces {args.preset} ({size}px), student {args.student}, teacher {args.teacher}, d={args.dim}, "
+        f"batch {args.batch_size}, {args.batches} timed steps × {args.repeats} repeats, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"cached teacher : {cached:8.1f} img/s   (runs: {', '.join(f'{s:.0f}' for s in speeds['cached'])})")
     print(f"online teacher : {online:8.1f} img/s   (runs: {', '.join(f'{s:.0f}' for s in speeds['online'])})")
     print(f"ratio cached / online: {cached / online:.2f}x")

@@ -14,7 +14,6 @@ import importlib
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 import typer
 from pydantic import ValidationError
@@ -38,8 +37,12 @@ def _one_line(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
 
 
-app = _App(help="facekd: knowledge distillation for face recognition (data-bias, PAD, ReFO).",
-           no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = _App(
+    help="facekd: knowledge distillation for face recognition (data-bias, PAD, ReFO).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 
 # Modules of other areas that add commands with `register(app)`; the lead keeps this list.
 COMMAND_MODULES: list[str] = [
@@ -55,10 +58,10 @@ COMMAND_MODULES: list[str] = [
 def demo(
     quick: bool = typer.Option(False, "--quick", help="the ≤ 2 minute subset"),
     full: bool = typer.Option(False, "--full", help="every experiment (long; resumable)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default runs/demo/<tier>)"),
-    seeds: Optional[int] = typer.Option(None, "--seeds", min=1, help="number of student seeds (0..N-1)"),
-    only: Optional[List[str]] = typer.Option(None, "--only", help="run only these experiments (name or prefix)"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    out: Path | None = typer.Option(None, "--out", help="run directory (default runs/demo/<tier>)"),
+    seeds: int | None = typer.Option(None, "--seeds", min=1, help="number of student seeds (0..N-1)"),
+    only: list[str] | None = typer.Option(None, "--only", help="run only these experiments (name or prefix)"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train teacher and students on SynthFaces, evaluate, and write report.md."""
@@ -77,7 +80,7 @@ def demo(
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML run config"),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. train.lr=0.05"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. train.lr=0.05"),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from run_dir/checkpoints/last.pt"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -97,7 +100,7 @@ def _data_config(data: str, kind: str, split: str):
     return DataConfig(kind=kind, path=Path(data))
 
 
-def _load_model(arch: str, checkpoint: Optional[Path], embedding_size: Optional[int], input_size: Optional[int]):
+def _load_model(arch: str, checkpoint: Path | None, embedding_size: int | None, input_size: int | None):
     """`arch` with the weights of `checkpoint` (sizes not given are inferred from it), else random weights."""
     from facekd.models import get_model
     from facekd.models.checkpoint import load_backbone
@@ -112,14 +115,14 @@ def _load_model(arch: str, checkpoint: Optional[Path], embedding_size: Optional[
 @app.command()
 def embed(
     arch: str = typer.Option(..., "--arch", help="model name (facekd.models.list_models())"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="backbone.pth"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="backbone.pth"),
     data: str = typer.Option("default", "--data", help="SynthFaces preset, or a path for --kind"),
     kind: str = typer.Option("synthfaces", "--kind", help="synthfaces | recordio | folder | list | arrays"),
     split: str = typer.Option("train", "--split", help="SynthFaces split: train | test"),
     out: Path = typer.Option(..., "--out", help="EmbeddingCache directory"),
     flip: bool = typer.Option(False, "--flip", help="flip-sum, as insightface"),
     normalize: bool = typer.Option(True, "--normalize/--raw"),
-    embedding_size: Optional[int] = typer.Option(None, "--embedding-size"),
+    embedding_size: int | None = typer.Option(None, "--embedding-size"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -132,8 +135,7 @@ def embed(
     dist.init_from_env()  # under torchrun each rank embeds its shard and rank 0 assembles the cache
     dataset = build_dataset(_data_config(data, kind, split))
     model = _load_model(arch, checkpoint, embedding_size, dataset.image_size).to(resolve_device("auto"))
-    cache = embed_dataset(model, dataset, out, flip=flip, batch_size=batch_size, normalize=normalize,
-                          progress=progress)
+    cache = embed_dataset(model, dataset, out, flip=flip, batch_size=batch_size, normalize=normalize, progress=progress)
     if dist.is_main():
         typer.echo(f"{cache.directory}: {cache.embeddings.shape[0]} × {cache.embeddings.shape[1]} float32")
 
@@ -141,17 +143,18 @@ def embed(
 @app.command("eval")
 def eval_(
     arch: str = typer.Option(..., "--arch"),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="backbone.pth (or a run dir)"),
-    bins: List[Path] = typer.Option([], "--bin", help="insightface .bin set(s): `--bin lfw.bin cfp_fp.bin ...`"),
-    more_bins: Optional[List[Path]] = typer.Argument(None, metavar="BIN", help="further .bin sets after --bin",
-                                                     show_default=False),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="backbone.pth (or a run dir)"),
+    bins: list[Path] = typer.Option([], "--bin", help="insightface .bin set(s): `--bin lfw.bin cfp_fp.bin ...`"),
+    more_bins: list[Path] | None = typer.Argument(
+        None, metavar="BIN", help="further .bin sets after --bin", show_default=False
+    ),
     preset: str = typer.Option("default", "--preset", help="SynthFaces preset whose test pairs are used (no --bin)"),
-    embedding_size: Optional[int] = typer.Option(None, "--embedding-size"),
+    embedding_size: int | None = typer.Option(None, "--embedding-size"),
     flip: bool = typer.Option(True, "--flip/--no-flip", help="flip-sum test embeddings (no --bin; .bin always flips)"),
     step: int = typer.Option(0, "--step", help="the training step printed in each .bin line"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
     device: str = typer.Option("auto", "--device", help="with --bin: auto (the local GPU if any) | cpu | cuda:N"),
-    out: Optional[Path] = typer.Option(None, "--out", help="also write the result JSON (and roc.png) here"),
+    out: Path | None = typer.Option(None, "--out", help="also write the result JSON (and roc.png) here"),
 ) -> None:
     """Verification. With --bin: insightface's Accuracy-Flip on each .bin set, printed in its log
     format (XNorm, Accuracy-Flip, Accuracy-Highest). Without: SynthFaces test pairs, TAR@FAR (both
@@ -172,8 +175,9 @@ def eval_(
     data = make_synthfaces(SynthFacesConfig.preset(preset))
     model = _load_model(arch, checkpoint, embedding_size, data.test.image_size)
     images = [data.test[i]["image"] for i in range(len(data.test))]
-    emb = np.concatenate([embed_batch(model, torch.stack(images[i:i + 256]), flip=flip).numpy()
-                          for i in range(0, len(images), 256)])
+    emb = np.concatenate(
+        [embed_batch(model, torch.stack(images[i : i + 256]), flip=flip).numpy() for i in range(0, len(images), 256)]
+    )
     res = evaluate_pairs(emb, data.pairs, groups=data.test.groups)
     typer.echo(format_verification(res))
     if out is not None:
@@ -183,8 +187,16 @@ def eval_(
         plot_roc({arch: (scores, p.issame)}, out / "roc.png")
 
 
-def _eval_bins(arch: str, checkpoint: Optional[Path], bins: List[Path], embedding_size: Optional[int], step: int,
-               batch_size: int, device: str, out: Optional[Path]) -> None:
+def _eval_bins(
+    arch: str,
+    checkpoint: Path | None,
+    bins: list[Path],
+    embedding_size: int | None,
+    step: int,
+    batch_size: int,
+    device: str,
+    out: Path | None,
+) -> None:
     from facekd.evaluate.model_eval import evaluate_bin
     from facekd.evaluate.verification import format_insightface_line
     from facekd.train import resolve_device
@@ -198,8 +210,11 @@ def _eval_bins(arch: str, checkpoint: Optional[Path], bins: List[Path], embeddin
     for path in bins:
         r = evaluate_bin(model, path, batch_size=batch_size)
         # a single evaluation: the highest accuracy so far is this one
-        typer.echo(format_insightface_line(r["name"], step, r["accuracy_flip"], r["std"], xnorm=r["xnorm"],
-                                           highest=r["accuracy_flip"]))
+        typer.echo(
+            format_insightface_line(
+                r["name"], step, r["accuracy_flip"], r["std"], xnorm=r["xnorm"], highest=r["accuracy_flip"]
+            )
+        )
         results.append(r)
     if out is not None:
         save_json(out / "eval_bin.json", {"arch": arch, "checkpoint": str(checkpoint), "step": step, "sets": results})
@@ -207,8 +222,10 @@ def _eval_bins(arch: str, checkpoint: Optional[Path], bins: List[Path], embeddin
 
 def format_verification(res: dict) -> str:
     """A plain-text table of an evaluate_pairs() result."""
-    lines = [f"pairs: {res['n_genuine']} genuine, {res['n_impostor']} impostor; AUC {res['auc']:.4f}",
-             f"{'FAR':>8} {'TAR strict':>11} {'TAR insightface':>16} {'false accepts (expected)':>25}"]
+    lines = [
+        f"pairs: {res['n_genuine']} genuine, {res['n_impostor']} impostor; AUC {res['auc']:.4f}",
+        f"{'FAR':>8} {'TAR strict':>11} {'TAR insightface':>16} {'false accepts (expected)':>25}",
+    ]
     for s, i in zip(res["tar_at_far"], res["tar_at_far_insightface"]):
         lines.append(f"{s['far']:>8.0e} {s['tar']:>11.4f} {i['tar']:>16.4f} {s['expected_false_accepts']:>25.1f}")
     acc = res["accuracy"]

@@ -20,8 +20,9 @@ a one-line `ConfigError` naming the file and the key. `run_training(cfg)` builds
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import yaml
@@ -81,8 +82,11 @@ class DataConfig(_Strict):
 
 
 _REID_KINDS = ("market1501", "dukemtmc")
-_SPLITS = {"synthfaces": ("train", "test"), "idx": ("train", "test"),
-           **{k: ("train", "query", "gallery") for k in _REID_KINDS}}
+_SPLITS = {
+    "synthfaces": ("train", "test"),
+    "idx": ("train", "test"),
+    **{k: ("train", "query", "gallery") for k in _REID_KINDS},
+}
 
 
 def _recordio_probe(path: Path) -> Path:
@@ -219,8 +223,11 @@ class RunConfig(_Strict):
             pk = self.sampler.options["p"] * self.sampler.options["k"]
             if self.train.batch_size != pk:
                 raise ValueError(f"sampler pk: train.batch_size must be p·k = {pk}, got {self.train.batch_size}")
-        if self.head is None and self.distill is None and not (
-                self.task == "metric" and (self.metric or MetricConfig()).triplet_weight > 0):
+        if (
+            self.head is None
+            and self.distill is None
+            and not (self.task == "metric" and (self.metric or MetricConfig()).triplet_weight > 0)
+        ):
             raise ValueError("head is null and there is no distill block: nothing to train")
         if self.distill is not None and self.teacher is None:
             raise ValueError("distill needs a teacher block")
@@ -342,8 +349,13 @@ def build_dataset(cfg: DataConfig):
         from facekd.data.reid import ReIDDataset
 
         size = cfg.image_size or (256, 128)
-        return ReIDDataset(cfg.path, cfg.kind, cfg.split, image_size=(size, size) if isinstance(size, int) else size,
-                           transform=transform)
+        return ReIDDataset(
+            cfg.path,
+            cfg.kind,
+            cfg.split,
+            image_size=(size, size) if isinstance(size, int) else size,
+            transform=transform,
+        )
     if cfg.kind == "idx":
         from facekd.data.arrays import load_fashion_mnist
 
@@ -354,8 +366,9 @@ def build_dataset(cfg: DataConfig):
         missing = {"images", "labels"} - set(z.files)
         if missing:
             raise ValueError(f"{cfg.path}: missing arrays {sorted(missing)} (expected uint8 images and int labels)")
-        return ArrayDataset(z["images"], z["labels"], z["groups"] if "groups" in z.files else None,
-                            hflip=cfg.hflip, name=str(cfg.path))
+        return ArrayDataset(
+            z["images"], z["labels"], z["groups"] if "groups" in z.files else None, hflip=cfg.hflip, name=str(cfg.path)
+        )
 
 
 def build_teacher(cfg: RunConfig, dataset):
@@ -370,13 +383,16 @@ def build_teacher(cfg: RunConfig, dataset):
     if t.cache is not None:
         cache = EmbeddingCache.open(t.cache)
         return CachedTeacher(cache), cache
-    model = load_backbone(t.checkpoint, get_model(t.arch, embedding_size=t.embedding_size,
-                                                  input_size=cfg.model.input_size or dataset.image_size))
+    model = load_backbone(
+        t.checkpoint,
+        get_model(t.arch, embedding_size=t.embedding_size, input_size=cfg.model.input_size or dataset.image_size),
+    )
     if t.online:
         return OnlineTeacher(model), None
     # under torchrun each rank embeds its shard on its own device; rank 0 assembles the cache
-    cache = embed_dataset(model.to(resolve_device(cfg.train.device)), dataset, cfg.run_dir / "teacher_cache",
-                          flip=t.flip)
+    cache = embed_dataset(
+        model.to(resolve_device(cfg.train.device)), dataset, cfg.run_dir / "teacher_cache", flip=t.flip
+    )
     return CachedTeacher(cache), cache
 
 
@@ -423,31 +439,55 @@ def build_task(cfg: RunConfig, dataset, teacher_provider=None):
     dim = embedding_dim(student, input_size)
     head = loss = distiller = None
     if cfg.head is not None:
-        head = (nn.Linear(dim, dataset.num_classes) if cfg.task == "classification" else
-                get_head(cfg.head.name, dim, dataset.num_classes, s=cfg.head.s, m=cfg.head.m, **cfg.head.options))
+        head = (
+            nn.Linear(dim, dataset.num_classes)
+            if cfg.task == "classification"
+            else get_head(cfg.head.name, dim, dataset.num_classes, s=cfg.head.s, m=cfg.head.m, **cfg.head.options)
+        )
         opts = dict(cfg.cls_loss.options)
         if cfg.cls_loss.name in ("cb", "ldam"):
             opts["class_counts"] = np.bincount(dataset.labels, minlength=dataset.num_classes)
         loss = get_cls_loss(cfg.cls_loss.name, **opts)
     if cfg.distill is not None:
-        t_dim = (teacher_provider.dim if isinstance(teacher_provider, CachedTeacher)
-                 else embedding_dim(teacher_provider.model, input_size))
+        t_dim = (
+            teacher_provider.dim
+            if isinstance(teacher_provider, CachedTeacher)
+            else embedding_dim(teacher_provider.model, input_size)
+        )
         distiller = Distiller.from_config(
-            {"loss": cfg.distill.loss, "weighting": cfg.distill.weighting, "lambda": cfg.distill.lam,
-             "normalize": cfg.distill.normalize, "options": cfg.distill.options},
-            student_dim=dim, teacher_dim=t_dim, student=student,
-            teacher=getattr(teacher_provider, "model", None), input_size=input_size)
+            {
+                "loss": cfg.distill.loss,
+                "weighting": cfg.distill.weighting,
+                "lambda": cfg.distill.lam,
+                "normalize": cfg.distill.normalize,
+                "options": cfg.distill.options,
+            },
+            student_dim=dim,
+            teacher_dim=t_dim,
+            student=student,
+            teacher=getattr(teacher_provider, "model", None),
+            input_size=input_size,
+        )
     teacher = teacher_provider if cfg.distill is not None else None
     if cfg.task == "classification":
         return ClassificationTask(student, head, distiller=distiller, teacher=teacher, cls_loss=loss)
     if cfg.task == "metric":
         m = cfg.metric or MetricConfig()
-        return MetricTask(student, head=head, cls_loss=None if cfg.cls_loss.name == "ce" else loss,
-                          label_smoothing=m.label_smoothing, triplet_margin=m.triplet_margin,
-                          triplet_weight=m.triplet_weight, triplet_normalize=m.triplet_normalize,
-                          center=CenterLoss(dataset.num_classes, dim) if m.center_weight > 0 else None,
-                          center_weight=m.center_weight, bnneck=m.bnneck, distill_feat=m.distill_feat,
-                          distiller=distiller, teacher=teacher)
+        return MetricTask(
+            student,
+            head=head,
+            cls_loss=None if cfg.cls_loss.name == "ce" else loss,
+            label_smoothing=m.label_smoothing,
+            triplet_margin=m.triplet_margin,
+            triplet_weight=m.triplet_weight,
+            triplet_normalize=m.triplet_normalize,
+            center=CenterLoss(dataset.num_classes, dim) if m.center_weight > 0 else None,
+            center_weight=m.center_weight,
+            bnneck=m.bnneck,
+            distill_feat=m.distill_feat,
+            distiller=distiller,
+            teacher=teacher,
+        )
     return FaceTask(student, head=head, cls_loss=loss, distiller=distiller, teacher=teacher)
 
 
@@ -472,6 +512,24 @@ def run_training(cfg: RunConfig, resume: bool = True, progress: bool = True):
     return train(task, dataset, cfg.train, cfg.run_dir, sampler=sampler, resume=resume, progress=progress)
 
 
-__all__ = ["ConfigError", "RunConfig", "DataConfig", "ModelConfig", "HeadConfig", "ClsLossConfig", "DistillConfig",
-           "TeacherConfig", "SamplerConfig", "MetricConfig", "load_config", "apply_overrides", "dump_config", "save_config",
-           "build_dataset", "build_teacher", "build_sampler", "build_task", "run_training"]
+__all__ = [
+    "ClsLossConfig",
+    "ConfigError",
+    "DataConfig",
+    "DistillConfig",
+    "HeadConfig",
+    "MetricConfig",
+    "ModelConfig",
+    "RunConfig",
+    "SamplerConfig",
+    "TeacherConfig",
+    "apply_overrides",
+    "build_dataset",
+    "build_sampler",
+    "build_task",
+    "build_teacher",
+    "dump_config",
+    "load_config",
+    "run_training",
+    "save_config",
+]

@@ -55,7 +55,7 @@ class EmbeddingCache:
     meta: dict
 
     @classmethod
-    def open(cls, directory: str | os.PathLike) -> "EmbeddingCache":
+    def open(cls, directory: str | os.PathLike) -> EmbeddingCache:
         """Open a complete cache; raises FileNotFoundError / ValueError naming what is wrong."""
         directory = Path(directory)
         meta_path = directory / "meta.json"
@@ -88,11 +88,16 @@ class EmbeddingCache:
 
 
 def _check_meta(directory: Path, meta: dict, expected: dict) -> None:
-    diffs = [f"{k}: cache has {meta.get(k)!r}, requested {expected[k]!r}" for k in _MATCH_KEYS
-             if k in expected and meta.get(k) != expected[k]]
+    diffs = [
+        f"{k}: cache has {meta.get(k)!r}, requested {expected[k]!r}"
+        for k in _MATCH_KEYS
+        if k in expected and meta.get(k) != expected[k]
+    ]
     if diffs:
-        raise ValueError(f"embedding cache {directory} does not match the request ({'; '.join(diffs)}); "
-                         "delete it or choose another output directory")
+        raise ValueError(
+            f"embedding cache {directory} does not match the request ({'; '.join(diffs)}); "
+            "delete it or choose another output directory"
+        )
 
 
 @torch.no_grad()
@@ -108,9 +113,18 @@ def embed_batch(model: nn.Module, images: torch.Tensor, flip: bool = False, norm
     return F.normalize(emb, dim=1) if normalize else emb
 
 
-def embed_dataset(model: nn.Module, dataset, out_dir: str | os.PathLike, flip: bool = False, batch_size: int = 256,
-                  normalize: bool = True, progress: bool = True, chunk_batches: int = 8, num_workers: int = 0,
-                  device: str | torch.device | None = None) -> EmbeddingCache:
+def embed_dataset(
+    model: nn.Module,
+    dataset,
+    out_dir: str | os.PathLike,
+    flip: bool = False,
+    batch_size: int = 256,
+    normalize: bool = True,
+    progress: bool = True,
+    chunk_batches: int = 8,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+) -> EmbeddingCache:
     """Run `model` over `dataset` into an EmbeddingCache at `out_dir` and return it.
 
     A complete cache with the same model checksum, dataset fingerprint, N, flip and normalize is
@@ -122,8 +136,13 @@ def embed_dataset(model: nn.Module, dataset, out_dir: str | os.PathLike, flip: b
     out_dir = Path(out_dir)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    expected = {"model_sha256": model_checksum(model), "dataset_fingerprint": str(dataset.fingerprint()),
-                "n": len(dataset), "flip": bool(flip), "normalize": bool(normalize)}
+    expected = {
+        "model_sha256": model_checksum(model),
+        "dataset_fingerprint": str(dataset.fingerprint()),
+        "n": len(dataset),
+        "flip": bool(flip),
+        "normalize": bool(normalize),
+    }
     if (out_dir / "meta.json").exists():
         cache = EmbeddingCache.open(out_dir)
         cache.check_matches(expected)
@@ -158,10 +177,12 @@ def embed_dataset(model: nn.Module, dataset, out_dir: str | os.PathLike, flip: b
             idx = batch["index"].numpy()
             expect_idx = np.arange(start + pos, start + pos + idx.size)
             if not np.array_equal(idx, expect_idx):
-                raise ValueError(f"dataset item {start + pos}: its 'index' field is {int(idx[0])}, expected the row "
-                                 "number (datasets must return index == position)")
+                raise ValueError(
+                    f"dataset item {start + pos}: its 'index' field is {int(idx[0])}, expected the row "
+                    "number (datasets must return index == position)"
+                )
             emb = embed_batch(model, batch["image"].to(device), flip, normalize)
-            out[pos:pos + idx.size] = emb.cpu().numpy()
+            out[pos : pos + idx.size] = emb.cpu().numpy()
             pos += idx.size
             if bar is not None:
                 bar.update(idx.size)
@@ -206,8 +227,10 @@ def _assemble(out_dir: Path, dataset, expected: dict, dim: int, w: int) -> None:
     save_npy(out_dir / "labels.npy", labels)
     for r in range(w):
         (out_dir / f".progress{r}of{w}.json").unlink(missing_ok=True)
-    save_json(out_dir / "meta.json", {**expected, "embedding_size": dim, "complete": True, "format": FORMAT_VERSION,
-                                      "dtype": "float32"})
+    save_json(
+        out_dir / "meta.json",
+        {**expected, "embedding_size": dim, "complete": True, "format": FORMAT_VERSION, "dtype": "float32"},
+    )
 
 
-__all__ = ["EmbeddingCache", "embed_dataset", "embed_batch", "model_checksum"]
+__all__ = ["EmbeddingCache", "embed_batch", "embed_dataset", "model_checksum"]

@@ -276,9 +276,16 @@ def check_onnx(
     rep.add("single input", len(inputs) == 1, f"{len(inputs)} input(s): {[i.name for i in inputs]}")
     if not rep.add("input is 4-D NCHW with 3 channels", len(shape) == 4 and shape[1] == 3, f"input shape {shape}"):
         return rep
-    rep.add("dynamic batch", isinstance(shape[0], str),
-            f"batch dim is {shape[0]!r}" + ("" if isinstance(shape[0], str) else
-                                             " (fixed; the official checker rewrites it to 'None', which breaks graphs that reshape with a fixed batch)"))
+    rep.add(
+        "dynamic batch",
+        isinstance(shape[0], str),
+        f"batch dim is {shape[0]!r}"
+        + (
+            ""
+            if isinstance(shape[0], str)
+            else " (fixed; the official checker rewrites it to 'None', which breaks graphs that reshape with a fixed batch)"
+        ),
+    )
     crop = _read_numbers(folder / "crop.txt", 6, int) if folder else None
     expect = pair(input_size) if input_size is not None else (tuple(crop[4:6][::-1]) if crop else (112, 112))
     rep.add("input size", tuple(shape[2:4]) == expect, f"H×W {tuple(shape[2:4])}, expected {expect}")
@@ -287,8 +294,16 @@ def check_onnx(
     size_mb = os.path.getsize(file) / 2**20
     rep.info["model_size_mb"] = round(size_mb, 3)
     rep.add("model size ≤ 1024 MB", size_mb <= MAX_MODEL_MB, f"{size_mb:.2f} MB")
-    narrow = [f"{i.name}:{numpy_helper.to_array(i).dtype}" for i in graph.initializer if numpy_helper.to_array(i).dtype.itemsize < 4]
-    rep.add("fp32 weights (no initializer < 4 bytes)", not narrow, "all ≥ 4 bytes" if not narrow else f"{len(narrow)} narrow: {narrow[:5]}")
+    narrow = [
+        f"{i.name}:{numpy_helper.to_array(i).dtype}"
+        for i in graph.initializer
+        if numpy_helper.to_array(i).dtype.itemsize < 4
+    ]
+    rep.add(
+        "fp32 weights (no initializer < 4 bytes)",
+        not narrow,
+        "all ≥ 4 bytes" if not narrow else f"{len(narrow)} narrow: {narrow[:5]}",
+    )
 
     pn = _read_numbers(folder / "pixel_norm.txt", 2) if folder else None
     if pn is not None:
@@ -315,14 +330,20 @@ def check_onnx(
     rep.add("runs on onnxruntime", True, f"output shape {tuple(ref.shape)}")
     dim = int(np.prod(ref.shape[1:]))
     rep.info["feature_dim"] = dim
-    rep.add(f"feature dim ≤ {TRACK_MAX_DIM[track]} ({track})", ref.ndim == 2 and dim <= TRACK_MAX_DIM[track],
-            f"output shape {tuple(ref.shape)}")
+    rep.add(
+        f"feature dim ≤ {TRACK_MAX_DIM[track]} ({track})",
+        ref.ndim == 2 and dim <= TRACK_MAX_DIM[track],
+        f"output shape {tuple(ref.shape)}",
+    )
     finite = bool(np.isfinite(ref).all())
     rep.add("no NaN / inf", finite, "finite on 32 random images" if finite else "non-finite values in the output")
     if fixed is None:
         diff = np.abs(ref[:4] - single) / np.maximum(1.0, np.abs(single))
-        rep.add("batch 1 and batch 32 agree", float(diff.max()) <= atol,
-                f"max relative difference {diff.max():.2e} (tolerance {atol:g})")
+        rep.add(
+            "batch 1 and batch 32 agree",
+            float(diff.max()) <= atol,
+            f"max relative difference {diff.max():.2e} (tolerance {atol:g})",
+        )
     else:
         rep.add("batch 1 and batch 32 agree", False, f"fixed batch size {fixed}: cannot run both")
     flips = _flip_ops(graph)
@@ -330,10 +351,13 @@ def check_onnx(
     d_flip = float(np.abs(ref[:4] - flipped).max())
     d_other = float(np.abs(ref[:4] - ref[4:8]).max())
     invariant = d_other > 0 and d_flip <= 1e-4 * d_other
-    rep.add("no in-graph flip", not flips and not invariant,
-            ("reversing ops: " + ", ".join(flips[:5]) + "; " if flips else "")
-            + f"max |f(x) - f(flip x)| = {d_flip:.3g} vs {d_other:.3g} between different images"
-            + (" (flip-invariant: the graph probably adds the flipped image)" if invariant else ""))
+    rep.add(
+        "no in-graph flip",
+        not flips and not invariant,
+        ("reversing ops: " + ", ".join(flips[:5]) + "; " if flips else "")
+        + f"max |f(x) - f(flip x)| = {d_flip:.3g} vs {d_other:.3g} between different images"
+        + (" (flip-invariant: the graph probably adds the flipped image)" if invariant else ""),
+    )
 
     costs = []
     one = blob[:1]
@@ -375,8 +399,10 @@ class OnnxTeacher(nn.Module):
         self.session = ort.InferenceSession(self.path, providers=providers or ["CPUExecutionProvider"])
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
-            raise ValueError(f"{path}: expected one 4-D input and one output, got inputs "
-                             f"{[(i.name, i.shape) for i in inputs]} and outputs {[o.name for o in outputs]}")
+            raise ValueError(
+                f"{path}: expected one 4-D input and one output, got inputs "
+                f"{[(i.name, i.shape) for i in inputs]} and outputs {[o.name for o in outputs]}"
+            )
         self.input_name, self.output_name = inputs[0].name, outputs[0].name
         self.input_size = tuple(inputs[0].shape[2:4])
         self.fixed_batch = None if isinstance(inputs[0].shape[0], str) else int(inputs[0].shape[0])
@@ -391,8 +417,14 @@ class OnnxTeacher(nn.Module):
         """x (B, 3, H, W) in [-1, 1] → (B, d) float32."""
         if return_features:
             raise ValueError(f"OnnxTeacher({self.path}): feature maps are not available from an ONNX graph")
-        if x.ndim != 4 or x.shape[1] != 3 or (all(isinstance(s, int) for s in self.input_size) and tuple(x.shape[2:]) != self.input_size):
-            raise ValueError(f"OnnxTeacher({self.path}): expected input (B, 3, {self.input_size[0]}, {self.input_size[1]}), got {tuple(x.shape)}")
+        if (
+            x.ndim != 4
+            or x.shape[1] != 3
+            or (all(isinstance(s, int) for s in self.input_size) and tuple(x.shape[2:]) != self.input_size)
+        ):
+            raise ValueError(
+                f"OnnxTeacher({self.path}): expected input (B, 3, {self.input_size[0]}, {self.input_size[1]}), got {tuple(x.shape)}"
+            )
         blob = x.detach().float().cpu().numpy()
         if (self.mean, self.std) != (127.5, 127.5):
             blob = ((blob * 127.5 + 127.5) - self.mean) / self.std

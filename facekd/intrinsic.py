@@ -71,8 +71,9 @@ def two_nn_distances(x: np.ndarray, *, distance: str = "euclidean", k_search: in
     if distance == "angle":
         norms = np.linalg.norm(x64, axis=1)
         if not np.allclose(norms, 1.0, atol=1e-4):
-            raise ValueError("distance='angle' needs L2-normalised rows (max |‖x‖ − 1| = "
-                             f"{np.abs(norms - 1).max():.3g})")
+            raise ValueError(
+                f"distance='angle' needs L2-normalised rows (max |‖x‖ − 1| = {np.abs(norms - 1).max():.3g})"
+            )
         r1, r2 = 2 * np.arcsin(np.clip(r1 / 2, 0, 1)), 2 * np.arcsin(np.clip(r2 / 2, 0, 1))
     return r1, r2
 
@@ -124,7 +125,9 @@ class TwoNNResult:
     n_duplicates: int
 
 
-def twonn(x: np.ndarray, discard_fraction: float = 0.1, *, method: str = "fit", distance: str = "euclidean") -> TwoNNResult:
+def twonn(
+    x: np.ndarray, discard_fraction: float = 0.1, *, method: str = "fit", distance: str = "euclidean"
+) -> TwoNNResult:
     """TwoNN intrinsic dimension of the point cloud `x` (N, D) (see the module docstring for the choices)."""
     x = check_embeddings(x, "twonn input") if distance == "angle" else _check_points(x)
     unique, n_dup = deduplicate(x)
@@ -183,7 +186,9 @@ def intrinsic_dimension(
     """
     n = int(embeddings.shape[0]) if getattr(embeddings, "ndim", 0) == 2 else -1
     if n <= 0:
-        raise ValueError(f"embeddings: expected a non-empty (N, d) array, got shape {getattr(embeddings, 'shape', None)}")
+        raise ValueError(
+            f"embeddings: expected a non-empty (N, d) array, got shape {getattr(embeddings, 'shape', None)}"
+        )
     if reps < 1:
         raise ValueError(f"reps must be >= 1, got {reps}")
     if not 0.0 < fraction <= 1.0:
@@ -202,10 +207,26 @@ def intrinsic_dimension(
         r1, r2 = two_nn_distances(unique[pick], distance=distance)
         values.append(fit_twonn(r2 / r1, discard_fraction, method))
     vals = np.asarray(values)
-    params = dict(subset=subset, reps=reps, fraction=fraction, seed=seed, normalize=normalize,
-                  discard_fraction=discard_fraction, method=method, distance=distance)
-    return IntrinsicDimResult(float(vals.mean()), float(vals.std()), [float(v) for v in vals], n_subset,
-                              int(unique.shape[0]), n_rep, n_dup, params)
+    params = dict(
+        subset=subset,
+        reps=reps,
+        fraction=fraction,
+        seed=seed,
+        normalize=normalize,
+        discard_fraction=discard_fraction,
+        method=method,
+        distance=distance,
+    )
+    return IntrinsicDimResult(
+        float(vals.mean()),
+        float(vals.std()),
+        [float(v) for v in vals],
+        n_subset,
+        int(unique.shape[0]),
+        n_rep,
+        n_dup,
+        params,
+    )
 
 
 def _subset_size(subset: float | int | None, n: int) -> int:
@@ -232,4 +253,6 @@ def parse_subset(text: str) -> float | int:
             return float(t)
         return int(t)
     except ValueError:
-        raise ValueError(f"--subset {text!r}: expected a fraction (0.01), a percentage (1%) or a row count (5000)") from None
+        raise ValueError(
+            f"--subset {text!r}: expected a fraction (0.01), a percentage (1%) or a row count (5000)"
+        ) from None

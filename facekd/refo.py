@@ -29,9 +29,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -118,8 +119,10 @@ class RefoConfig(BaseModel):
     def _check(self):
         needs_original = self.variant == "refo_plus" or self.teacher_init == "original"
         if needs_original and (self.original_teacher is None or self.original_checkpoint is None):
-            raise ValueError("variant=refo_plus and teacher_init=original need original_teacher (arch) "
-                             "and original_checkpoint (backbone.pth of the original teacher)")
+            raise ValueError(
+                "variant=refo_plus and teacher_init=original need original_teacher (arch) "
+                "and original_checkpoint (backbone.pth of the original teacher)"
+            )
         return self
 
     @property
@@ -157,13 +160,24 @@ def load_trained(spec: NetSpec, input_size: int, path: str | Path) -> nn.Module:
 
 def make_distiller(lam: float, student_dim: int, target_dim: int, loss: str = "l2", normalize: bool = True):
     """λ · L_emb(f_trained, f_target) as a `Distiller`; a projection when the sizes differ."""
-    return Distiller(loss=loss, weighting="uniform", lam=lam, student_dim=student_dim, teacher_dim=target_dim,
-                     normalize=normalize)
+    return Distiller(
+        loss=loss, weighting="uniform", lam=lam, student_dim=student_dim, teacher_dim=target_dim, normalize=normalize
+    )
 
 
-def train_with_labels(model: nn.Module, dataset, train_cfg, run_dir: str | Path, head: HeadSpec, cls_loss: str = "ce",
-                      target_cache=None, lam: float = 0.0, emb_loss: str = "l2", normalize: bool = True,
-                      progress: bool = True) -> nn.Module:
+def train_with_labels(
+    model: nn.Module,
+    dataset,
+    train_cfg,
+    run_dir: str | Path,
+    head: HeadSpec,
+    cls_loss: str = "ce",
+    target_cache=None,
+    lam: float = 0.0,
+    emb_loss: str = "l2",
+    normalize: bool = True,
+    progress: bool = True,
+) -> nn.Module:
     """L_cls (+ lam · L_emb(f_model, cached target)) training; returns the trained backbone.
 
     Used for the ReFO proxy (no target), the ReFO+ proxy (target: original teacher), and reverse
@@ -180,8 +194,17 @@ def train_with_labels(model: nn.Module, dataset, train_cfg, run_dir: str | Path,
     return train(task, dataset, train_cfg, run_dir, progress=progress).student.eval()
 
 
-def train_feature_only(model: nn.Module, dataset, teacher_cache, train_cfg, run_dir: str | Path, beta2: float = 5.0,
-                       emb_loss: str = "l2", normalize: bool = True, progress: bool = True) -> nn.Module:
+def train_feature_only(
+    model: nn.Module,
+    dataset,
+    teacher_cache,
+    train_cfg,
+    run_dir: str | Path,
+    beta2: float = 5.0,
+    emb_loss: str = "l2",
+    normalize: bool = True,
+    progress: bool = True,
+) -> nn.Module:
     """Feature-only student: β2 · L_emb(f_s, f_t) with no labels, head or class centres (Eq. 5).
 
     `teacher_cache` holds the teacher's embeddings of `dataset` (row i ↔ item i). Returns the
@@ -190,8 +213,10 @@ def train_feature_only(model: nn.Module, dataset, teacher_cache, train_cfg, run_
     """
     teacher = CachedTeacher(teacher_cache)
     if len(teacher_cache.embeddings) != len(dataset):
-        raise ValueError(f"teacher cache {teacher_cache.directory} has {len(teacher_cache.embeddings)} rows, "
-                         f"the distillation data {len(dataset)}")
+        raise ValueError(
+            f"teacher cache {teacher_cache.directory} has {len(teacher_cache.embeddings)} rows, "
+            f"the distillation data {len(dataset)}"
+        )
     distiller = make_distiller(beta2, embedding_dim(model, dataset.image_size), teacher.dim, emb_loss, normalize)
     task = FaceTask(model, head=None, distiller=distiller, teacher=teacher)
     return train(task, dataset, train_cfg, run_dir, progress=progress).student.eval()
@@ -202,8 +227,9 @@ def train_feature_only(model: nn.Module, dataset, teacher_cache, train_cfg, run_
 # --------------------------------------------------------------------------------------------
 
 
-def class_centre_memory(num_classes: int = 93_431, embedding_size: int = 512, batch_size: int = 128,
-                        bytes_per_value: int = 4) -> dict:
+def class_centre_memory(
+    num_classes: int = 93_431, embedding_size: int = 512, batch_size: int = 128, bytes_per_value: int = 4
+) -> dict:
     """Bytes that the margin head (class centres) costs during training, and a feature-only student saves.
 
     Per optimizer: weights W (C × d) + their gradient + optimizer state: SGD with momentum keeps one
@@ -280,8 +306,10 @@ class _Stages:
         if marker.exists():
             record = json.loads(marker.read_text())
             if record.get("hash") != h:
-                raise ValueError(f"{marker}: stage {name!r} was finished with a different configuration or data "
-                                 f"(hash {record.get('hash')} ≠ {h}); use a new run directory or delete {stage_dir}")
+                raise ValueError(
+                    f"{marker}: stage {name!r} was finished with a different configuration or data "
+                    f"(hash {record.get('hash')} ≠ {h}); use a new run directory or delete {stage_dir}"
+                )
             self.log(f"[refo] stage {number} {name}: done, reused")
         else:
             verb = "resuming" if stage_dir.exists() else "starting"
@@ -289,15 +317,27 @@ class _Stages:
             save_json(self.run_dir / "progress.json", {"stage": name, "hash": h})
             t0 = time.perf_counter()
             artifacts = fn(stage_dir)
-            record = {"stage": name, "hash": h, "key": key, "seconds": round(time.perf_counter() - t0, 2),
-                      "artifacts": artifacts}
+            record = {
+                "stage": name,
+                "hash": h,
+                "key": key,
+                "seconds": round(time.perf_counter() - t0, 2),
+                "artifacts": artifacts,
+            }
             save_json(marker, record)
         self.records[name] = record
         return record
 
 
-def run_refo(cfg: RefoConfig, run_dir: str | Path, train_set, distill_set=None, *, progress: bool = True,
-             log: Callable[[str], None] = print) -> RefoResult:
+def run_refo(
+    cfg: RefoConfig,
+    run_dir: str | Path,
+    train_set,
+    distill_set=None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> RefoResult:
     """Run (or resume) Algorithm 1 in `run_dir`; return the proxy, tailored teacher and student.
 
     train_set: D1, labelled (proxy and reverse distillation). distill_set: D2 for the
@@ -310,44 +350,74 @@ def run_refo(cfg: RefoConfig, run_dir: str | Path, train_set, distill_set=None, 
     run_dir.mkdir(parents=True, exist_ok=True)
     distill_set = train_set if distill_set is None else distill_set
     if distill_set.image_size != train_set.image_size:
-        raise ValueError(f"D1 images are {train_set.image_size} px, D2 images {distill_set.image_size} px: "
-                         "the student and teacher need one input size")
+        raise ValueError(
+            f"D1 images are {train_set.image_size} px, D2 images {distill_set.image_size} px: "
+            "the student and teacher need one input size"
+        )
     size = train_set.image_size
     stages = _Stages(run_dir, log)
     save_json(run_dir / "refo_config.json", cfg.model_dump(mode="json"))
-    common = {"d1": train_set.fingerprint(), "normalize": cfg.normalize, "flip": cfg.flip,
-              "emb_loss": cfg.emb_loss}
+    common = {"d1": train_set.fingerprint(), "normalize": cfg.normalize, "flip": cfg.flip, "emb_loss": cfg.emb_loss}
 
     def embed(model: nn.Module, dataset, out: Path) -> dict:
         if hasattr(dataset, "with_hflip"):  # targets are looked up by row: embed without augmentation
             dataset = dataset.with_hflip(False)
-        embed_dataset(model.to(resolve_device(device)), dataset, out, flip=cfg.flip, batch_size=cfg.embed_batch_size,
-                      normalize=cfg.normalize, progress=progress)
+        embed_dataset(
+            model.to(resolve_device(device)),
+            dataset,
+            out,
+            flip=cfg.flip,
+            batch_size=cfg.embed_batch_size,
+            normalize=cfg.normalize,
+            progress=progress,
+        )
         return {"cache": str(out)}
 
     # 0. (ReFO+ / fine-tuning) the original teacher's embeddings of D1.
     original_key = None
     if cfg.original_teacher is not None and cfg.original_checkpoint is not None:
-        original_key = {"arch": cfg.original_teacher.model_dump(), "ckpt": _file_digest(cfg.original_checkpoint),
-                        **common}
+        original_key = {
+            "arch": cfg.original_teacher.model_dump(),
+            "ckpt": _file_digest(cfg.original_checkpoint),
+            **common,
+        }
     original_cache = None
     if cfg.variant == "refo_plus":
-        rec = stages.run("original_embed", original_key, lambda d: embed(
-            load_trained(cfg.original_teacher, size, cfg.original_checkpoint), train_set, d / "cache"))
+        rec = stages.run(
+            "original_embed",
+            original_key,
+            lambda d: embed(load_trained(cfg.original_teacher, size, cfg.original_checkpoint), train_set, d / "cache"),
+        )
         original_cache = EmbeddingCache.open(rec["artifacts"]["cache"])
 
     # 1. proxy s′ with the student's architecture.
-    proxy_key = {"variant": cfg.variant, "student": cfg.student.model_dump(), "head": cfg.head.model_dump(),
-                 "cls_loss": cfg.cls_loss, "train": cfg.train_key("proxy"), **common}
+    proxy_key = {
+        "variant": cfg.variant,
+        "student": cfg.student.model_dump(),
+        "head": cfg.head.model_dump(),
+        "cls_loss": cfg.cls_loss,
+        "train": cfg.train_key("proxy"),
+        **common,
+    }
     if cfg.variant == "refo_plus":
         proxy_key |= {"proxy_lambda": cfg.proxy_lambda, "original": original_key}
 
     def do_proxy(d: Path) -> dict:
         tc = cfg.train_config("proxy")
         model = build_backbone(cfg.student, size, seed=tc.seed)
-        train_with_labels(model, train_set, tc, d, cfg.head, cfg.cls_loss, target_cache=original_cache,
-                          lam=cfg.proxy_lambda if original_cache is not None else 0.0, emb_loss=cfg.emb_loss,
-                          normalize=cfg.normalize, progress=progress)
+        train_with_labels(
+            model,
+            train_set,
+            tc,
+            d,
+            cfg.head,
+            cfg.cls_loss,
+            target_cache=original_cache,
+            lam=cfg.proxy_lambda if original_cache is not None else 0.0,
+            emb_loss=cfg.emb_loss,
+            normalize=cfg.normalize,
+            progress=progress,
+        )
         return {"backbone": str(d / "backbone.pth")}
 
     rec = stages.run("proxy", proxy_key, do_proxy)
@@ -359,22 +429,41 @@ def run_refo(cfg: RefoConfig, run_dir: str | Path, train_set, distill_set=None, 
     proxy_cache = EmbeddingCache.open(rec["artifacts"]["cache"])
 
     # 3. reverse distillation: the teacher learns L_cls + β1 · L_emb(f_t, f_s′).
-    reverse_key = {"teacher": cfg.teacher.model_dump(), "head": cfg.head.model_dump(), "cls_loss": cfg.cls_loss,
-                   "train": cfg.train_key("teacher"), "beta1": cfg.beta1_value, "init": cfg.teacher_init,
-                   "original": original_key if cfg.teacher_init == "original" else None,
-                   "proxy_embed": stages.records["proxy_embed"]["hash"], **common}
+    reverse_key = {
+        "teacher": cfg.teacher.model_dump(),
+        "head": cfg.head.model_dump(),
+        "cls_loss": cfg.cls_loss,
+        "train": cfg.train_key("teacher"),
+        "beta1": cfg.beta1_value,
+        "init": cfg.teacher_init,
+        "original": original_key if cfg.teacher_init == "original" else None,
+        "proxy_embed": stages.records["proxy_embed"]["hash"],
+        **common,
+    }
 
     def do_reverse(d: Path) -> dict:
         tc = cfg.train_config("teacher")
         if cfg.teacher_init == "original":
             if cfg.original_teacher.model_dump() != cfg.teacher.model_dump():
-                raise ValueError(f"teacher_init=original: original_teacher {cfg.original_teacher} differs from "
-                                 f"teacher {cfg.teacher}")
+                raise ValueError(
+                    f"teacher_init=original: original_teacher {cfg.original_teacher} differs from teacher {cfg.teacher}"
+                )
             model = load_trained(cfg.teacher, size, cfg.original_checkpoint).train()
         else:
             model = build_backbone(cfg.teacher, size, seed=tc.seed)
-        train_with_labels(model, train_set, tc, d, cfg.head, cfg.cls_loss, target_cache=proxy_cache,
-                          lam=cfg.beta1_value, emb_loss=cfg.emb_loss, normalize=cfg.normalize, progress=progress)
+        train_with_labels(
+            model,
+            train_set,
+            tc,
+            d,
+            cfg.head,
+            cfg.cls_loss,
+            target_cache=proxy_cache,
+            lam=cfg.beta1_value,
+            emb_loss=cfg.emb_loss,
+            normalize=cfg.normalize,
+            progress=progress,
+        )
         return {"backbone": str(d / "backbone.pth")}
 
     rec = stages.run("reverse", reverse_key, do_reverse)
@@ -386,14 +475,20 @@ def run_refo(cfg: RefoConfig, run_dir: str | Path, train_set, distill_set=None, 
     teacher_cache = EmbeddingCache.open(rec["artifacts"]["cache"])
 
     # 5. feature-only student.
-    student_key = {"student": cfg.student.model_dump(), "train": cfg.train_key("student"), "beta2": cfg.beta2,
-                   "teacher_embed": stages.records["teacher_embed"]["hash"], **common}
+    student_key = {
+        "student": cfg.student.model_dump(),
+        "train": cfg.train_key("student"),
+        "beta2": cfg.beta2,
+        "teacher_embed": stages.records["teacher_embed"]["hash"],
+        **common,
+    }
 
     def do_student(d: Path) -> dict:
         tc = cfg.train_config("student")
         model = build_backbone(cfg.student, size, seed=tc.seed)
-        train_feature_only(model, distill_set, teacher_cache, tc, d, cfg.beta2, cfg.emb_loss, cfg.normalize,
-                           progress=progress)
+        train_feature_only(
+            model, distill_set, teacher_cache, tc, d, cfg.beta2, cfg.emb_loss, cfg.normalize, progress=progress
+        )
         return {"backbone": str(d / "backbone.pth")}
 
     rec = stages.run("student", student_key, do_student)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from facekd.config import (ConfigError, DataConfig, apply_overrides, build_dataset, format_validation_error,
-                           read_yaml_mapping)
+from facekd.config import (
+    ConfigError,
+    DataConfig,
+    apply_overrides,
+    build_dataset,
+    format_validation_error,
+    read_yaml_mapping,
+)
 from facekd.refo import RefoConfig, run_refo
 from facekd.utils import atomic_path, save_json
 
@@ -23,7 +29,7 @@ def intrinsic_dim(
     seed: int = typer.Option(0, help="Seed of the subset and of the repetitions (same seed → same images)."),
     normalize: bool = typer.Option(True, help="L2-normalise the embeddings first (the paper does)."),
     discard_fraction: float = typer.Option(0.1, help="Share of the largest ratios r2/r1 left out of the fit."),
-    out: Optional[Path] = typer.Option(None, help="Also write the result as JSON here."),
+    out: Path | None = typer.Option(None, help="Also write the result as JSON here."),
 ) -> None:
     """TwoNN intrinsic dimension of an embedding cache (ReFO supplementary protocol): mean ± std."""
     import numpy as np
@@ -38,10 +44,19 @@ def intrinsic_dim(
         emb = np.load(cache, mmap_mode="r")
     else:
         raise FileNotFoundError(f"{cache}: expected an embedding cache directory or an .npy file")
-    res = intrinsic_dimension(emb, subset=parse_subset(subset), reps=reps, fraction=fraction, seed=seed,
-                              normalize=normalize, discard_fraction=discard_fraction)
-    typer.echo(f"intrinsic dimension {res.mean:.3f} ± {res.std:.3f} (TwoNN, {reps} reps × {res.n_per_rep} points; "
-               f"subset {res.n_subset} of {emb.shape[0]} rows, {res.n_duplicates} duplicates removed)")
+    res = intrinsic_dimension(
+        emb,
+        subset=parse_subset(subset),
+        reps=reps,
+        fraction=fraction,
+        seed=seed,
+        normalize=normalize,
+        discard_fraction=discard_fraction,
+    )
+    typer.echo(
+        f"intrinsic dimension {res.mean:.3f} ± {res.std:.3f} (TwoNN, {reps} reps × {res.n_per_rep} points; "
+        f"subset {res.n_subset} of {emb.shape[0]} rows, {res.n_duplicates} duplicates removed)"
+    )
     if out is not None:
         save_json(out, res.to_dict() | {"cache": str(cache)})
 
@@ -56,7 +71,7 @@ class RefoRunFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run_dir: str = "runs/refo"
     data: DataConfig = Field(default_factory=DataConfig)
-    distill_data: Optional[DataConfig] = None
+    distill_data: DataConfig | None = None
     refo: RefoConfig = Field(default_factory=RefoConfig)
 
 
@@ -73,7 +88,7 @@ def load_refo_file(path: Path, overrides: Sequence[str] = ()) -> RefoRunFile:
 
 def refo(
     config: Path = typer.Argument(..., help="YAML with run_dir, data, distill_data and refo sections."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides, e.g. refo.beta2=2"),
+    overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. refo.beta2=2"),
     progress: bool = typer.Option(True, help="Progress bars."),
 ) -> None:
     """Run or resume ReFO / ReFO+ (Algorithm 1): proxy, embed, reverse distillation, embed, FO student."""

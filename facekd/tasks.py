@@ -30,7 +30,7 @@ from torch import nn
 from facekd.losses.distiller import Features, _scale_grad
 from facekd.losses.metric import CenterLoss, batch_hard_triplet
 
-__all__ = ["CachedTeacher", "OnlineTeacher", "ClassifierTeacher", "FaceTask", "ClassificationTask", "MetricTask"]
+__all__ = ["CachedTeacher", "ClassificationTask", "ClassifierTeacher", "FaceTask", "MetricTask", "OnlineTeacher"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -57,12 +57,16 @@ class CachedTeacher(nn.Module):
         """Raise ValueError unless the cache was computed on `dataset` (fingerprint and size)."""
         fp = self.cache.meta.get("dataset_fingerprint")
         if fp != str(dataset.fingerprint()) or len(self.cache) != len(dataset):
-            raise ValueError(f"teacher cache {self.cache.directory} was computed on dataset {fp} ({len(self.cache)} rows), "
-                             f"not on the training dataset {dataset.fingerprint()} ({len(dataset)} rows)")
+            raise ValueError(
+                f"teacher cache {self.cache.directory} was computed on dataset {fp} ({len(self.cache)} rows), "
+                f"not on the training dataset {dataset.fingerprint()} ({len(dataset)} rows)"
+            )
 
     def forward(self, batch: dict, need_maps: bool = False, need_logits: bool = False) -> Features:
         if need_maps or need_logits:
-            raise ValueError("a cached teacher has only embeddings: use an OnlineTeacher for feature-map or logit losses")
+            raise ValueError(
+                "a cached teacher has only embeddings: use an OnlineTeacher for feature-map or logit losses"
+            )
         idx = batch["index"].cpu().numpy()
         if idx.size and (idx.min() < 0 or idx.max() >= len(self.cache.embeddings)):
             raise ValueError(
@@ -134,7 +138,9 @@ class _Task(nn.Module):
     def __init__(self, student: nn.Module, distiller: nn.Module | None, teacher: nn.Module | None):
         super().__init__()
         if distiller is not None and teacher is None:
-            raise ValueError(f"{type(self).__name__}: a distiller needs a teacher (CachedTeacher, OnlineTeacher or ClassifierTeacher)")
+            raise ValueError(
+                f"{type(self).__name__}: a distiller needs a teacher (CachedTeacher, OnlineTeacher or ClassifierTeacher)"
+            )
         self.student = student
         self.distiller = distiller
         self.teacher = teacher
@@ -162,15 +168,22 @@ class _Task(nn.Module):
             per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
         return per_sample.float().mean()
 
-    def _distill(self, batch: dict, emb: torch.Tensor, maps, logits, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _distill(
+        self, batch: dict, emb: torch.Tensor, maps, logits, step: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """distiller(Features(student), teacher(batch), step) → (scalar, logs incl. "distill")."""
         need_maps, need_logits = self._need_maps, self._need_logits
         target = self.teacher(batch, need_maps, need_logits)
         if need_logits and target.logits is None:
-            raise ValueError(f"{self.distiller.loss_name!r} needs teacher logits: use ClassifierTeacher(model, head) "
-                             "or OnlineTeacher(model, head)")
-        student = Features(embedding=emb.float(), maps=[m.float() for m in maps] if maps is not None else None,
-                           logits=logits.float() if need_logits else None)
+            raise ValueError(
+                f"{self.distiller.loss_name!r} needs teacher logits: use ClassifierTeacher(model, head) "
+                "or OnlineTeacher(model, head)"
+            )
+        student = Features(
+            embedding=emb.float(),
+            maps=[m.float() for m in maps] if maps is not None else None,
+            logits=logits.float() if need_logits else None,
+        )
         dl, dlogs = self.distiller(student, target, step)
         return dl, {"distill": float(dl.detach()), **{k: float(v) for k, v in dlogs.items()}}
 
@@ -185,8 +198,14 @@ class FaceTask(_Task):
     The head runs in float32 even under AMP.
     """
 
-    def __init__(self, student: nn.Module, head: nn.Module | None = None, cls_loss: nn.Module | None = None,
-                 distiller: nn.Module | None = None, teacher: nn.Module | None = None):
+    def __init__(
+        self,
+        student: nn.Module,
+        head: nn.Module | None = None,
+        cls_loss: nn.Module | None = None,
+        distiller: nn.Module | None = None,
+        teacher: nn.Module | None = None,
+    ):
         if head is None and distiller is None:
             raise ValueError("FaceTask needs a head, a distiller, or both")
         super().__init__(student, distiller, teacher)
@@ -230,8 +249,14 @@ class ClassificationTask(_Task):
     Logs: cls, acc (batch accuracy), distill and the distiller's logs.
     """
 
-    def __init__(self, student: nn.Module, head: nn.Module, distiller: nn.Module | None = None,
-                 teacher: nn.Module | None = None, cls_loss: nn.Module | None = None):
+    def __init__(
+        self,
+        student: nn.Module,
+        head: nn.Module,
+        distiller: nn.Module | None = None,
+        teacher: nn.Module | None = None,
+        cls_loss: nn.Module | None = None,
+    ):
         super().__init__(student, distiller, teacher)
         self.head, self.cls_loss = head, cls_loss
 
@@ -279,11 +304,22 @@ class MetricTask(_Task):
     Logs: cls, acc, triplet, center, distill and the distiller's logs.
     """
 
-    def __init__(self, student: nn.Module, head: nn.Module | None = None, cls_loss: nn.Module | None = None,
-                 label_smoothing: float = 0.1, triplet_margin: float | None = 0.3, triplet_weight: float = 1.0,
-                 triplet_normalize: bool = False, center: CenterLoss | None = None, center_weight: float = 5e-4,
-                 bnneck: bool = True, distill_feat: str = "after", distiller: nn.Module | None = None,
-                 teacher: nn.Module | None = None):
+    def __init__(
+        self,
+        student: nn.Module,
+        head: nn.Module | None = None,
+        cls_loss: nn.Module | None = None,
+        label_smoothing: float = 0.1,
+        triplet_margin: float | None = 0.3,
+        triplet_weight: float = 1.0,
+        triplet_normalize: bool = False,
+        center: CenterLoss | None = None,
+        center_weight: float = 5e-4,
+        bnneck: bool = True,
+        distill_feat: str = "after",
+        distiller: nn.Module | None = None,
+        teacher: nn.Module | None = None,
+    ):
         super().__init__(student, distiller, teacher)
         if distill_feat not in ("after", "before"):
             raise ValueError(f"MetricTask: distill_feat must be 'after' or 'before', got {distill_feat!r}")

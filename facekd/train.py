@@ -23,9 +23,10 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -91,7 +92,7 @@ def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """"auto" → the local CUDA device when available (LOCAL_RANK under torchrun), else CPU."""
+    """ "auto" → the local CUDA device when available (LOCAL_RANK under torchrun), else CPU."""
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():
@@ -153,8 +154,12 @@ def _rng_state() -> dict:
     py_version, py_state, py_gauss = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "gauss": float(np_state[4])},
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
         "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
     }
     if torch.cuda.is_available():
@@ -209,8 +214,9 @@ def _check_same_run(where: str, saved_cfg: dict, saved_run: dict, cfg: TrainConf
     diff = [k for k in sorted(set(now) | set(saved_cfg)) if now.get(k) != saved_cfg.get(k) and k not in _RESUMABLE_KEYS]
     diff += [k for k in sorted(run_meta) if run_meta[k] != saved_run.get(k)]
     if diff:
-        detail = ", ".join(f"{k}: saved {saved_cfg.get(k, saved_run.get(k))!r} vs now {now.get(k, run_meta.get(k))!r}"
-                           for k in diff)
+        detail = ", ".join(
+            f"{k}: saved {saved_cfg.get(k, saved_run.get(k))!r} vs now {now.get(k, run_meta.get(k))!r}" for k in diff
+        )
         raise ValueError(f"{where} belongs to a different run ({detail}); use another run directory or resume=False")
 
 
@@ -242,8 +248,15 @@ def _backbone(task: nn.Module) -> nn.Module:
     return getattr(task, "student", task)
 
 
-def train(task: nn.Module, dataset, cfg: TrainConfig, run_dir: str | Path, sampler=None, resume: bool = True,
-          progress: bool = True) -> nn.Module:
+def train(
+    task: nn.Module,
+    dataset,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    sampler=None,
+    resume: bool = True,
+    progress: bool = True,
+) -> nn.Module:
     """Train `task` on `dataset` and return it (unwrapped, on the training device, in eval mode).
 
     task: nn.Module with forward(batch, step) → (scalar loss, logs dict[str, float]).
@@ -262,8 +275,10 @@ def train(task: nn.Module, dataset, cfg: TrainConfig, run_dir: str | Path, sampl
     distributed = dist.init_from_env()
     device = resolve_device(cfg.device)
     task.to(device)
-    run_meta = {"dataset": str(dataset.fingerprint()) if hasattr(dataset, "fingerprint") else str(len(dataset)),
-                "world_size": dist.world_size()}
+    run_meta = {
+        "dataset": str(dataset.fingerprint()) if hasattr(dataset, "fingerprint") else str(len(dataset)),
+        "world_size": dist.world_size(),
+    }
 
     if resume and done_path.exists():
         ckpt = load_checkpoint(ckpt_path)
@@ -276,24 +291,34 @@ def train(task: nn.Module, dataset, cfg: TrainConfig, run_dir: str | Path, sampl
         teacher.check_dataset(dataset)
     seed_offset = dist.rank()
     base_sampler = make_sampler(dataset, sampler, cfg.seed)
-    local_steps = len(base_sampler) // cfg.batch_size if cfg.drop_last else math.ceil(
-        len(base_sampler) / cfg.batch_size)
+    local_steps = (
+        len(base_sampler) // cfg.batch_size if cfg.drop_last else math.ceil(len(base_sampler) / cfg.batch_size)
+    )
     steps_per_epoch = local_steps
     if distributed:
         t = torch.tensor([local_steps], dtype=torch.long)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
         steps_per_epoch = int(t.item())
     if steps_per_epoch == 0:
-        raise ValueError(f"dataset/sampler yields {len(base_sampler)} samples per process, fewer than "
-                         f"batch_size={cfg.batch_size}: no full batch")
+        raise ValueError(
+            f"dataset/sampler yields {len(base_sampler)} samples per process, fewer than "
+            f"batch_size={cfg.batch_size}: no full batch"
+        )
     total_steps = cfg.epochs * steps_per_epoch
 
-    optimizer = torch.optim.SGD([p for p in task.parameters() if p.requires_grad], lr=cfg.lr,
-                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(
+        [p for p in task.parameters() if p.requires_grad],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+    )
     use_cuda_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", growth_interval=100) if use_cuda_amp else None
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.float16 if use_cuda_amp else torch.bfloat16)) \
-        if cfg.amp else nullcontext
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=torch.float16 if use_cuda_amp else torch.bfloat16))
+        if cfg.amp
+        else nullcontext
+    )
 
     step, epoch, batch_in_epoch = 0, 0, 0
     if resume and ckpt_path.exists():
@@ -317,9 +342,13 @@ def train(task: nn.Module, dataset, cfg: TrainConfig, run_dir: str | Path, sampl
     model = task
     if distributed:
         model = nn.parallel.DistributedDataParallel(
-            task, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=cfg.find_unused_parameters)
-    clip_params = [p for p in (_backbone(task) if cfg.clip_scope == "backbone" else task).parameters() if p.requires_grad]
+            task,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=cfg.find_unused_parameters,
+        )
+    clip_params = [
+        p for p in (_backbone(task) if cfg.clip_scope == "backbone" else task).parameters() if p.requires_grad
+    ]
 
     main = dist.is_main()
     if main:
@@ -338,12 +367,17 @@ def train(task: nn.Module, dataset, cfg: TrainConfig, run_dir: str | Path, sampl
         while epoch < cfg.epochs:
             if hasattr(base_sampler, "set_epoch"):
                 base_sampler.set_epoch(epoch)
-            batches = _SkipBatches(BatchSampler(base_sampler, cfg.batch_size, cfg.drop_last),
-                                   skip=batch_in_epoch, limit=steps_per_epoch)
-            loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
-                                pin_memory=device.type == "cuda",
-                                generator=torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch)),
-                                persistent_workers=False)
+            batches = _SkipBatches(
+                BatchSampler(base_sampler, cfg.batch_size, cfg.drop_last), skip=batch_in_epoch, limit=steps_per_epoch
+            )
+            loader = DataLoader(
+                dataset,
+                batch_sampler=batches,
+                num_workers=cfg.num_workers,
+                pin_memory=device.type == "cuda",
+                generator=torch.Generator().manual_seed(_epoch_seed(cfg.seed, epoch)),
+                persistent_workers=False,
+            )
             for batch in loader:
                 lr = lr_at(step, cfg, steps_per_epoch)
                 for group in optimizer.param_groups:
@@ -374,8 +408,14 @@ def train(task: nn.Module, dataset, cfg: TrainConfig, run_dir: str | Path, sampl
                     now = time.perf_counter()
                     speed = global_batch * (step - step_last) / max(now - t_last, 1e-9)
                     t_last, step_last = now, step
-                    record = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "lr": lr,
-                              "samples_per_s": round(speed, 2), **logs}
+                    record = {
+                        "step": step,
+                        "epoch": epoch,
+                        "loss": float(loss.detach()),
+                        "lr": lr,
+                        "samples_per_s": round(speed, 2),
+                        **logs,
+                    }
                     metrics.write(json.dumps(record) + "\n")
                     metrics.flush()
                     if bar is not None:
@@ -402,4 +442,4 @@ def train(task: nn.Module, dataset, cfg: TrainConfig, run_dir: str | Path, sampl
     return task.eval()
 
 
-__all__ = ["TrainConfig", "lr_at", "train", "load_checkpoint", "make_sampler", "resolve_device"]
+__all__ = ["TrainConfig", "load_checkpoint", "lr_at", "make_sampler", "resolve_device", "train"]

@@ -39,8 +39,11 @@ class TinyFaces(torch.utils.data.Dataset):
             import time
 
             time.sleep(self.delay)
-        return {"image": torch.from_numpy(self.images[i]), "label": torch.tensor(self.labels[i]),
-                "index": torch.tensor(i, dtype=torch.int64)}
+        return {
+            "image": torch.from_numpy(self.images[i]),
+            "label": torch.tensor(self.labels[i]),
+            "index": torch.tensor(i, dtype=torch.int64),
+        }
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.images.tobytes() + self.labels.tobytes()).hexdigest()[:16]

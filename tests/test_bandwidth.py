@@ -41,8 +41,10 @@ def test_scale_follows_spread():
     labels = np.repeat(np.arange(20), 10)
     centres = rng.standard_normal((20, 64))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    h = [bandwidth_rule(centres[labels] + s * rng.standard_normal((200, 64)) / 8, labels).bandwidth
-         for s in (0.1, 0.3, 0.6)]
+    h = [
+        bandwidth_rule(centres[labels] + s * rng.standard_normal((200, 64)) / 8, labels).bandwidth
+        for s in (0.1, 0.3, 0.6)
+    ]
     assert h[0] < h[1] < h[2]
 
 

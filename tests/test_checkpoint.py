@@ -41,8 +41,15 @@ def test_mbf_input_size_inferred(tmp_path):
 def test_wrapped_checkpoints(tmp_path):
     src = _randomise(get_model("iresnet_mini"))
     sd = src.state_dict()
-    torch.save({"epoch": 3, "global_step": 10, "state_dict_backbone": sd, "state_dict_softmax_fc": {"weight": torch.zeros(2, 2)}},
-               tmp_path / "checkpoint_gpu_0.pt")
+    torch.save(
+        {
+            "epoch": 3,
+            "global_step": 10,
+            "state_dict_backbone": sd,
+            "state_dict_softmax_fc": {"weight": torch.zeros(2, 2)},
+        },
+        tmp_path / "checkpoint_gpu_0.pt",
+    )
     assert _same(load_backbone(tmp_path / "checkpoint_gpu_0.pt", "iresnet_mini"), src)
     task = {**{f"student.{k}": v for k, v in sd.items()}, "head.weight": torch.zeros(3, 512)}
     torch.save({"task": task, "step": 5, "optimizer": {}}, tmp_path / "last.pt")
@@ -57,14 +64,18 @@ def test_clear_errors(tmp_path):
     bad.pop("layer2.0.bn1.weight")
     bad["extra.weight"] = torch.zeros(1)
     torch.save(bad, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match=r"bad\.pt.*1 missing \(layer2\.0\.bn1\.weight\).*1 unexpected \(extra\.weight\)"):
+    with pytest.raises(
+        ValueError, match=r"bad\.pt.*1 missing \(layer2\.0\.bn1\.weight\).*1 unexpected \(extra\.weight\)"
+    ):
         load_backbone(tmp_path / "bad.pt", "iresnet_mini")
     with pytest.warns(UserWarning, match="non-strictly"):
         load_backbone(tmp_path / "bad.pt", "iresnet_mini", strict=False)
     shaped = dict(sd)
     shaped["layer1.0.conv1.weight"] = torch.zeros(8, 8, 5, 5)
     torch.save(shaped, tmp_path / "shape.pt")
-    with pytest.raises(ValueError, match=r"1 shape mismatches, e\.g\. layer1\.0\.conv1\.weight: checkpoint \(8, 8, 5, 5\)"):
+    with pytest.raises(
+        ValueError, match=r"1 shape mismatches, e\.g\. layer1\.0\.conv1\.weight: checkpoint \(8, 8, 5, 5\)"
+    ):
         load_backbone(tmp_path / "shape.pt", "iresnet_mini", strict=False)
     torch.save(get_model("mbf_tiny").state_dict(), tmp_path / "mbf.pt")
     with pytest.raises(ValueError, match="no key matches"):
@@ -79,7 +90,7 @@ def test_clear_errors(tmp_path):
 
 def test_reid_torchvision_and_rsb_layouts(tmp_path):
     src = _randomise(get_model("shufflenet_v2_x0_5"))
-    base = {k[len("base."):]: v for k, v in src.state_dict().items() if k.startswith("base.")}
+    base = {k[len("base.") :]: v for k, v in src.state_dict().items() if k.startswith("base.")}
     tv = {**base, "fc.weight": torch.zeros(1000, 1024), "fc.bias": torch.zeros(1000)}  # torchvision ImageNet layout
     torch.save(tv, tmp_path / "imagenet.pth")
     with pytest.raises(ValueError, match="missing.*bottleneck"):
@@ -114,7 +125,9 @@ def test_merge_checkpoint_gpu_and_errors(tmp_path):
         paths.append(p)
     assert torch.equal(merge_class_centres(paths, C), full)
     assert torch.equal(merge_class_centres(tmp_path, C), full)
-    with pytest.raises(ValueError, match=r"checkpoint_gpu_2\.pt: rank 2 of 3 with 12 classes should hold \(4, d\).*got \(3, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"checkpoint_gpu_2\.pt: rank 2 of 3 with 12 classes should hold \(4, d\).*got \(3, 4\)"
+    ):
         merge_class_centres(tmp_path, 12)
     with pytest.raises(ValueError, match="ranks must be 0..1"):
         merge_class_centres(paths[:2], C)

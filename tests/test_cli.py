@@ -52,20 +52,47 @@ def test_usage_errors_exit_2(capsys):
 def test_train_embed_eval_commands(tmp_path, capsys):
     data = _arrays(tmp_path)
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(yaml.safe_dump({"data": {"kind": "arrays", "path": str(data)}, "model": {"arch": "iresnet_mini",
-                   "embedding_size": 8}, "train": {"epochs": 1, "batch_size": 16}, "run_dir": str(tmp_path / "run")}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"kind": "arrays", "path": str(data)},
+                "model": {"arch": "iresnet_mini", "embedding_size": 8},
+                "train": {"epochs": 1, "batch_size": 16},
+                "run_dir": str(tmp_path / "run"),
+            }
+        )
+    )
     code, out, err = _invoke(["train", str(cfg), "train.lr=0.01", "--no-progress"], capsys)
     assert code == 0, err
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert resolved["train"]["lr"] == 0.01 and resolved["train"]["momentum"] == 0.9
     ckpt = tmp_path / "run" / "backbone.pth"
-    code, out, err = _invoke(["embed", "--arch", "iresnet_mini", "--embedding-size", "8", "--checkpoint", str(ckpt),
-                              "--kind", "arrays", "--data", str(data), "--out", str(tmp_path / "cache"), "--flip",
-                              "--no-progress"], capsys)
+    code, out, err = _invoke(
+        [
+            "embed",
+            "--arch",
+            "iresnet_mini",
+            "--embedding-size",
+            "8",
+            "--checkpoint",
+            str(ckpt),
+            "--kind",
+            "arrays",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / "cache"),
+            "--flip",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "32 × 8" in out and (tmp_path / "cache" / "meta.json").exists()
-    code, out, err = _invoke(["eval", "--arch", "iresnet_mini", "--embedding-size", "8", "--preset", "quick",
-                              "--out", str(tmp_path / "ev")], capsys)
+    code, out, err = _invoke(
+        ["eval", "--arch", "iresnet_mini", "--embedding-size", "8", "--preset", "quick", "--out", str(tmp_path / "ev")],
+        capsys,
+    )
     assert code == 0, err
     assert "TAR strict" in out and "1e-04" in out and "accuracy (10-fold)" in out
     assert (tmp_path / "ev" / "roc.png").exists()
@@ -79,6 +106,12 @@ def test_command_modules_register_without_error():
 
 
 def test_console_entry_point_runs(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "facekd.cli", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "facekd.cli", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
     assert res.returncode == 0 and "demo" in res.stdout and "train" in res.stdout

@@ -25,16 +25,23 @@ def test_defaults_and_typed_overrides(tmp_path):
     assert load_config(None, ["head=null", "distill.loss=l2", f"teacher.cache={tmp_path}"]).head is None
 
 
-@pytest.mark.parametrize("content,overrides,pattern", [
-    ({"train": {"lrr": 0.1}}, [], r"run\.yaml: train\.lrr: unknown key"),
-    ({"train": {"lr": "fast"}}, [], r"run\.yaml: train\.lr: .*number.*'fast'"),
-    ({}, ["train.epochs=0"], r"train\.epochs: .*greater than or equal to 1"),
-    ({"teacher": {"cache": "/no/such/cache"}, "distill": {"loss": "l2"}}, [], r"teacher: .*/no/such/cache does not exist"),
-    ({"distill": {"loss": "l2", "lambda": 2}}, [], r"distill needs a teacher"),
-    ({"data": {"kind": "folder"}}, [], r"data: kind folder needs a path"),
-    ("train: [1, 2", [], r"run\.yaml: invalid YAML"),
-    ({}, ["train.lr"], r"expected key=value"),
-])
+@pytest.mark.parametrize(
+    "content,overrides,pattern",
+    [
+        ({"train": {"lrr": 0.1}}, [], r"run\.yaml: train\.lrr: unknown key"),
+        ({"train": {"lr": "fast"}}, [], r"run\.yaml: train\.lr: .*number.*'fast'"),
+        ({}, ["train.epochs=0"], r"train\.epochs: .*greater than or equal to 1"),
+        (
+            {"teacher": {"cache": "/no/such/cache"}, "distill": {"loss": "l2"}},
+            [],
+            r"teacher: .*/no/such/cache does not exist",
+        ),
+        ({"distill": {"loss": "l2", "lambda": 2}}, [], r"distill needs a teacher"),
+        ({"data": {"kind": "folder"}}, [], r"data: kind folder needs a path"),
+        ("train: [1, 2", [], r"run\.yaml: invalid YAML"),
+        ({}, ["train.lr"], r"expected key=value"),
+    ],
+)
 def test_errors_are_one_line_and_name_the_key(tmp_path, content, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern) as info:
         load_config(_write(tmp_path, content), overrides)
@@ -78,16 +85,23 @@ def test_run_training_from_config_with_cached_teacher(tmp_path):
     from facekd.models import get_model
 
     data = _arrays(tmp_path)
-    base = {"data": {"kind": "arrays", "path": str(data)},
-            "model": {"arch": "mbf_tiny", "embedding_size": 16},
-            "train": {"epochs": 1, "batch_size": 16, "lr": 0.05}}
+    base = {
+        "data": {"kind": "arrays", "path": str(data)},
+        "model": {"arch": "mbf_tiny", "embedding_size": 16},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 0.05},
+    }
     cfg = load_config(_write(tmp_path, {**base, "run_dir": str(tmp_path / "teacher")}), ["model.arch=iresnet_mini"])
     teacher_task = run_training(cfg, progress=False)
     assert (tmp_path / "teacher" / "config.yaml").exists() and (tmp_path / "teacher" / "backbone.pth").exists()
     cache = embed_dataset(teacher_task.student, build_dataset(cfg.data), tmp_path / "cache", progress=False)
-    student_cfg = RunConfig.model_validate({
-        **base, "run_dir": str(tmp_path / "student"),
-        "distill": {"loss": "l2", "lambda": 2.0}, "teacher": {"cache": str(cache.directory)}})
+    student_cfg = RunConfig.model_validate(
+        {
+            **base,
+            "run_dir": str(tmp_path / "student"),
+            "distill": {"loss": "l2", "lambda": 2.0},
+            "teacher": {"cache": str(cache.directory)},
+        }
+    )
     task = run_training(student_cfg, progress=False)
     assert task.distiller.projection is None and task.distiller.lam == 2.0
     state = torch.load(tmp_path / "student" / "backbone.pth", weights_only=True)

@@ -12,8 +12,11 @@ from facekd.demo.core import Experiment, experiments_for, headline, mean_std, me
 
 
 def _ev(tars, acc):
-    return {"tar_at_far": [{"far": f, "tar": t} for f, t in zip(core.FARS, tars)], "accuracy": {"mean": acc},
-            "groups": {"0": {"at_global_threshold": [{"far": 1e-3, "tar": tars[1]}]}}}
+    return {
+        "tar_at_far": [{"far": f, "tar": t} for f, t in zip(core.FARS, tars)],
+        "accuracy": {"mean": acc},
+        "groups": {"0": {"at_global_threshold": [{"far": 1e-3, "tar": tars[1]}]}},
+    }
 
 
 def test_registry_tiers_nest_and_names_are_unique(monkeypatch):
@@ -36,8 +39,12 @@ def test_registry_tiers_nest_and_names_are_unique(monkeypatch):
 def test_mean_std_and_tables():
     assert mean_std([0.5]) == "0.5000"
     assert mean_std([0.5, 0.7]) == f"0.6000 ± {np.std([0.5, 0.7]):.4f}"
-    assert headline(_ev([0.9, 0.8, 0.7], 0.95)) == {"TAR@1e-02": 0.9, "TAR@1e-03": 0.8, "TAR@1e-04": 0.7,
-                                                     "accuracy": 0.95}
+    assert headline(_ev([0.9, 0.8, 0.7], 0.95)) == {
+        "TAR@1e-02": 0.9,
+        "TAR@1e-03": 0.8,
+        "TAR@1e-04": 0.7,
+        "accuracy": 0.95,
+    }
     table = metrics_table({"a": [_ev([0.9, 0.8, 0.7], 0.95), _ev([0.7, 0.6, 0.5], 0.85)]})
     assert "| a (n=2) | 0.8000 ± 0.1000 | 0.7000 ± 0.1000 | 0.6000 ± 0.1000 | 0.9000 ± 0.0500 |" in table
     assert "| a | 0.700 ± 0.100 |" in core.group_table({"a": [_ev([0.9, 0.8, 0.7], 0.9), _ev([0.9, 0.6, 0.7], 0.9)]})

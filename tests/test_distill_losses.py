@@ -158,8 +158,18 @@ def test_pkt_loop():
     out = D.pkt_loss(s, t, eps=0.0)
 
     def P(x):
-        sim = [[(sum(a * b for a, b in zip(x[i], x[j])) / (_dist(x[i], [0] * len(x[i])) * _dist(x[j], [0] * len(x[j]))) + 1) / 2
-                for j in range(4)] for i in range(4)]
+        sim = [
+            [
+                (
+                    sum(a * b for a, b in zip(x[i], x[j]))
+                    / (_dist(x[i], [0] * len(x[i])) * _dist(x[j], [0] * len(x[j])))
+                    + 1
+                )
+                / 2
+                for j in range(4)
+            ]
+            for i in range(4)
+        ]
         return [[v / sum(row) for v in row] for row in sim]
 
     ps, pt = P(s.tolist()), P(t.tolist())

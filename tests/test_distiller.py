@@ -160,7 +160,9 @@ def test_from_config_probes_feature_shapes_without_touching_bn_stats():
     student, teacher = _TinyNet(2, 3), _TinyNet(4, 5)
     before = teacher.bn.running_mean.clone()
     assert probe_feature_shapes(student, 16) == [(2, 8, 8), (3, 4, 4)]
-    d = Distiller.from_config({"loss": "fitnet", "weighting": "pad"}, 4, 4, student=student, teacher=teacher, input_size=16)
+    d = Distiller.from_config(
+        {"loss": "fitnet", "weighting": "pad"}, 4, 4, student=student, teacher=teacher, input_size=16
+    )
     assert torch.equal(teacher.bn.running_mean, before) and teacher.training
     x = torch.randn(3, 3, 16, 16)
     se, sm = student(x, return_features=True)
@@ -175,8 +177,9 @@ def test_from_config_probes_feature_shapes_without_touching_bn_stats():
 def test_from_config_probes_non_square_inputs(loss):  # re-ID crops are (256, 128)
     student, teacher = _TinyNet(2, 3), _TinyNet(4, 5)
     assert probe_feature_shapes(teacher, (16, 8)) == [(4, 8, 4), (5, 4, 2)]
-    d = Distiller.from_config({"loss": loss, "weighting": "pad"}, 4, 4, student=student, teacher=teacher,
-                              input_size=(16, 8))
+    d = Distiller.from_config(
+        {"loss": loss, "weighting": "pad"}, 4, 4, student=student, teacher=teacher, input_size=(16, 8)
+    )
     x = torch.randn(3, 3, 16, 8)
     se, sm = student(x, return_features=True)
     te, tm = teacher(x, return_features=True)
@@ -184,11 +187,14 @@ def test_from_config_probes_non_square_inputs(loss):  # re-ID crops are (256, 12
     assert torch.isfinite(loss_value)
 
 
-@pytest.mark.parametrize("cfg", [
-    {"loss": "hkd", "lambda": 1.0},
-    {"loss": "fitnet", "weighting": "pad", "options": {"layers": [-1]}},
-    {"loss": "l2", "weighting": "pad", "options": {"sigma": "per_sample", "l2_stage_steps": 2}},
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"loss": "hkd", "lambda": 1.0},
+        {"loss": "fitnet", "weighting": "pad", "options": {"layers": [-1]}},
+        {"loss": "l2", "weighting": "pad", "options": {"sigma": "per_sample", "l2_stage_steps": 2}},
+    ],
+)
 def test_classification_task_trains_through_the_spine(tmp_path, cfg):
     import numpy as np
 

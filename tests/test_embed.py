@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TinyFaces, TinyNet
+
 from facekd.embed import EmbeddingCache, embed_batch, embed_dataset, model_checksum
 
 

@@ -65,7 +65,9 @@ def test_cosface_and_softmax_match():
     sm = get_head("softmax", 5, 4)
     with torch.no_grad():
         sm.bias.normal_()
-    ref = torch.stack([torch.stack([x[i].double() @ sm.weight[j].double() + sm.bias[j].double() for j in range(4)]) for i in range(6)])
+    ref = torch.stack(
+        [torch.stack([x[i].double() @ sm.weight[j].double() + sm.bias[j].double() for j in range(4)]) for i in range(6)]
+    )
     assert torch.allclose(sm(x, y).double(), ref.detach(), atol=1e-5)
 
 
@@ -75,9 +77,11 @@ def test_margin_only_on_target_and_minus_one_label():
     cos = head.cosine(x)
     logits = head(x, torch.full_like(y, -1))
     assert torch.allclose(logits, 30.0 * cos)
-    changed = (head(x, y) != 30.0 * cos)
-    assert changed.sum() <= x.shape[0] and not changed[torch.arange(6), :].logical_and(
-        torch.nn.functional.one_hot(y, 4) == 0).any()
+    changed = head(x, y) != 30.0 * cos
+    assert (
+        changed.sum() <= x.shape[0]
+        and not changed[torch.arange(6), :].logical_and(torch.nn.functional.one_hot(y, 4) == 0).any()
+    )
 
 
 def test_gradients_finite_at_cos_plus_minus_one():

@@ -9,9 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from facekd.data.ijb import (ARCFACE_DST, IJBDataset, arcface_template, norm_crop, read_5pts_score,
-                             read_face_tid_mid, read_ijb_meta, read_template_pair_label, similarity_transform,
-                             warp_affine)
+from facekd.data.ijb import (
+    ARCFACE_DST,
+    IJBDataset,
+    arcface_template,
+    norm_crop,
+    read_5pts_score,
+    read_face_tid_mid,
+    read_ijb_meta,
+    read_template_pair_label,
+    similarity_transform,
+    warp_affine,
+)
 
 
 def similarity(scale, theta, tx, ty):
@@ -164,8 +173,15 @@ def test_export_synthfaces_roundtrip(tmp_path):
     from facekd.data.recordio import RecordIODataset
     from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
 
-    cfg = SynthFacesConfig(image_size=32, num_train_identities=5, num_test_identities=4, max_images_per_identity=4,
-                           test_images_per_identity=4, num_genuine_pairs=20, num_impostor_pairs=30)
+    cfg = SynthFacesConfig(
+        image_size=32,
+        num_train_identities=5,
+        num_test_identities=4,
+        max_images_per_identity=4,
+        test_images_per_identity=4,
+        num_genuine_pairs=20,
+        num_impostor_pairs=30,
+    )
     data = make_synthfaces(cfg)
     s = export_synthfaces(data, tmp_path, impostors_per_template=3)
     rec = RecordIODataset(tmp_path)
@@ -203,10 +219,27 @@ def test_cli_export_synth(tmp_path):
 
     app = typer.Typer()
     register(app)
-    res = CliRunner().invoke(app, ["export-synth", str(tmp_path / "out"), "--set", "num_train_identities=3",
-                                   "--set", "num_test_identities=3", "--set", "image_size=16",
-                                   "--set", "max_images_per_identity=3", "--set", "test_images_per_identity=4",
-                                   "--set", "num_genuine_pairs=10", "--set", "num_impostor_pairs=10"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "export-synth",
+            str(tmp_path / "out"),
+            "--set",
+            "num_train_identities=3",
+            "--set",
+            "num_test_identities=3",
+            "--set",
+            "image_size=16",
+            "--set",
+            "max_images_per_identity=3",
+            "--set",
+            "test_images_per_identity=4",
+            "--set",
+            "num_genuine_pairs=10",
+            "--set",
+            "num_impostor_pairs=10",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "out" / "export.json").read_text())
     assert summary["image_size"] == 16 and summary["ijb_templates"] == 6 and summary["bin_pairs"] == 20

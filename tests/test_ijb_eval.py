@@ -8,13 +8,14 @@ from sklearn.preprocessing import normalize
 from facekd.evaluate.ijb import evaluate_ijb, image_features, pair_scores, template_features, write_ijb_outputs
 
 
-def eval_ijbc_reference(img_feats, faceness, templates, medias, p1, p2, label, use_norm_score, use_detector_score,
-                        use_flip_test):
+def eval_ijbc_reference(
+    img_feats, faceness, templates, medias, p1, p2, label, use_norm_score, use_detector_score, use_flip_test
+):
     """AT/eval_ijbc.py's main path, loops as written there (np.int → int)."""
     half = img_feats.shape[1] // 2
     x = img_feats[:, :half] + img_feats[:, half:] if use_flip_test else img_feats[:, :half]
     if not use_norm_score:
-        x = x / np.sqrt(np.sum(x ** 2, -1, keepdims=True))
+        x = x / np.sqrt(np.sum(x**2, -1, keepdims=True))
     if use_detector_score:
         x = x * faceness[:, np.newaxis]
     unique_templates = np.unique(templates)
@@ -34,7 +35,7 @@ def eval_ijbc_reference(img_feats, faceness, templates, medias, p1, p2, label, u
         template2id[uqt] = c
     score = np.zeros(len(p1))
     total = np.arange(len(p1))
-    for s in [total[i:i + 7] for i in range(0, len(p1), 7)]:  # small batches to exercise batching
+    for s in [total[i : i + 7] for i in range(0, len(p1), 7)]:  # small batches to exercise batching
         score[s] = np.sum(template_norm[template2id[p1[s]]] * template_norm[template2id[p2[s]]], -1).flatten()
     fpr, tpr, _ = roc_curve(label, score)
     fpr, tpr = np.flipud(fpr), np.flipud(tpr)
@@ -65,11 +66,33 @@ def _meta(rng, n_img=150, n_id=12, d=8):
 def test_matches_eval_ijbc(norm, det, flip):
     rng = np.random.default_rng(0)
     feats, flips, faceness, templates, medias, p1, p2, label = _meta(rng)
-    ref_scores, ref_tars = eval_ijbc_reference(np.concatenate([feats, flips], 1).astype(np.float64), faceness,
-                                               templates, medias, p1, p2, label, norm, det, flip)
-    res = evaluate_ijb(feats, templates, medias, p1, p2, label, features_flip=flips, faceness=faceness,
-                       flip="sum" if flip else "none", norm_score=norm, detector_score=det, fars=(1e-3, 1e-2, 1e-1),
-                       batch_size=11)
+    ref_scores, ref_tars = eval_ijbc_reference(
+        np.concatenate([feats, flips], 1).astype(np.float64),
+        faceness,
+        templates,
+        medias,
+        p1,
+        p2,
+        label,
+        norm,
+        det,
+        flip,
+    )
+    res = evaluate_ijb(
+        feats,
+        templates,
+        medias,
+        p1,
+        p2,
+        label,
+        features_flip=flips,
+        faceness=faceness,
+        flip="sum" if flip else "none",
+        norm_score=norm,
+        detector_score=det,
+        fars=(1e-3, 1e-2, 1e-1),
+        batch_size=11,
+    )
     np.testing.assert_allclose(res.scores, ref_scores, rtol=1e-10, atol=1e-12)
     assert [t.tar for t in res.insightface] == pytest.approx(ref_tars, abs=0)
     assert res.settings["code"] == f"N{int(norm)}D{int(det)}F{int(flip)}"
@@ -102,8 +125,9 @@ def test_errors_and_outputs(tmp_path):
         pair_scores(ids, tf, [1, 2], [2, 5])
     rng = np.random.default_rng(3)
     feats, flips, faceness, templates, medias, p1, p2, label = _meta(rng)
-    res = evaluate_ijb(feats, templates, medias, p1, p2, label, features_flip=flips, faceness=faceness,
-                       fars=(1e-2, 1e-1))
+    res = evaluate_ijb(
+        feats, templates, medias, p1, p2, label, features_flip=flips, faceness=faceness, fars=(1e-2, 1e-1)
+    )
     write_ijb_outputs(res, tmp_path, "IJBC")
     assert np.load(tmp_path / "IJBC.npy").shape == (len(p1),)
     assert json.loads((tmp_path / "IJBC.json").read_text())["settings"]["code"] == "N1D1F1"
@@ -125,18 +149,47 @@ def test_eval_ijb_command(tmp_path):
     (meta / "ijbb_face_tid_mid.txt").write_text("".join(f"{n} {t} {m}\n" for n, t, m in zip(names, templates, medias)))
     (meta / "ijbb_template_pair_label.txt").write_text("".join(f"{a} {b} {c}\n" for a, b, c in zip(p1, p2, label)))
     (meta / "ijbb_name_5pts_score.txt").write_text(
-        "".join(f"{n} " + " ".join(["50.0"] * 10) + f" {s:.6f}\n" for n, s in zip(names, faceness)))
+        "".join(f"{n} " + " ".join(["50.0"] * 10) + f" {s:.6f}\n" for n, s in zip(names, faceness))
+    )
     np.save(tmp_path / "f.npy", np.concatenate([feats, flips], 1))
     app = typer.Typer()
     register(app)
-    r = CliRunner().invoke(app, ["eval-ijb", "--features", str(tmp_path / "f.npy"), "--halves", "--meta",
-                                 str(tmp_path / "IJBB"), "--target", "IJBB", "--out", str(tmp_path / "out")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval-ijb",
+            "--features",
+            str(tmp_path / "f.npy"),
+            "--halves",
+            "--meta",
+            str(tmp_path / "IJBB"),
+            "--target",
+            "IJBB",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    want = evaluate_ijb(feats, templates, medias, p1, p2, label, features_flip=flips,
-                        faceness=np.round(faceness, 6).astype(np.float32))
+    want = evaluate_ijb(
+        feats, templates, medias, p1, p2, label, features_flip=flips, faceness=np.round(faceness, 6).astype(np.float32)
+    )
     got = json.loads((tmp_path / "out" / "IJBB.json").read_text())
     assert got["tar_at_far_insightface"][-1]["tar"] == pytest.approx(want.insightface[-1].tar)
     np.testing.assert_allclose(np.load(tmp_path / "out" / "IJBB.npy"), want.scores, rtol=1e-5, atol=1e-6)
-    r = CliRunner().invoke(app, ["eval-ijb", "--features", str(tmp_path / "f.npy"), "--meta", str(tmp_path / "IJBB"),
-                                 "--target", "IJBB", "--flip", "none", "--out", str(tmp_path / "out2")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval-ijb",
+            "--features",
+            str(tmp_path / "f.npy"),
+            "--meta",
+            str(tmp_path / "IJBB"),
+            "--target",
+            "IJBB",
+            "--flip",
+            "none",
+            "--out",
+            str(tmp_path / "out2"),
+        ],
+    )
     assert r.exit_code == 0, r.output

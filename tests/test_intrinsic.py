@@ -11,8 +11,8 @@ from facekd.intrinsic import (
     fit_twonn,
     intrinsic_dimension,
     parse_subset,
-    twonn,
     two_nn_distances,
+    twonn,
 )
 
 
@@ -152,7 +152,8 @@ def test_protocol_subset_reps_and_seed():
     # normalize=True: the estimate is scale-invariant per row
     scaled = emb * rng.uniform(0.5, 2.0, size=(4000, 1))
     assert intrinsic_dimension(scaled, subset=1000, reps=2, seed=1).values == pytest.approx(
-        intrinsic_dimension(emb, subset=1000, reps=2, seed=1).values, rel=1e-5)
+        intrinsic_dimension(emb, subset=1000, reps=2, seed=1).values, rel=1e-5
+    )
 
 
 def test_bad_input_errors():
@@ -185,8 +186,9 @@ def test_cli_intrinsic_dim(tmp_path):
     rng = np.random.default_rng(8)
     np.save(tmp_path / "emb.npy", _embed(_sphere(1500, 4, rng), 16, rng).astype(np.float32))
     out = tmp_path / "id.json"
-    r = CliRunner().invoke(app, ["intrinsic-dim", str(tmp_path / "emb.npy"), "--subset", "1000", "--reps", "3",
-                                 "--out", str(out)])
+    r = CliRunner().invoke(
+        app, ["intrinsic-dim", str(tmp_path / "emb.npy"), "--subset", "1000", "--reps", "3", "--out", str(out)]
+    )
     assert r.exit_code == 0, r.output
     assert "intrinsic dimension" in r.output and "3 reps × 900 points" in r.output
     saved = json.loads(out.read_text())

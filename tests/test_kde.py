@@ -49,8 +49,17 @@ def test_exact_matches_loop(include_self, weighted, normalization):
     w = np.random.default_rng(2).integers(0, 4, len(x)).astype(float) if weighted else None
     ref = slow_kde(x, H, w, include_self, normalization)
     for dtype, rtol in [("float64", 1e-10), ("float32", 1e-4)]:
-        got = angular_kde(x, H, w, "exact", include_self=include_self, normalization=normalization,
-                          truncate_tol=0, dtype=dtype, progress=False)
+        got = angular_kde(
+            x,
+            H,
+            w,
+            "exact",
+            include_self=include_self,
+            normalization=normalization,
+            truncate_tol=0,
+            dtype=dtype,
+            progress=False,
+        )
         np.testing.assert_allclose(got, ref, rtol=rtol, atol=1e-12)
 
 
@@ -136,7 +145,9 @@ def test_knn_ivf_row_shards_match_the_full_result(monkeypatch):
     monkeypatch.setattr("facekd.bias.kde.CELLS_MIN_ROWS", 64)
     x = _small_identities(1, n=2000)
     full = kde_knn(x, math.radians(12), index="ivf", nlist=200, progress=False)
-    parts = [kde_knn(x, math.radians(12), index="ivf", nlist=200, rows=r, progress=False) for r in [(0, 700), (700, 2000)]]
+    parts = [
+        kde_knn(x, math.radians(12), index="ivf", nlist=200, rows=r, progress=False) for r in [(0, 700), (700, 2000)]
+    ]
     # same cells on every shard; float32 products of differently shaped blocks differ in the last bits
     np.testing.assert_allclose(np.concatenate([p.density for p in parts]), full.density, rtol=1e-5)
     np.testing.assert_allclose(np.concatenate([p.truncation_bound for p in parts]), full.truncation_bound, rtol=1e-5)

@@ -41,7 +41,9 @@ def test_triplet_matches_loop(margin):
 def test_triplet_normalize_and_errors():
     x = torch.randn(6, 3) * 10
     y = torch.tensor([0, 0, 1, 1, 2, 2])
-    torch.testing.assert_close(batch_hard_triplet(x, y, normalize=True), batch_hard_triplet(x / x.norm(dim=1, keepdim=True), y))
+    torch.testing.assert_close(
+        batch_hard_triplet(x, y, normalize=True), batch_hard_triplet(x / x.norm(dim=1, keepdim=True), y)
+    )
     with pytest.raises(ValueError, match="labels"):
         batch_hard_triplet(x, y[:3])
 

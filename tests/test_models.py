@@ -10,8 +10,13 @@ torch.set_num_threads(1)
 
 
 def _bn2d(prefix, c):
-    return [(f"{prefix}.weight", (c,)), (f"{prefix}.bias", (c,)), (f"{prefix}.running_mean", (c,)),
-            (f"{prefix}.running_var", (c,)), (f"{prefix}.num_batches_tracked", ())]
+    return [
+        (f"{prefix}.weight", (c,)),
+        (f"{prefix}.bias", (c,)),
+        (f"{prefix}.running_mean", (c,)),
+        (f"{prefix}.running_var", (c,)),
+        (f"{prefix}.num_batches_tracked", ()),
+    ]
 
 
 def expected_iresnet(blocks, widths=(64, 128, 256, 512), emb=512, spatial=7):
@@ -34,13 +39,17 @@ def expected_iresnet(blocks, widths=(64, 128, 256, 512), emb=512, spatial=7):
 
 def expected_mbf(blocks=(1, 4, 6, 2), scale=2, emb=512):
     """Keys and shapes of arcface_torch's MobileFaceNet, from the spec (face-ecosystem.md §1.5)."""
+
     def conv_block(p, cin, cout, k, groups=1, prelu=True):
         out = [(f"{p}.layers.0.weight", (cout, cin // groups, k, k))] + _bn2d(f"{p}.layers.1", cout)
         return out + ([(f"{p}.layers.2.weight", (cout,))] if prelu else [])
 
     def depthwise(p, cin, cout, g):
-        return (conv_block(f"{p}.layers.0", cin, g, 1) + conv_block(f"{p}.layers.1", g, g, 3, groups=g)
-                + conv_block(f"{p}.layers.2", g, cout, 1, prelu=False))
+        return (
+            conv_block(f"{p}.layers.0", cin, g, 1)
+            + conv_block(f"{p}.layers.1", g, g, 3, groups=g)
+            + conv_block(f"{p}.layers.2", g, cout, 1, prelu=False)
+        )
 
     c1, c2 = 64 * scale, 128 * scale
     keys = conv_block("layers.0", 3, c1, 3)
@@ -123,7 +132,9 @@ def test_mbf_stage_features_at_112():
 
 
 def test_demo_net_sizes_and_training_step():
-    counts = {n: sum(p.numel() for p in get_model(n).parameters()) for n in ("iresnet_tiny", "mbf_tiny", "iresnet_mini")}
+    counts = {
+        n: sum(p.numel() for p in get_model(n).parameters()) for n in ("iresnet_tiny", "mbf_tiny", "iresnet_mini")
+    }
     assert 0.5e6 <= counts["iresnet_tiny"] <= 2e6
     assert 0.1e6 <= counts["mbf_tiny"] <= 0.3e6
     assert 0.1e6 <= counts["iresnet_mini"] <= 0.3e6
@@ -135,8 +146,19 @@ def test_demo_net_sizes_and_training_step():
 
 
 def test_registry_errors_and_names():
-    assert {"r18", "r34", "r50", "r100", "r200", "mbf", "iresnet_tiny", "mbf_tiny", "iresnet_mini",
-            "resnet50_reid", "shufflenet_v2_x0_5"} <= set(list_models())
+    assert {
+        "r18",
+        "r34",
+        "r50",
+        "r100",
+        "r200",
+        "mbf",
+        "iresnet_tiny",
+        "mbf_tiny",
+        "iresnet_mini",
+        "resnet50_reid",
+        "shufflenet_v2_x0_5",
+    } <= set(list_models())
     with pytest.raises(ValueError, match="unknown model 'r51'"):
         get_model("r51")
     assert get_model("iresnet_mini").arch == "iresnet_mini"
@@ -154,7 +176,9 @@ def test_resnet50_reid_torchvision_names():
     assert sum(p.numel() for p in m.parameters()) == 25_557_032 - 2_049_000 + 4096
     emb, maps = m(torch.randn(1, 3, 64, 32), return_features=True)
     assert emb.shape == (1, 2048) and maps[-1].shape[-2:] == (4, 2)  # last stride 1: /16
-    assert get_model("resnet50_reid", last_stride=2).eval()(torch.randn(1, 3, 64, 32), return_features=True)[1][-1].shape[-2:] == (2, 1)
+    assert get_model("resnet50_reid", last_stride=2).eval()(torch.randn(1, 3, 64, 32), return_features=True)[1][
+        -1
+    ].shape[-2:] == (2, 1)
 
 
 def test_shufflenet_torchvision_names_and_reduction():

@@ -14,8 +14,12 @@ from facekd.data.recordio import RecordIODataset, write_recordio
 
 def test_counts_from_arcface_torch_configs():
     table = {k: (p.num_classes, p.num_images) for k, p in PRESETS.items()}
-    assert table == {"ms1mv2": (85742, 5822653), "ms1mv3": (93431, 5179510),
-                     "glint360k": (360232, 17091657), "webface42m": (2059906, 42474557)}
+    assert table == {
+        "ms1mv2": (85742, 5822653),
+        "ms1mv3": (93431, 5179510),
+        "glint360k": (360232, 17091657),
+        "webface42m": (2059906, 42474557),
+    }
     assert get_preset("MS1MV3") is get_preset("ms1m-retinaface-t1") is PRESETS["ms1mv3"]
     with pytest.raises(ValueError, match="unknown dataset preset 'casia'"):
         get_preset("casia")

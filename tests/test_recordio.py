@@ -79,8 +79,7 @@ def insightface_layout(tmp_path):
     recs.append((2, record(irheader(2, 0.0) + floats(1.0, 7.0) + imgs[2])))
     payload3 = irheader(0, 1.0, MAGIC, MAGIC) + imgs[3]
     end = payload3[20:]
-    multipart = (head(1, 8) + payload3[0:8] + head(2, 4) + payload3[12:16]
-                 + head(3, len(end)) + end + pad(len(end)))
+    multipart = head(1, 8) + payload3[0:8] + head(2, 4) + payload3[12:16] + head(3, len(end)) + end + pad(len(end))
     recs.append((3, multipart))
     recs.append((4, record(irheader(2, 0.0) + floats(1.0, 2.0))))
     recs.append((5, record(irheader(2, 0.0) + floats(2.0, 4.0))))
@@ -117,8 +116,9 @@ def test_im2rec_shuffled_no_header_no_property(tmp_path):
     ds = RecordIODataset(tmp_path / "train")  # a path stem works too
     assert ds.header is None and ds.keys.tolist() == [2, 0, 3, 1]
     assert ds.labels.tolist() == [3, 2, 1, 0] and ds.num_classes == 4 and ds.image_size == SIZE
-    np.testing.assert_array_equal(((ds[0]["image"] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy(),
-                                  decoded(imgs[2]))
+    np.testing.assert_array_equal(
+        ((ds[0]["image"] + 1) * 127.5).round().byte().permute(1, 2, 0).numpy(), decoded(imgs[2])
+    )
 
 
 def test_property_mismatch_is_an_error(tmp_path):
@@ -134,12 +134,12 @@ def corrupt(tmp_path, at_key: int, how: str):
     rec = bytearray((tmp_path / "train.rec").read_bytes())
     off = offsets[at_key]
     if how == "magic":
-        rec[off:off + 4] = b"\xde\xad\xbe\xef"
+        rec[off : off + 4] = b"\xde\xad\xbe\xef"
     elif how == "legacy":
-        rec[off:off + 4] = struct.pack("<I", 0x3ED7230A)
+        rec[off : off + 4] = struct.pack("<I", 0x3ED7230A)
     elif how == "jpeg":
         start = off + 8 + 24 + (8 if at_key == 2 else 0)
-        rec[start:start + 16] = b"\x00" * 16  # destroys the SOI marker and headers
+        rec[start : start + 16] = b"\x00" * 16  # destroys the SOI marker and headers
     (tmp_path / "train.rec").write_bytes(bytes(rec))
     return off
 
@@ -175,7 +175,7 @@ def test_truncated_record(tmp_path):
     (d / "train.rec").write_bytes(rec[:-10])
     # header [4, 6] needs keys 1..3 in the index: rewrite the header to [2, 3]
     rec = bytearray((d / "train.rec").read_bytes())
-    rec[8 + 24:8 + 32] = floats(2.0, 3.0)
+    rec[8 + 24 : 8 + 32] = floats(2.0, 3.0)
     (d / "train.rec").write_bytes(bytes(rec))
     with pytest.raises(RecordIOError, match=rf"key 1 at byte offset {offsets[1]}: truncated record"):
         RecordIODataset(d)
@@ -199,7 +199,7 @@ def test_frame_record_splits_like_dmlc():
     assert frame_record(payload)[4:8] == struct.pack("<I", len(payload))
     payload = b"abcd" + struct.pack("<I", MAGIC) + b"efgh" + struct.pack("<I", MAGIC) + b"ij"
     framed = frame_record(payload)
-    expect = (head(1, 4) + b"abcd" + head(2, 4) + b"efgh" + head(3, 2) + b"ij" + b"\0\0")
+    expect = head(1, 4) + b"abcd" + head(2, 4) + b"efgh" + head(3, 2) + b"ij" + b"\0\0"
     assert framed == expect
 
 

@@ -48,7 +48,10 @@ def tiny_config(**over) -> RefoConfig:
     cfg = dict(
         teacher={"arch": "iresnet_mini", "embedding_size": 24},
         student={"arch": "iresnet_mini", "embedding_size": 16},
-        proxy_train=train, teacher_train=train, student_train=train, embed_batch_size=32,
+        proxy_train=train,
+        teacher_train=train,
+        student_train=train,
+        embed_batch_size=32,
     )
     cfg.update(over)
     return RefoConfig(**cfg)
@@ -139,8 +142,9 @@ def test_refo_plus_proxy_is_distilled_from_original(tmp_path):
     spec = NetSpec(arch="iresnet_mini", embedding_size=24)
     ckpt = tmp_path / "original.pth"
     torch.save(build_backbone(spec, 16, seed=3).state_dict(), ckpt)
-    cfg = tiny_config(variant="refo_plus", original_teacher=spec.model_dump(), original_checkpoint=str(ckpt),
-                      proxy_lambda=2.0)
+    cfg = tiny_config(
+        variant="refo_plus", original_teacher=spec.model_dump(), original_checkpoint=str(ckpt), proxy_lambda=2.0
+    )
     run_refo(cfg, tmp_path / "run", tiny(0), progress=False, log=lambda s: None)
     orig = json.loads((tmp_path / "run" / "original_embed" / "stage.json").read_text())
     assert Path(orig["artifacts"]["cache"]).is_dir()
@@ -174,8 +178,9 @@ def test_killed_run_resumes_in_its_stage(tmp_path):
     run_dir = tmp_path / "run"
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(run_dir)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(run_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     ckpt = run_dir / "reverse" / "checkpoints" / "last.pt"
     deadline = time.time() + 60
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -190,8 +195,11 @@ def test_killed_run_resumes_in_its_stage(tmp_path):
 
     logs: list[str] = []
     run_refo(_ns["kill_config"](), run_dir, tiny(0), progress=False, log=logs.append)
-    assert logs[:3] == ["[refo] stage 1 proxy: done, reused", "[refo] stage 2 proxy_embed: done, reused",
-                        "[refo] stage 3 reverse: resuming"]
+    assert logs[:3] == [
+        "[refo] stage 1 proxy: done, reused",
+        "[refo] stage 2 proxy_embed: done, reused",
+        "[refo] stage 3 reverse: resuming",
+    ]
     steps = [m["step"] for m in _metrics(run_dir / "reverse" / "metrics.jsonl")]
     assert steps[-1] == 40 * 3 and steps == sorted(set(steps))  # continued, not restarted
     assert (run_dir / "student" / "stage.json").is_file()
@@ -226,13 +234,28 @@ def test_cli_refo_runs_and_resumes(tmp_path):
     train = {"epochs": 1, "batch_size": 16, "lr": 0.05}
     cfg = {
         "run_dir": str(tmp_path / "run"),
-        "data": {"kind": "synthfaces", "preset": "quick", "cache_dir": str(tmp_path / "data"), "synthfaces": {
-            "image_size": 16, "num_train_identities": 6, "max_images_per_identity": 8, "num_test_identities": 4,
-            "test_images_per_identity": 4, "num_genuine_pairs": 4, "num_impostor_pairs": 8,
-            "hard_pair_fraction": None}},
-        "refo": {"teacher": {"arch": "iresnet_mini", "embedding_size": 16},
-                 "student": {"arch": "iresnet_mini", "embedding_size": 8},
-                 "proxy_train": train, "teacher_train": train, "student_train": train},
+        "data": {
+            "kind": "synthfaces",
+            "preset": "quick",
+            "cache_dir": str(tmp_path / "data"),
+            "synthfaces": {
+                "image_size": 16,
+                "num_train_identities": 6,
+                "max_images_per_identity": 8,
+                "num_test_identities": 4,
+                "test_images_per_identity": 4,
+                "num_genuine_pairs": 4,
+                "num_impostor_pairs": 8,
+                "hard_pair_fraction": None,
+            },
+        },
+        "refo": {
+            "teacher": {"arch": "iresnet_mini", "embedding_size": 16},
+            "student": {"arch": "iresnet_mini", "embedding_size": 8},
+            "proxy_train": train,
+            "teacher_train": train,
+            "student_train": train,
+        },
     }
     path = tmp_path / "refo.yaml"
     import yaml
@@ -256,21 +279,40 @@ def test_demo_main_experiment_on_tiny_settings(tmp_path):
     torch.set_num_threads(1)
     net = {"embedding_size": 16, "epochs": 1, "batch_size": 16, "warmup_epochs": 0}
     settings = DemoSettings(
-        tier="default", seeds=[0, 1], data_preset="quick",
-        data={"image_size": 16, "num_train_identities": 6, "max_images_per_identity": 10, "num_test_identities": 4,
-              "test_images_per_identity": 4, "num_genuine_pairs": 8, "num_impostor_pairs": 16,
-              "hard_pair_fraction": None},
-        teacher={"arch": "iresnet_mini", **net}, student={"arch": "iresnet_mini", **net}, eval_flip=False)
+        tier="default",
+        seeds=[0, 1],
+        data_preset="quick",
+        data={
+            "image_size": 16,
+            "num_train_identities": 6,
+            "max_images_per_identity": 10,
+            "num_test_identities": 4,
+            "test_images_per_identity": 4,
+            "num_genuine_pairs": 8,
+            "num_impostor_pairs": 16,
+            "hard_pair_fraction": None,
+        },
+        teacher={"arch": "iresnet_mini", **net},
+        student={"arch": "iresnet_mini", **net},
+        eval_flip=False,
+    )
     ctx = DemoContext(tmp_path, settings, progress=False)
     result = demo_refo.run_main(ctx)
     assert set(result["students"]) == {"FO from original", "FO from refo"}
     assert all(len(v) == 1 for v in result["students"].values())  # default tier: first seed only
-    assert set(result["id"]) == {"teacher: original", "FO student from original", "teacher: refo",
-                                 "FO student from refo", "proxy (ReFO, L_cls)"}
+    assert set(result["id"]) == {
+        "teacher: original",
+        "FO student from original",
+        "teacher: refo",
+        "FO student from refo",
+        "proxy (ReFO, L_cls)",
+    }
     # the ReFO proxy is the spine's scratch student, reused, and the FO student has no head
     assert (tmp_path / "students" / "scratch" / "seed0" / "done").is_file()
-    fo = torch.load(tmp_path / "students" / "refo_fo" / "original" / "iresnet_mini_b5" / "seed0" / "checkpoints"
-                    / "last.pt", weights_only=True)["task"]
+    fo = torch.load(
+        tmp_path / "students" / "refo_fo" / "original" / "iresnet_mini_b5" / "seed0" / "checkpoints" / "last.pt",
+        weights_only=True,
+    )["task"]
     assert not any(k.startswith("head.") for k in fo)
     text = demo_refo.report_main(ctx, json.loads(json.dumps(result)))
     assert "FO from refo" in text and "574.0 MB" in text

@@ -18,8 +18,10 @@ def make(folder, names, color=100):
 
 def market(root):
     base = root / "Market-1501-v15.09.15"
-    make(base / "bounding_box_train", ["0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg",
-                                       "0007_c3s1_000101_01.jpg", "-1_c1s1_000001_00.jpg"])
+    make(
+        base / "bounding_box_train",
+        ["0002_c1s1_000451_03.jpg", "0002_c2s1_000551_01.jpg", "0007_c3s1_000101_01.jpg", "-1_c1s1_000001_00.jpg"],
+    )
     (base / "bounding_box_train" / "Thumbs.db").write_bytes(b"ignored")
     make(base / "query", ["0002_c1s1_000801_00.jpg"])
     make(base / "bounding_box_test", ["0000_c1s1_000001_01.jpg", "-1_c2s1_000002_01.jpg", "0002_c6s1_000301_02.jpg"])

@@ -33,7 +33,7 @@ def test_known_answer():
     # g0 pid1 cam0 (removed), g1 pid2, g2 pid1 cam1 (hit at rank 2), g3 pid3, g4 pid1 cam2 (hit at rank 4)
     dist = np.array([[0.0, 0.1, 0.2, 0.3, 0.4]])
     res = evaluate_reid(dist, [1], [1, 2, 1, 3, 1], [0], [0, 1, 1, 1, 2], max_rank=5)
-    assert res.cmc.tolist() == [0, 1, 1, 1, 1][:res.cmc.size]
+    assert res.cmc.tolist() == [0, 1, 1, 1, 1][: res.cmc.size]
     assert res.mAP == pytest.approx((1 / 2 + 2 / 4) / 2)
     assert res.mINP == pytest.approx(2 / 4)
     d = res.to_dict()
@@ -111,11 +111,23 @@ def test_eval_reid_command(tmp_path):
     gp, qp = rng.integers(0, 4, 20), rng.integers(0, 4, 5)
     np.savez(tmp_path / "q.npz", features=qf, pids=qp, camids=np.zeros(5, int))
     np.savez(tmp_path / "g.npz", features=gf, pids=gp, camids=np.ones(20, int))
-    r = CliRunner().invoke(app, ["eval-reid", "--query", str(tmp_path / "q.npz"), "--gallery", str(tmp_path / "g.npz"),
-                                 "--out", str(tmp_path / "m.json")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval-reid",
+            "--query",
+            str(tmp_path / "q.npz"),
+            "--gallery",
+            str(tmp_path / "g.npz"),
+            "--out",
+            str(tmp_path / "m.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     want = evaluate_reid_features(qf, gf, qp, gp, np.zeros(5), np.ones(20))
     assert json.loads((tmp_path / "m.json").read_text())["mAP"] == pytest.approx(want.mAP)
     np.savez(tmp_path / "bad.npz", features=qf)
-    r = CliRunner().invoke(app, ["eval-reid", "--query", str(tmp_path / "bad.npz"), "--gallery", str(tmp_path / "g.npz")])
+    r = CliRunner().invoke(
+        app, ["eval-reid", "--query", str(tmp_path / "bad.npz"), "--gallery", str(tmp_path / "g.npz")]
+    )
     assert r.exit_code != 0 and "pids" in str(r.exception)

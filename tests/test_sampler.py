@@ -25,7 +25,9 @@ def test_shuffled_is_a_permutation_deterministic_per_seed_and_epoch():
     assert list(IndexListSampler.shuffled(50, seed=4)) != e0
 
 
-@pytest.mark.parametrize("n,world,drop_last", [(10, 3, False), (10, 3, True), (7, 4, False), (2, 4, False), (12, 4, True)])
+@pytest.mark.parametrize(
+    "n,world,drop_last", [(10, 3, False), (10, 3, True), (7, 4, False), (2, 4, False), (12, 4, True)]
+)
 def test_sharding_matches_torch_distributed_sampler(n, world, drop_last):
     ds = list(range(n))
     union = []

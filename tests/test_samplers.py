@@ -121,16 +121,30 @@ def test_cli_density_uniformity_resample(tmp_path):
 
     r = run(app, ["density", str(cache), "--bandwidth", "30deg", "--method", "exact", "--out", str(tmp_path / "d.npy")])
     assert r.exit_code == 0, r.output
-    np.testing.assert_allclose(np.load(tmp_path / "d.npy"), angular_kde(x, math.radians(30), method="exact",
-                                                                          progress=False), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.load(tmp_path / "d.npy"), angular_kde(x, math.radians(30), method="exact", progress=False), rtol=1e-6
+    )
     assert "wrote" in r.output and (tmp_path / "d_bound.npy").is_file()
 
-    r = run(app, ["resample", str(cache), "--method", "usi", "--num", "50", "--seed", "3", "--out", str(tmp_path / "s.npy")])
+    r = run(
+        app, ["resample", str(cache), "--method", "usi", "--num", "50", "--seed", "3", "--out", str(tmp_path / "s.npy")]
+    )
     assert r.exit_code == 0, r.output
     assert np.array_equal(np.load(tmp_path / "s.npy"), identity_uniform_sampling(labels, 50, 3))
 
-    r = run(app, ["uniformity", str(cache), "--bandwidth", "auto", "--list", str(tmp_path / "s.npy"),
-                  "--out", str(tmp_path / "u.json")])
+    r = run(
+        app,
+        [
+            "uniformity",
+            str(cache),
+            "--bandwidth",
+            "auto",
+            "--list",
+            str(tmp_path / "s.npy"),
+            "--out",
+            str(tmp_path / "u.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "bandwidth rule" in r.output and "U/log N" in r.output
 

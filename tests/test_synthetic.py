@@ -48,7 +48,7 @@ def test_identity_sizes_match_slow_power_law_quantiles():
     sizes = identity_sizes(n, lo, hi, alpha)
     # slow reference: invert the CDF of p(x) ∝ x^-alpha on [lo, hi+1) by bisection, in float64
     grid = np.linspace(lo, hi + 1, 200_001)
-    pdf = grid ** -alpha
+    pdf = grid**-alpha
     cdf = np.concatenate([[0], np.cumsum((pdf[1:] + pdf[:-1]) / 2 * np.diff(grid))])
     cdf /= cdf[-1]
     ref = []
@@ -61,7 +61,8 @@ def test_identity_sizes_match_slow_power_law_quantiles():
         ref.append(int(np.floor(a)))
     assert sizes.tolist() == sorted(ref, reverse=True)
     assert identity_sizes(7, 3, 9, 1.0).tolist() == sorted(
-        (np.floor(3 * (10 / 3) ** ((np.arange(7) + 0.5) / 7))).astype(int).tolist(), reverse=True)
+        (np.floor(3 * (10 / 3) ** ((np.arange(7) + 0.5) / 7))).astype(int).tolist(), reverse=True
+    )
 
 
 def test_identity_sizes_long_tail_default():
@@ -103,8 +104,13 @@ def test_nuisance_bias_easy_images_dominate():
     assert (np.abs(nu["yaw"][easy]) < cfg.hard_yaw).all()
     assert (nu["occlusion"][easy] == 0).all() and (nu["blur"][easy] == 0).all()
     assert (nu["light"][easy] <= 0.15).all() and (nu["expression"][easy] <= 0.15).all()
-    strong = (np.abs(nu["yaw"]) >= cfg.hard_yaw) | (nu["light"] >= 0.5) | (nu["expression"] >= 0.5) \
-        | (nu["blur"] > 0) | (nu["occlusion"] > 0)
+    strong = (
+        (np.abs(nu["yaw"]) >= cfg.hard_yaw)
+        | (nu["light"] >= 0.5)
+        | (nu["expression"] >= 0.5)
+        | (nu["blur"] > 0)
+        | (nu["occlusion"] > 0)
+    )
     assert np.array_equal(strong, hard)
     assert (np.abs(nu["yaw"]) <= cfg.max_yaw).all()
     large_pose = np.abs(nu["yaw"]) >= cfg.hard_yaw
@@ -139,8 +145,13 @@ def _one_face(**nuis_over):
     cfg = SynthFacesConfig(hard_fraction=0.0)
     ident = _identity_params(np.random.default_rng(0), np.array([0]))
     nu = _nuisance_params(np.random.default_rng(1), 1, cfg)
-    nu.update(yaw=np.zeros(1, np.float32), roll=np.zeros(1, np.float32), shift=np.zeros((1, 2), np.float32),
-              scale=np.ones(1, np.float32), noise=np.zeros(1, np.float32))
+    nu.update(
+        yaw=np.zeros(1, np.float32),
+        roll=np.zeros(1, np.float32),
+        shift=np.zeros((1, 2), np.float32),
+        scale=np.ones(1, np.float32),
+        noise=np.zeros(1, np.float32),
+    )
     nu.update({k: np.asarray([v], np.float32) for k, v in nuis_over.items()})
     return render_faces(ident, nu, 48, np.random.default_rng(2))[0].astype(np.float64)
 
@@ -160,9 +171,16 @@ def test_nuisances_change_the_rendering():
 
 
 def test_cache_roundtrip_and_mismatch(tmp_path):
-    cfg = SynthFacesConfig.preset("quick", num_train_identities=6, num_test_identities=4, test_images_per_identity=4,
-                                  num_genuine_pairs=10, num_impostor_pairs=50, hard_pair_fraction=None,
-                                  image_size=16)
+    cfg = SynthFacesConfig.preset(
+        "quick",
+        num_train_identities=6,
+        num_test_identities=4,
+        test_images_per_identity=4,
+        num_genuine_pairs=10,
+        num_impostor_pairs=50,
+        hard_pair_fraction=None,
+        image_size=16,
+    )
     a = make_synthfaces(cfg, cache_dir=tmp_path)
     path = tmp_path / f"synthfaces-{cfg.fingerprint()}.npz"
     assert path.exists()

@@ -124,24 +124,28 @@ def test_task_argument_errors():
 
 
 # ----------------------------------------------------------------------------- configs
-@pytest.mark.parametrize("cfg,pattern", [
-    ({"task": "face", "sampler": {"name": "pk"}}, r"sampler pk is for task metric"),
-    ({"task": "metric", "sampler": {"name": "pk", "options": {"p": 2, "k": 4}}, "train": {"batch_size": 6}},
-     r"batch_size must be p·k = 8"),
-    ({"task": "metric", "sampler": {"name": "pk", "options": {"q": 2}}}, r"unknown options \['q'\]"),
-    ({"task": "classification", "head": {"name": "arcface"}}, r"classification needs head \{name: softmax\}"),
-    ({"task": "face", "metric": {"triplet_margin": 0.3}}, r"metric block applies only to task metric"),
-    ({"data": {"kind": "arrays", "path": ".", "image_size": [8, 4]}}, r"image_size \[H, W\] applies only"),
-    ({"data": {"kind": "idx", "path": ".", "split": "query"}}, r"kind idx has split train / test"),
-])
+@pytest.mark.parametrize(
+    "cfg,pattern",
+    [
+        ({"task": "face", "sampler": {"name": "pk"}}, r"sampler pk is for task metric"),
+        (
+            {"task": "metric", "sampler": {"name": "pk", "options": {"p": 2, "k": 4}}, "train": {"batch_size": 6}},
+            r"batch_size must be p·k = 8",
+        ),
+        ({"task": "metric", "sampler": {"name": "pk", "options": {"q": 2}}}, r"unknown options \['q'\]"),
+        ({"task": "classification", "head": {"name": "arcface"}}, r"classification needs head \{name: softmax\}"),
+        ({"task": "face", "metric": {"triplet_margin": 0.3}}, r"metric block applies only to task metric"),
+        ({"data": {"kind": "arrays", "path": ".", "image_size": [8, 4]}}, r"image_size \[H, W\] applies only"),
+        ({"data": {"kind": "idx", "path": ".", "split": "query"}}, r"kind idx has split train / test"),
+    ],
+)
 def test_task_config_errors(tmp_path, cfg, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config(_write_cfg(tmp_path, cfg))
 
 
 def test_metric_config_defaults_to_softmax_head(tmp_path):
-    cfg = load_config(_write_cfg(tmp_path, {"task": "metric", "train": {"batch_size": 64},
-                                            "sampler": {"name": "pk"}}))
+    cfg = load_config(_write_cfg(tmp_path, {"task": "metric", "train": {"batch_size": 64}, "sampler": {"name": "pk"}}))
     assert cfg.head.name == "softmax" and cfg.sampler.options == {"p": 16, "k": 4}
     assert load_config(None).head.name == "arcface"
 
@@ -162,15 +166,20 @@ def test_classification_student_from_config_with_pad(tmp_path):
     _write_idx(root / "train-images-idx3-ubyte", images)
     _write_idx(root / "train-labels-idx1-ubyte", labels)
     teacher = _save_teacher(tmp_path / "teacher.pth", "small_cnn", embedding_size=16)
-    cfg = load_config(_write_cfg(tmp_path, {
-        "task": "classification",
-        "data": {"kind": "idx", "path": str(root)},
-        "model": {"arch": "small_cnn", "embedding_size": 8},
-        "distill": {"loss": "l2", "weighting": "pad", "lambda": 1.0},
-        "teacher": {"checkpoint": str(teacher), "arch": "small_cnn", "embedding_size": 16},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "log_every": 1},
-        "run_dir": str(tmp_path / "run"),
-    }))
+    cfg = load_config(
+        _write_cfg(
+            tmp_path,
+            {
+                "task": "classification",
+                "data": {"kind": "idx", "path": str(root)},
+                "model": {"arch": "small_cnn", "embedding_size": 8},
+                "distill": {"loss": "l2", "weighting": "pad", "lambda": 1.0},
+                "teacher": {"checkpoint": str(teacher), "arch": "small_cnn", "embedding_size": 16},
+                "train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "log_every": 1},
+                "run_dir": str(tmp_path / "run"),
+            },
+        )
+    )
     task = run_training(cfg, progress=False)
     assert isinstance(task, ClassificationTask) and task.distiller.is_pad
     assert task.distiller.projection.out_features == 16  # student 8-d → teacher 16-d
@@ -189,9 +198,11 @@ def _write_market(root, n_ids=4, size=(32, 16), seed=0):
 
     g = np.random.default_rng(seed)
     colours = g.integers(0, 256, (n_ids + 1, 1, 1, 3))
-    layout = {"bounding_box_train": [(pid, cam, k) for pid in range(1, n_ids + 1) for cam in (1, 2) for k in range(2)],
-              "query": [(pid, 1, 0) for pid in range(1, n_ids + 1)],
-              "bounding_box_test": [(pid, 2, k) for pid in range(1, n_ids + 1) for k in range(2)] + [(0, 3, 0), (-1, 3, 0)]}
+    layout = {
+        "bounding_box_train": [(pid, cam, k) for pid in range(1, n_ids + 1) for cam in (1, 2) for k in range(2)],
+        "query": [(pid, 1, 0) for pid in range(1, n_ids + 1)],
+        "bounding_box_test": [(pid, 2, k) for pid in range(1, n_ids + 1) for k in range(2)] + [(0, 3, 0), (-1, 3, 0)],
+    }
     for split, items in layout.items():
         (root / split).mkdir(parents=True)
         for pid, cam, k in items:
@@ -237,8 +248,14 @@ def test_metric_student_on_reid_folders_with_pk_and_pad(tmp_path):
         cache = embed_dataset(task.student, ds, tmp_path / f"emb_{split}", batch_size=8)
         feats[split] = (np.asarray(cache.embeddings), ds.pids, ds.camids)
     assert len(feats["gallery"][1]) == 9  # the junk (-1) image is dropped, the distractor (0) kept
-    res = evaluate_reid_features(feats["query"][0], feats["gallery"][0], feats["query"][1], feats["gallery"][1],
-                                 feats["query"][2], feats["gallery"][2])
+    res = evaluate_reid_features(
+        feats["query"][0],
+        feats["gallery"][0],
+        feats["query"][1],
+        feats["gallery"][1],
+        feats["query"][2],
+        feats["gallery"][2],
+    )
     assert res.num_valid_queries == 4 and 0.0 <= res.mAP <= 1.0 and res.cmc[-1] == 1.0
     assert rows[-1]["loss"] < rows[0]["loss"]  # the optimisation makes progress (6 steps: no accuracy claim)
 
@@ -250,16 +267,21 @@ def test_face_student_with_intrinsic_sampling_from_config(tmp_path):
     images = np.clip(templates[labels] + g.integers(-20, 20, (48, 16, 16, 3)), 0, 255).astype(np.uint8)
     np.savez(tmp_path / "data.npz", images=images, labels=labels)
     teacher = _save_teacher(tmp_path / "teacher.pth", "small_cnn", embedding_size=16)
-    cfg = load_config(_write_cfg(tmp_path, {
-        "data": {"kind": "arrays", "path": str(tmp_path / "data.npz")},
-        "model": {"arch": "small_cnn", "embedding_size": 8},
-        "head": {"name": "arcface", "s": 16},
-        "distill": {"loss": "l2", "lambda": 1.0},
-        "teacher": {"checkpoint": str(teacher), "arch": "small_cnn", "embedding_size": 16},
-        "sampler": {"name": "intrinsic", "options": {"bandwidth": "30deg", "num": 40}},
-        "train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "log_every": 1},
-        "run_dir": str(tmp_path / "run"),
-    }))
+    cfg = load_config(
+        _write_cfg(
+            tmp_path,
+            {
+                "data": {"kind": "arrays", "path": str(tmp_path / "data.npz")},
+                "model": {"arch": "small_cnn", "embedding_size": 8},
+                "head": {"name": "arcface", "s": 16},
+                "distill": {"loss": "l2", "lambda": 1.0},
+                "teacher": {"checkpoint": str(teacher), "arch": "small_cnn", "embedding_size": 16},
+                "sampler": {"name": "intrinsic", "options": {"bandwidth": "30deg", "num": 40}},
+                "train": {"epochs": 2, "batch_size": 8, "lr": 0.05, "log_every": 1},
+                "run_dir": str(tmp_path / "run"),
+            },
+        )
+    )
     task = run_training(cfg, progress=False)
     assert isinstance(task, FaceTask)
     rows = _metrics(tmp_path / "run")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import LinearHead, TinyFaces, TinyNet
+
 from facekd.tasks import FaceTask
 from facekd.train import TrainConfig, lr_at, train
 
@@ -121,8 +121,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     script.write_text(_SCRIPT.format(tests=str(TESTS)))
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(killed), "0.03"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(killed), "0.03"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     ckpt = killed / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     step = 0
@@ -172,8 +173,21 @@ def test_ddp_two_processes_gloo_matches_single_process(tmp_path):
     run_dir = tmp_path / "ddp"
     run_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                          str(script), str(run_dir)], env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(run_dir),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     r0 = torch.load(run_dir / "rank0.pt", weights_only=True)
     r1 = torch.load(run_dir / "rank1.pt", weights_only=True)
@@ -210,8 +224,12 @@ def test_face_task_kd_loss_wiring_and_teachers(tmp_path):
     batch = {k: torch.stack([ds[i][k] for i in range(8)]) for k in ("image", "label", "index")}
     for provider in (CachedTeacher(cache), OnlineTeacher(teacher)):
         torch.manual_seed(0)
-        task = FaceTask(TinyNet(dim=6), head=LinearHead(6, 4),
-                        distiller=Distiller("l2", lam=0.7, student_dim=6, teacher_dim=5), teacher=provider)
+        task = FaceTask(
+            TinyNet(dim=6),
+            head=LinearHead(6, 4),
+            distiller=Distiller("l2", lam=0.7, student_dim=6, teacher_dim=5),
+            teacher=provider,
+        )
         task.train()
         assert not teacher.training, "an online teacher stays in eval mode"
         loss, logs = task(batch, step=0)
@@ -224,8 +242,9 @@ def test_face_task_kd_loss_wiring_and_teachers(tmp_path):
         assert float(loss.detach()) == pytest.approx(float(ce + kd), rel=1e-5)
         assert logs["cls"] == pytest.approx(float(ce), rel=1e-5)
     with pytest.raises(ValueError, match="not on the training dataset"):
-        task = FaceTask(TinyNet(dim=6), distiller=Distiller("l2", student_dim=6, teacher_dim=5),
-                        teacher=CachedTeacher(cache))
+        task = FaceTask(
+            TinyNet(dim=6), distiller=Distiller("l2", student_dim=6, teacher_dim=5), teacher=CachedTeacher(cache)
+        )
         train(task, TinyFaces(n=16, seed=3), TrainConfig(epochs=1, batch_size=8), tmp_path / "bad", progress=False)
 
 
@@ -239,7 +258,9 @@ def test_feature_only_task_ignores_labels(tmp_path):
     torch.manual_seed(1)
     cache = embed_dataset(TinyNet(dim=6, bn=True), ds, tmp_path / "cache", progress=False)
     torch.manual_seed(0)
-    task = FaceTask(TinyNet(dim=6), distiller=Distiller("l2", student_dim=6, teacher_dim=6), teacher=CachedTeacher(cache))
+    task = FaceTask(
+        TinyNet(dim=6), distiller=Distiller("l2", student_dim=6, teacher_dim=6), teacher=CachedTeacher(cache)
+    )
     cfg = TrainConfig(epochs=6, batch_size=8, lr=0.1, log_every=1)
     train(task, ds, cfg, tmp_path / "run", progress=False)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

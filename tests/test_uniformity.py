@@ -26,7 +26,7 @@ def test_uniformity_matches_direct_float64():
     t = rng.uniform(-1, 1, 40)
     w = rng.integers(0, 3, 40).astype(float)
     h = 0.2
-    dens = [sum(w[j] * math.exp(-((t[i] - t[j]) / h) ** 2 / 2) for j in range(40)) for i in range(40)]
+    dens = [sum(w[j] * math.exp(-(((t[i] - t[j]) / h) ** 2) / 2) for j in range(40)) for i in range(40)]
     p = np.array(dens) / sum(dens)
     ref = -sum(v * math.log(v) for v in p)
     res = uniformity(_on_circle(t), h, w, method="exact", truncate_tol=0, dtype="float64", progress=False)

@@ -158,8 +158,11 @@ def test_accuracy_flip_and_log_line():
     norms = [np.linalg.norm(e) for emb in (orig, flip) for e in emb]
     assert r.xnorm == pytest.approx(sum(norms) / len(norms), rel=1e-6)
     line = format_insightface_line("lfw", 2000, 0.998166, 0.002291, xnorm=21.5, highest=0.998166)
-    assert line.split("\n") == ["[lfw][2000]XNorm: 21.500000", "[lfw][2000]Accuracy-Flip: 0.99817+-0.00229",
-                                "[lfw][2000]Accuracy-Highest: 0.99817"]
+    assert line.split("\n") == [
+        "[lfw][2000]XNorm: 21.500000",
+        "[lfw][2000]Accuracy-Flip: 0.99817+-0.00229",
+        "[lfw][2000]Accuracy-Highest: 0.99817",
+    ]
 
 
 def test_evaluate_pairs_groups_and_hard(tmp_path):

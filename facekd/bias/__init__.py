@@ -20,8 +20,24 @@ from facekd.bias.samplers import (
 from facekd.bias.uniformity import UniformityResult, entropy_of_density, uniformity
 
 __all__ = [
-    "BandwidthResult", "bandwidth_rule", "KDEResult", "angular_kde", "kde_exact", "kde_knn", "kernel",
-    "list_weights", "DEFAULT_IS_BANDWIDTH", "METHODS", "epoch_fn", "extrinsic_sampling",
-    "identity_uniform_probabilities", "identity_uniform_sampling", "intrinsic_probabilities",
-    "intrinsic_sampling", "uniform_sampling", "UniformityResult", "entropy_of_density", "uniformity",
+    "DEFAULT_IS_BANDWIDTH",
+    "METHODS",
+    "BandwidthResult",
+    "KDEResult",
+    "UniformityResult",
+    "angular_kde",
+    "bandwidth_rule",
+    "entropy_of_density",
+    "epoch_fn",
+    "extrinsic_sampling",
+    "identity_uniform_probabilities",
+    "identity_uniform_sampling",
+    "intrinsic_probabilities",
+    "intrinsic_sampling",
+    "kde_exact",
+    "kde_knn",
+    "kernel",
+    "list_weights",
+    "uniform_sampling",
+    "uniformity",
 ]

@@ -43,7 +43,9 @@ def bandwidth_rule(embeddings, labels, min_images: int = 2, factor: float = 0.9)
     x = check_embeddings(embeddings, "embeddings", require_unit=True).astype(np.float64)
     labels = np.asarray(labels)
     if labels.shape != (x.shape[0],) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels: expected an integer array of shape ({x.shape[0]},), got {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"labels: expected an integer array of shape ({x.shape[0]},), got {labels.dtype} {labels.shape}"
+        )
     if min_images < 2:
         raise ValueError(f"min_images must be >= 2 (one image has no spread), got {min_images}")
     classes, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
@@ -56,8 +58,10 @@ def bandwidth_rule(embeddings, labels, min_images: int = 2, factor: float = 0.9)
     sigma = np.sqrt(np.bincount(inv, weights=theta**2, minlength=classes.size) / counts)
     sigma[~usable] = np.nan
     if not usable.any():
-        raise ValueError(f"bandwidth rule: no class has >= {min_images} images with a defined centre "
-                         f"({classes.size} classes)")
+        raise ValueError(
+            f"bandwidth rule: no class has >= {min_images} images with a defined centre ({classes.size} classes)"
+        )
     h = float(np.mean(factor * sigma[usable] * counts[usable] ** -0.2))
-    return BandwidthResult(h, sigma, classes.astype(np.int64), counts.astype(np.int64),
-                           int(usable.sum()), int((~usable).sum()))
+    return BandwidthResult(
+        h, sigma, classes.astype(np.int64), counts.astype(np.int64), int(usable.sum()), int((~usable).sum())
+    )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
@@ -33,8 +32,10 @@ def _bandwidth(value: str, cache) -> float:
     if value.strip().lower() != "auto":
         return parse_angle(value)
     res = bandwidth_rule(cache.embeddings, cache.labels)
-    typer.echo(f"bandwidth rule (Eq. 5-7): h = {res.degrees:.2f}deg from {res.n_used} classes "
-               f"({res.n_skipped} skipped: < 2 images)")
+    typer.echo(
+        f"bandwidth rule (Eq. 5-7): h = {res.degrees:.2f}deg from {res.n_used} classes "
+        f"({res.n_skipped} skipped: < 2 images)"
+    )
     return res.bandwidth
 
 
@@ -54,7 +55,7 @@ def density(
     index: str = typer.Option("flat", help="knn: FAISS index, flat (exact) or ivf."),
     dtype: str = typer.Option("float32", help="exact: float32 | float64 | tf32 (GPU) | bf16 (GPU)."),
     device: str = typer.Option("cpu", help="exact: torch device (cpu, cuda)."),
-    list_path: Optional[Path] = typer.Option(None, "--list", help="Weight by a sample list (.npy int64), Eq. 9."),
+    list_path: Path | None = typer.Option(None, "--list", help="Weight by a sample list (.npy int64), Eq. 9."),
     out: Path = typer.Option(Path("density.npy"), help="Output .npy: float64 (N,) densities."),
 ) -> None:
     """Angular KDE of every cached embedding (Eq. 3, 8, 9); writes density.npy and a truncation bound."""
@@ -71,10 +72,12 @@ def density(
         save_npy(out, res.density)
         save_npy(out.with_name(out.stem + "_bound.npy"), res.truncation_bound)
         q = np.percentile(res.density, [0, 50, 100])
-        typer.echo(f"density ({res.method}, h={math.degrees(h):.2f}deg, {len(c)} x {c.embeddings.shape[1]}"
-                   f"{', weighted by ' + str(list_path) if w is not None else ''}): "
-                   f"min {q[0]:.4g} median {q[1]:.4g} max {q[2]:.4g}; "
-                   f"max truncation bound {res.truncation_bound.max():.3g}\nwrote {out}")
+        typer.echo(
+            f"density ({res.method}, h={math.degrees(h):.2f}deg, {len(c)} x {c.embeddings.shape[1]}"
+            f"{', weighted by ' + str(list_path) if w is not None else ''}): "
+            f"min {q[0]:.4g} median {q[1]:.4g} max {q[2]:.4g}; "
+            f"max truncation bound {res.truncation_bound.max():.3g}\nwrote {out}"
+        )
 
 
 def _load_list(path: Path) -> np.ndarray:
@@ -89,9 +92,9 @@ def _load_list(path: Path) -> np.ndarray:
 def uniformity_cmd(
     cache: Path = typer.Argument(..., help="Embedding cache directory (facekd.embed)."),
     bandwidth: str = typer.Option("12deg", help=_BW_HELP),
-    list_path: Optional[Path] = typer.Option(None, "--list", help="Sample list (.npy int64); default: the dataset."),
+    list_path: Path | None = typer.Option(None, "--list", help="Sample list (.npy int64); default: the dataset."),
     method: str = typer.Option("auto", help="exact | knn | auto."),
-    out: Optional[Path] = typer.Option(None, help="Also write the result as JSON."),
+    out: Path | None = typer.Option(None, help="Also write the result as JSON."),
 ) -> None:
     """Uniformity (Eq. 4, 9) of the dataset or of a sample list, in nats and normalised by log N."""
     from facekd.bias.kde import list_weights
@@ -103,11 +106,21 @@ def uniformity_cmd(
     w = list_weights(_load_list(list_path), len(c)) if list_path is not None else None
     res = uniformity(c.embeddings, h, w, method)
     what = f"list {list_path}" if list_path is not None else "dataset"
-    typer.echo(f"uniformity of {what} over {res.n} points (h={math.degrees(h):.2f}deg): "
-               f"U = {res.uniformity:.6f} nats, U/log N = {res.normalized:.6f}")
+    typer.echo(
+        f"uniformity of {what} over {res.n} points (h={math.degrees(h):.2f}deg): "
+        f"U = {res.uniformity:.6f} nats, U/log N = {res.normalized:.6f}"
+    )
     if out is not None:
-        save_json(out, {"uniformity": res.uniformity, "normalized": res.normalized, "n": res.n,
-                        "bandwidth_rad": res.bandwidth, "list": str(list_path) if list_path else None})
+        save_json(
+            out,
+            {
+                "uniformity": res.uniformity,
+                "normalized": res.normalized,
+                "n": res.n,
+                "bandwidth_rad": res.bandwidth,
+                "list": str(list_path) if list_path else None,
+            },
+        )
         typer.echo(f"wrote {out}")
 
 
@@ -116,7 +129,7 @@ def resample(
     method: str = typer.Option(..., help="intrinsic | extrinsic | usi | uniform."),
     out: Path = typer.Option(Path("samples.npy"), help="Output .npy: int64 sample list."),
     bandwidth: str = typer.Option("12deg", help="intrinsic: " + _BW_HELP),
-    num: Optional[int] = typer.Option(None, help="Draws (default: the dataset size, one epoch)."),
+    num: int | None = typer.Option(None, help="Draws (default: the dataset size, one epoch)."),
     seed: int = typer.Option(0, help="Random seed (the list is a deterministic function of it)."),
 ) -> None:
     """Write one epoch's sample list (dataset indices) for IndexListSampler."""
@@ -127,13 +140,14 @@ def resample(
         raise typer.BadParameter(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     c = _open(cache)
     h = _bandwidth(bandwidth, c) if method == "intrinsic" else math.radians(12)
-    samples = epoch_fn(method, embeddings=c.embeddings, labels=c.labels, n=len(c), num=num, seed=seed,
-                       bandwidth=h)(0)
+    samples = epoch_fn(method, embeddings=c.embeddings, labels=c.labels, n=len(c), num=num, seed=seed, bandwidth=h)(0)
     save_npy(out, samples)
     counts = np.bincount(samples, minlength=len(c))
-    typer.echo(f"{method} sampling (seed {seed}{f', h={math.degrees(h):.2f}deg' if method == 'intrinsic' else ''}): "
-               f"{samples.size} draws over {len(c)} images; {int((counts > 0).sum())} distinct, "
-               f"max {counts.max()} draws of one image\nwrote {out}")
+    typer.echo(
+        f"{method} sampling (seed {seed}{f', h={math.degrees(h):.2f}deg' if method == 'intrinsic' else ''}): "
+        f"{samples.size} draws over {len(c)} images; {int((counts > 0).sum())} distinct, "
+        f"max {counts.max()} draws of one image\nwrote {out}"
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from facekd import dist
 from facekd.utils import check_embeddings
 
-__all__ = ["KDEResult", "angular_kde", "kde_exact", "kde_knn", "kernel", "list_weights", "AUTO_EXACT_MAX"]
+__all__ = ["AUTO_EXACT_MAX", "KDEResult", "angular_kde", "kde_exact", "kde_knn", "kernel", "list_weights"]
 
 AUTO_EXACT_MAX = 300_000
 CELLS_MIN_ROWS = 4096  # below this, the unrepresented points of the cell path are summed exactly
@@ -158,8 +158,17 @@ def kde_exact(
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     try:
-        out = _exact_row_sums(ref.to(torch.bfloat16) if dtype == "bf16" else ref, start, stop, h, c_cut, wt,
-                              chunk_bytes, progress, "kde exact")
+        out = _exact_row_sums(
+            ref.to(torch.bfloat16) if dtype == "bf16" else ref,
+            start,
+            stop,
+            h,
+            c_cut,
+            wt,
+            chunk_bytes,
+            progress,
+            "kde exact",
+        )
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
     if not include_self:
@@ -170,8 +179,17 @@ def kde_exact(
     return KDEResult(density, bound, "exact", h, E)
 
 
-def _exact_row_sums(ref: torch.Tensor, start: int, stop: int, h: float, c_cut: float, w: torch.Tensor | None,
-                    chunk_bytes: int, progress: bool, desc: str) -> torch.Tensor:
+def _exact_row_sums(
+    ref: torch.Tensor,
+    start: int,
+    stop: int,
+    h: float,
+    c_cut: float,
+    w: torch.Tensor | None,
+    chunk_bytes: int,
+    progress: bool,
+    desc: str,
+) -> torch.Tensor:
     """Σ_j w_j K(θ_ij/h) over all M rows j of `ref` (M, d) for query rows i in [start, stop), the self
     term exact (cos θ_ii := 1). Chunked GEMMs in ref's dtype; float64 (stop-start,) on ref's device."""
     m = ref.shape[0]
@@ -246,8 +264,16 @@ def _kde_cells(x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, ch
     nlist = max(1, min(n, nlist or default_nlist(n)))
     p = min(nprobe, nlist)
     refine_cos = default_refine_cos(nlist, d) if refine_cos is None else refine_cos
-    km = faiss.Kmeans(d, nlist, niter=5, seed=seed, spherical=True, min_points_per_centroid=1,
-                      max_points_per_centroid=16, verbose=False)
+    km = faiss.Kmeans(
+        d,
+        nlist,
+        niter=5,
+        seed=seed,
+        spherical=True,
+        min_points_per_centroid=1,
+        max_points_per_centroid=16,
+        verbose=False,
+    )
     km.train(x)
     xt, cent = torch.from_numpy(x), torch.from_numpy(km.centroids)
     probes = torch.empty(n, p, dtype=torch.long)
@@ -290,12 +316,21 @@ def _kde_cells(x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, ch
     unrep_bound = np.zeros(stop - start)
     if b > a and CELLS_MIN_ROWS <= unrep.size <= n // 2:  # recurse: their own cells find most of their pairs
         sums, unrep_bound[unrep[a:b] - start] = _kde_cells(
-            x[unrep], h, wv[unrep], a, b, None, nprobe, refine_cos, seed, c_cut, chunk_bytes, progress)
+            x[unrep], h, wv[unrep], a, b, None, nprobe, refine_cos, seed, c_cut, chunk_bytes, progress
+        )
         out[torch.from_numpy(unrep[a:b] - start)] += torch.from_numpy(sums)
     elif b > a:
         out[torch.from_numpy(unrep[a:b] - start)] += _exact_row_sums(
-            xt[torch.from_numpy(unrep)], a, b, h, c_cut, wt[unrep], chunk_bytes, progress,
-            "kde knn (unrepresented, exact)")
+            xt[torch.from_numpy(unrep)],
+            a,
+            b,
+            h,
+            c_cut,
+            wt[unrep],
+            chunk_bytes,
+            progress,
+            "kde knn (unrepresented, exact)",
+        )
 
     # bound: represented points miss excluded cells' members, unrepresented ones only their represented
     # members (the pairs among them carry the bound of the step above); R from each member's θ to its centroid
@@ -304,8 +339,9 @@ def _kde_cells(x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, ch
     cell_w = np.bincount(assign, weights=wv, minlength=nlist)
     cell_w_rep = np.bincount(assign, weights=wv * ~flag, minlength=nlist)
     fq = flag[start:stop]
-    excluded_w = np.where(fq, cell_w_rep.sum() - cell_w_rep[probes[start:stop]].sum(1),
-                          cell_w.sum() - cell_w[probes[start:stop]].sum(1))
+    excluded_w = np.where(
+        fq, cell_w_rep.sum() - cell_w_rep[probes[start:stop]].sum(1), cell_w.sum() - cell_w[probes[start:stop]].sum(1)
+    )
     theta_p = np.arccos(np.clip(top[start:stop, -1], -1, 1))
     gap = np.clip(theta_p - np.where(fq, radius_rep, radius_all), 0.0, None)
     bound = np.clip(excluded_w, 0.0, None) * kernel(gap, h) + unrep_bound
@@ -348,8 +384,9 @@ def kde_knn(
     wv = np.ones(n) if w is None else w
     if index == "ivf":
         c_cut = _cos_cut(h, truncate_tol, n)
-        density, bound = _kde_cells(x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, chunk_bytes,
-                                    progress)
+        density, bound = _kde_cells(
+            x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, chunk_bytes, progress
+        )
         if not include_self:
             density -= wv[start:stop]
         bound += 0.0 if c_cut <= -1 else float(kernel(np.arccos(c_cut), h)) * float(wv.sum())
@@ -366,8 +403,9 @@ def kde_knn(
     total_w = float(wv.sum())
     density = np.empty(stop - start)
     bound = np.empty(stop - start)
-    bar = tqdm(range(start, stop, batch), desc="kde knn (flat)", unit="batch",
-               disable=not progress or not dist.is_main())
+    bar = tqdm(
+        range(start, stop, batch), desc="kde knn (flat)", unit="batch", disable=not progress or not dist.is_main()
+    )
     for s in bar:
         e = min(s + batch, stop)
         sims, nbr = idx.search(x[s:e], kk)

@@ -9,7 +9,7 @@ regenerates a fresh list each epoch (seed + epoch) while computing the density /
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -18,14 +18,14 @@ from facekd.utils import check_embeddings
 
 __all__ = [
     "DEFAULT_IS_BANDWIDTH",
+    "METHODS",
+    "epoch_fn",
+    "extrinsic_sampling",
+    "identity_uniform_probabilities",
+    "identity_uniform_sampling",
     "intrinsic_probabilities",
     "intrinsic_sampling",
-    "extrinsic_sampling",
-    "identity_uniform_sampling",
-    "identity_uniform_probabilities",
     "uniform_sampling",
-    "epoch_fn",
-    "METHODS",
 ]
 
 DEFAULT_IS_BANDWIDTH = math.radians(12.0)  # the paper's h for Intrinsic Sampling
@@ -46,8 +46,10 @@ def intrinsic_probabilities(density: np.ndarray) -> np.ndarray:
         raise ValueError(f"density: expected a non-empty 1-D array, got shape {f.shape}")
     if not np.isfinite(f).all() or (f <= 0).any():
         bad = np.flatnonzero(~np.isfinite(f) | (f <= 0))
-        raise ValueError(f"density: {bad.size} values are not finite and positive (first rows: {bad[:5].tolist()}); "
-                         "use include_self=True so every density is >= the point's own term")
+        raise ValueError(
+            f"density: {bad.size} values are not finite and positive (first rows: {bad[:5].tolist()}); "
+            "use include_self=True so every density is >= the point's own term"
+        )
     inv = 1.0 / f
     return inv / inv.sum()
 
@@ -82,8 +84,9 @@ def _flat_ip_index(x: np.ndarray):
     return index
 
 
-def extrinsic_sampling(embeddings, num: int | None = None, seed: int = 0, *, index=None,
-                       batch: int = 65536) -> np.ndarray:
+def extrinsic_sampling(
+    embeddings, num: int | None = None, seed: int = 0, *, index=None, batch: int = 65536
+) -> np.ndarray:
     """Extrinsic Sampling: for each of `num` (default N) directions a = g/|g|, g ~ N(0, I_d) (uniform on
     the sphere), take the dataset row with the largest cosine to a (exact FAISS inner-product
     search; pass a prebuilt FAISS `index` over the normalised embeddings to reuse or replace it).
@@ -142,9 +145,18 @@ def uniform_sampling(n: int, num: int | None = None, seed: int = 0) -> np.ndarra
     return np.concatenate([rng.permutation(n) for _ in range(reps)] or [np.empty(0, np.int64)])[:num].astype(np.int64)
 
 
-def epoch_fn(method: str, *, embeddings=None, labels=None, n: int | None = None, num: int | None = None,
-             seed: int = 0, bandwidth: float = DEFAULT_IS_BANDWIDTH, kde_method: str = "auto",
-             **kde_options) -> Callable[[int], np.ndarray]:
+def epoch_fn(
+    method: str,
+    *,
+    embeddings=None,
+    labels=None,
+    n: int | None = None,
+    num: int | None = None,
+    seed: int = 0,
+    bandwidth: float = DEFAULT_IS_BANDWIDTH,
+    kde_method: str = "auto",
+    **kde_options,
+) -> Callable[[int], np.ndarray]:
     """A callable `epoch -> int64 sample list` for `IndexListSampler`, drawing with seed + epoch.
 
     method: "intrinsic" (needs embeddings; the KDE is computed once here), "extrinsic"

@@ -17,7 +17,7 @@ import numpy as np
 
 from facekd.bias.kde import angular_kde
 
-__all__ = ["UniformityResult", "uniformity", "entropy_of_density"]
+__all__ = ["UniformityResult", "entropy_of_density", "uniformity"]
 
 
 @dataclass

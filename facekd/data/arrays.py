@@ -101,7 +101,7 @@ class ArrayDataset(torch.utils.data.Dataset):
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
-    def with_hflip(self, hflip: bool = True) -> "ArrayDataset":
+    def with_hflip(self, hflip: bool = True) -> ArrayDataset:
         """A shallow copy (same arrays, same class) with flip augmentation switched on or off."""
         out = copy.copy(self)
         out.hflip, out._fingerprint = bool(hflip), None
@@ -195,7 +195,9 @@ def load_fashion_mnist(root: str | os.PathLike, split: str = "train", hflip: boo
     if images.ndim != 3 or images.dtype != np.uint8:
         raise ValueError(f"{img_path}: expected uint8 images (N, H, W), got {images.dtype} {images.shape}")
     if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(f"{lab_path}: expected {images.shape[0]} labels (one per image in {img_path}), got shape {labels.shape}")
+        raise ValueError(
+            f"{lab_path}: expected {images.shape[0]} labels (one per image in {img_path}), got shape {labels.shape}"
+        )
     return ArrayDataset(images, labels.astype(np.int64), num_classes=10, hflip=hflip, name=f"fashion-mnist/{split}")
 
 

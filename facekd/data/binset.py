@@ -86,7 +86,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             raise pickle.UnpicklingError(
                 f"{self.source}: refused to load global {module}.{name}: a verification .bin holds only "
-                "(bins, issame) with bytes / uint8 arrays and bools; this file may be malicious") from None
+                "(bins, issame) with bytes / uint8 arrays and bools; this file may be malicious"
+            ) from None
 
 
 def restricted_loads(data: bytes, source: str):

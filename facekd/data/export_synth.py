@@ -35,8 +35,12 @@ def dataset_images(ds) -> np.ndarray:
     images = getattr(ds, "images", None)
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
         return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images.reshape(images.shape[:3] + (3,))
-    return np.stack([((ds[i]["image"].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
-                     for i in range(len(ds))])
+    return np.stack(
+        [
+            ((ds[i]["image"].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+            for i in range(len(ds))
+        ]
+    )
 
 
 def bin_fold_layout(issame: np.ndarray, nfolds: int = 10) -> np.ndarray:
@@ -45,9 +49,11 @@ def bin_fold_layout(issame: np.ndarray, nfolds: int = 10) -> np.ndarray:
     gen, imp = np.flatnonzero(issame), np.flatnonzero(~np.asarray(issame, bool))
     k = min(len(gen), len(imp)) // nfolds
     if k == 0:
-        raise ValueError(f"need at least {nfolds} genuine and {nfolds} impostor pairs for a {nfolds}-fold .bin, "
-                         f"got {len(gen)} and {len(imp)}")
-    return np.concatenate([np.concatenate([gen[f * k:(f + 1) * k], imp[f * k:(f + 1) * k]]) for f in range(nfolds)])
+        raise ValueError(
+            f"need at least {nfolds} genuine and {nfolds} impostor pairs for a {nfolds}-fold .bin, "
+            f"got {len(gen)} and {len(imp)}"
+        )
+    return np.concatenate([np.concatenate([gen[f * k : (f + 1) * k], imp[f * k : (f + 1) * k]]) for f in range(nfolds)])
 
 
 def ijb_templates(labels: np.ndarray, templates_per_identity: int, images_per_media: int):
@@ -74,7 +80,7 @@ def ijb_pairs(tids: np.ndarray, labels: np.ndarray, impostors_per_template: int,
     ident_of = np.array([t_ident[t] for t in all_t])
     pairs = set()
     for i, t1 in enumerate(all_t):
-        for t2 in all_t[i + 1:]:
+        for t2 in all_t[i + 1 :]:
             if t_ident[int(t2)] == t_ident[int(t1)]:
                 pairs.add((int(t1), int(t2), 1))
         others = all_t[ident_of != ident_of[i]]
@@ -98,10 +104,21 @@ def loose_crop(face: np.ndarray, template: np.ndarray, rng, max_angle: float, sc
     return warp_affine(face, m, (side, side)), template @ a.T + m[:, 2]
 
 
-def export_synthfaces(data, out_dir: str | os.PathLike, *, quality: int = 95, bin_name: str = "synth_val",
-                      nfolds: int = 10, templates_per_identity: int = 2, images_per_media: int = 2,
-                      impostors_per_template: int = 20, max_angle: float = math.radians(15),
-                      scale_range: tuple[float, float] = (0.9, 1.2), margin: float = 1.6, seed: int = 0) -> dict:
+def export_synthfaces(
+    data,
+    out_dir: str | os.PathLike,
+    *,
+    quality: int = 95,
+    bin_name: str = "synth_val",
+    nfolds: int = 10,
+    templates_per_identity: int = 2,
+    images_per_media: int = 2,
+    impostors_per_template: int = 20,
+    max_angle: float = math.radians(15),
+    scale_range: tuple[float, float] = (0.9, 1.2),
+    margin: float = 1.6,
+    seed: int = 0,
+) -> dict:
     """Export `data` (SynthFacesData: .train, .test, .pairs) to RecordIO + .bin + IJB-C-style meta.
 
     Returns (and writes to out_dir/export.json) the paths and counts. `max_angle` in radians.
@@ -111,8 +128,12 @@ def export_synthfaces(data, out_dir: str | os.PathLike, *, quality: int = 95, bi
     train = data.train
     order = np.argsort(train.labels, kind="stable")  # the header layout needs identities contiguous
     train_images = dataset_images(train)
-    rec = write_recordio(((train_images[i], int(train.labels[i])) for i in order), f"{out}{os.sep}",
-                         quality=quality, num_classes=train.num_classes)
+    rec = write_recordio(
+        ((train_images[i], int(train.labels[i])) for i in order),
+        f"{out}{os.sep}",
+        quality=quality,
+        num_classes=train.num_classes,
+    )
 
     test_images = dataset_images(data.test)
     rows = bin_fold_layout(data.pairs.issame, nfolds)
@@ -144,13 +165,27 @@ def export_synthfaces(data, out_dir: str | os.PathLike, *, quality: int = 95, bi
         tmp.write_text("".join(f"{t1} {t2} {lab}\n" for t1, t2, lab in pairs))
 
     summary = {
-        "recordio": rec, "bin": str(bin_path), "bin_pairs": int(len(rows)), "bin_folds": nfolds,
-        "ijb_root": str(ijb), "ijb_target": "IJBC", "ijb_images": int(len(labels)),
-        "ijb_templates": int(len(np.unique(tids))), "ijb_genuine_pairs": int(pairs[:, 2].sum()),
-        "ijb_impostor_pairs": int((pairs[:, 2] == 0).sum()), "image_size": int(size),
-        "options": {"quality": quality, "templates_per_identity": templates_per_identity,
-                    "images_per_media": images_per_media, "impostors_per_template": impostors_per_template,
-                    "max_angle_rad": max_angle, "scale_range": list(scale_range), "margin": margin, "seed": seed},
+        "recordio": rec,
+        "bin": str(bin_path),
+        "bin_pairs": len(rows),
+        "bin_folds": nfolds,
+        "ijb_root": str(ijb),
+        "ijb_target": "IJBC",
+        "ijb_images": len(labels),
+        "ijb_templates": len(np.unique(tids)),
+        "ijb_genuine_pairs": int(pairs[:, 2].sum()),
+        "ijb_impostor_pairs": int((pairs[:, 2] == 0).sum()),
+        "image_size": int(size),
+        "options": {
+            "quality": quality,
+            "templates_per_identity": templates_per_identity,
+            "images_per_media": images_per_media,
+            "impostors_per_template": impostors_per_template,
+            "max_angle_rad": max_angle,
+            "scale_range": list(scale_range),
+            "margin": margin,
+            "seed": seed,
+        },
     }
     save_json(out / "export.json", summary)
     return summary

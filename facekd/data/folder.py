@@ -10,8 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -111,8 +111,11 @@ class EncodedImageDataset(torch.utils.data.Dataset):
         x = self._to_tensor(img)
         if self.transform is not None:
             x = self.transform(x)
-        return {"image": x, "label": torch.tensor(int(self.labels[i]), dtype=torch.int64),
-                "index": torch.tensor(i, dtype=torch.int64)}
+        return {
+            "image": x,
+            "label": torch.tensor(int(self.labels[i]), dtype=torch.int64),
+            "index": torch.tensor(i, dtype=torch.int64),
+        }
 
     def __getitem__(self, i: int) -> dict:
         i = int(i)
@@ -171,8 +174,13 @@ class ImageFolderDataset(_FileListDataset):
     `.classes` holds the identity folder names, `.paths` the image paths.
     """
 
-    def __init__(self, root: str | os.PathLike, image_size: int | None = None, transform: Transform | None = None,
-                 resize: bool = False):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        image_size: int | None = None,
+        transform: Transform | None = None,
+        resize: bool = False,
+    ):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
@@ -201,9 +209,15 @@ class ListFileDataset(_FileListDataset):
     '#' are skipped. `num_classes` = max label + 1 unless given.
     """
 
-    def __init__(self, list_file: str | os.PathLike, root: str | os.PathLike | None = None,
-                 image_size: int | None = None, transform: Transform | None = None, resize: bool = False,
-                 num_classes: int | None = None):
+    def __init__(
+        self,
+        list_file: str | os.PathLike,
+        root: str | os.PathLike | None = None,
+        image_size: int | None = None,
+        transform: Transform | None = None,
+        resize: bool = False,
+        num_classes: int | None = None,
+    ):
         list_file = Path(list_file)
         if not list_file.is_file():
             raise FileNotFoundError(f"list file {list_file} does not exist")

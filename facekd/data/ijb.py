@@ -26,8 +26,10 @@ import torch
 from facekd.data.folder import EncodedImageDataset, Transform, decode_image
 
 #: insightface `face_align.arcface_dst`: left eye, right eye, nose tip, left/right mouth corner, 112×112.
-ARCFACE_DST = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-                        [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+ARCFACE_DST = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
 
 
 def arcface_template(image_size: int = 112) -> np.ndarray:
@@ -51,10 +53,12 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """
     src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
-        raise ValueError(f"similarity_transform: need two (n, 2) point sets with n >= 2, got {src.shape} and {dst.shape}")
+        raise ValueError(
+            f"similarity_transform: need two (n, 2) point sets with n >= 2, got {src.shape} and {dst.shape}"
+        )
     mu_s, mu_d = src.mean(0), dst.mean(0)
     sc, dc = src - mu_s, dst - mu_d
-    var_s = (sc ** 2).sum() / len(src)
+    var_s = (sc**2).sum() / len(src)
     if var_s == 0:
         raise ValueError("similarity_transform: all source points coincide")
     cov = dc.T @ sc / len(src)
@@ -105,7 +109,9 @@ def _lines(path: Path, nfields: int, what: str):
             if not fields:
                 continue
             if len(fields) != nfields:
-                raise ValueError(f"{path}:{lineno}: expected {nfields} fields ({what}), got {len(fields)}: {line.rstrip()!r}")
+                raise ValueError(
+                    f"{path}:{lineno}: expected {nfields} fields ({what}), got {len(fields)}: {line.rstrip()!r}"
+                )
             yield lineno, fields
 
 
@@ -181,8 +187,11 @@ def meta_paths(root: str | os.PathLike, target: str = "IJBC") -> dict[str, Path]
     if t not in ("ijbb", "ijbc"):
         raise ValueError(f"target must be IJBB or IJBC, got {target!r}")
     meta = Path(root) / "meta"
-    return {"tid_mid": meta / f"{t}_face_tid_mid.txt", "pairs": meta / f"{t}_template_pair_label.txt",
-            "5pts": meta / f"{t}_name_5pts_score.txt"}
+    return {
+        "tid_mid": meta / f"{t}_face_tid_mid.txt",
+        "pairs": meta / f"{t}_template_pair_label.txt",
+        "5pts": meta / f"{t}_name_5pts_score.txt",
+    }
 
 
 def read_ijb_meta(root: str | os.PathLike, target: str = "IJBC") -> IJBMeta:
@@ -191,11 +200,15 @@ def read_ijb_meta(root: str | os.PathLike, target: str = "IJBC") -> IJBMeta:
     names, tids, mids = read_face_tid_mid(p["tid_mid"])
     names5, landmarks, faceness = read_5pts_score(p["5pts"])
     if len(names5) != len(names):
-        raise ValueError(f"{p['5pts']}: {len(names5)} rows, {p['tid_mid']} has {len(names)}; they must match row by row")
+        raise ValueError(
+            f"{p['5pts']}: {len(names5)} rows, {p['tid_mid']} has {len(names)}; they must match row by row"
+        )
     diff = np.flatnonzero(names5 != names)
     if diff.size:
         i = int(diff[0])
-        raise ValueError(f"{p['5pts']}:{i + 1}: image {str(names5[i])!r} but {p['tid_mid']}:{i + 1} has {str(names[i])!r}")
+        raise ValueError(
+            f"{p['5pts']}:{i + 1}: image {str(names5[i])!r} but {p['tid_mid']}:{i + 1} has {str(names[i])!r}"
+        )
     t1, t2, label = read_template_pair_label(p["pairs"])
     unknown = np.setdiff1d(np.union1d(t1, t2), tids)
     if unknown.size:
@@ -212,8 +225,14 @@ class IJBDataset(EncodedImageDataset):
     (= meta.templates), `num_classes` (max template id + 1, only to satisfy the contract).
     """
 
-    def __init__(self, root: str | os.PathLike, target: str = "IJBC", image_size: int = 112,
-                 transform: Transform | None = None, flip: bool = False):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        target: str = "IJBC",
+        image_size: int = 112,
+        transform: Transform | None = None,
+        flip: bool = False,
+    ):
         self.root = Path(root)
         self.target = target
         self.meta = read_ijb_meta(root, target)
@@ -245,4 +264,6 @@ class IJBDataset(EncodedImageDataset):
         return item
 
     def _fingerprint_parts(self) -> list[str]:
-        return [f"{k}:{hashlib.sha1(p.read_bytes()).hexdigest()}" for k, p in meta_paths(self.root, self.target).items()]
+        return [
+            f"{k}:{hashlib.sha1(p.read_bytes()).hexdigest()}" for k, p in meta_paths(self.root, self.target).items()
+        ]

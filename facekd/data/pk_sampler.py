@@ -13,7 +13,7 @@ drop_last=True.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -28,8 +28,7 @@ class PKSampler(Sampler[int]):
     rank / world_size default to the torch.distributed process group (1 process otherwise).
     """
 
-    def __init__(self, labels, p: int, k: int, seed: int = 0, rank: int | None = None,
-                 world_size: int | None = None):
+    def __init__(self, labels, p: int, k: int, seed: int = 0, rank: int | None = None, world_size: int | None = None):
         self.labels = np.asarray(labels).astype(np.int64)
         if self.labels.ndim != 1:
             raise ValueError(f"PKSampler: labels must be 1-D, got shape {self.labels.shape}")
@@ -54,7 +53,7 @@ class PKSampler(Sampler[int]):
         chunks = []
         for rows in self.rows:
             r = rng.choice(rows, size=self.k, replace=True) if len(rows) < self.k else rng.permutation(rows)
-            chunks.append([r[i:i + self.k] for i in range(0, len(r) - self.k + 1, self.k)])
+            chunks.append([r[i : i + self.k] for i in range(0, len(r) - self.k + 1, self.k)])
         out = []
         alive = [i for i, c in enumerate(chunks) if c]
         while len(alive) >= self.p:
@@ -66,7 +65,7 @@ class PKSampler(Sampler[int]):
     def _local(self) -> list[np.ndarray]:
         if self._plan is None or self._plan[0] != self.epoch:
             b = self.batches()
-            self._plan = (self.epoch, b[: len(b) - len(b) % self.world][self.rank::self.world])
+            self._plan = (self.epoch, b[: len(b) - len(b) % self.world][self.rank :: self.world])
         return self._plan[1]
 
     def __iter__(self) -> Iterator[int]:

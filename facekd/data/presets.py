@@ -34,8 +34,10 @@ def get_preset(name: str) -> DatasetPreset:
     for p in PRESETS.values():
         if key in (p.name, p.folder.lower()):
             return p
-    raise ValueError(f"unknown dataset preset {name!r}; known: {', '.join(PRESETS)} (folders: "
-                     f"{', '.join(p.folder for p in PRESETS.values())})")
+    raise ValueError(
+        f"unknown dataset preset {name!r}; known: {', '.join(PRESETS)} (folders: "
+        f"{', '.join(p.folder for p in PRESETS.values())})"
+    )
 
 
 def check_against_header(preset: DatasetPreset | str, dataset, strict: bool = False) -> list[str]:

@@ -23,9 +23,9 @@ import io
 import os
 import struct
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 from PIL import Image
@@ -68,8 +68,10 @@ def unpack_payload(payload: bytes, where: str = "record") -> tuple[IRHeader, byt
     if flag > 0:
         end = IR_SIZE + 4 * flag
         if end > len(payload):
-            raise ValueError(f"{where}: IRHeader flag={flag} announces {flag} float32 labels, "
-                             f"but the payload has only {len(payload) - IR_SIZE} bytes after the header")
+            raise ValueError(
+                f"{where}: IRHeader flag={flag} announces {flag} float32 labels, "
+                f"but the payload has only {len(payload) - IR_SIZE} bytes after the header"
+            )
         labels = np.frombuffer(payload, dtype="<f4", count=flag, offset=IR_SIZE).astype(np.float32)
         return IRHeader(flag, labels, id1, id2), payload[end:]
     return IRHeader(0, np.array([label], dtype=np.float32), id1, id2), payload[IR_SIZE:]
@@ -114,7 +116,9 @@ def read_idx(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                     raise ValueError
                 key, off = int(fields[0]), int(fields[1])
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: expected 'key<TAB>offset' with two integers, got {line.rstrip()!r}") from None
+                raise ValueError(
+                    f"{path}:{lineno}: expected 'key<TAB>offset' with two integers, got {line.rstrip()!r}"
+                ) from None
             keys.append(key)
             offsets.append(off)
     if not keys:
@@ -134,8 +138,10 @@ def read_property(path: str | os.PathLike) -> tuple[int, int, int, int | None]:
         c, h, w = (int(v) for v in lines[0].split(","))
         n = int(lines[1]) if len(lines) > 1 else None
     except (ValueError, IndexError):
-        raise ValueError(f"{path}: expected 'num_classes,height,width' (and optionally the image count "
-                         f"on a second line), got {lines[:2]!r}") from None
+        raise ValueError(
+            f"{path}: expected 'num_classes,height,width' (and optionally the image count "
+            f"on a second line), got {lines[:2]!r}"
+        ) from None
     return c, h, w, n
 
 
@@ -193,20 +199,32 @@ class RecordIOReader:
         while True:
             head = os.pread(fd, 8, pos)
             if len(head) < 8:
-                raise RecordIOError(self.path, key, pos, f"truncated record: expected an 8-byte record head, "
-                                                         f"found {len(head)} bytes before the end of the file")
+                raise RecordIOError(
+                    self.path,
+                    key,
+                    pos,
+                    f"truncated record: expected an 8-byte record head, "
+                    f"found {len(head)} bytes before the end of the file",
+                )
             magic, lrec = struct.unpack("<II", head)
             if magic != MAGIC:
                 raise RecordIOError(self.path, key, pos, _bad_magic(magic))
             cflag, length = (lrec >> 29) & 7, lrec & LENGTH_MASK
             if (cflag in (2, 3)) != bool(parts):
-                what = "continuation part (cflag %d) without a start part" % cflag if not parts else \
-                    "new record (cflag %d) inside a multi-part record" % cflag
+                what = (
+                    "continuation part (cflag %d) without a start part" % cflag
+                    if not parts
+                    else "new record (cflag %d) inside a multi-part record" % cflag
+                )
                 raise RecordIOError(self.path, key, pos, what)
             data = os.pread(fd, length, pos + 8)
             if len(data) < length:
-                raise RecordIOError(self.path, key, pos, f"truncated record: lrecord announces {length} bytes, "
-                                                         f"only {len(data)} remain in the file")
+                raise RecordIOError(
+                    self.path,
+                    key,
+                    pos,
+                    f"truncated record: lrecord announces {length} bytes, only {len(data)} remain in the file",
+                )
             parts.append(data)
             pos += 8 + length + (-length % 4)
             if cflag in (0, 3):
@@ -215,8 +233,10 @@ class RecordIOReader:
 
 def _bad_magic(magic: int) -> str:
     if magic == LEGACY_MAGIC:
-        return ("magic 0x3ED7230A of the pre-2015 dmlc RecordIO format; InsightFace data uses 0xCED7230A — "
-                "re-pack the file with a current im2rec")
+        return (
+            "magic 0x3ED7230A of the pre-2015 dmlc RecordIO format; InsightFace data uses 0xCED7230A — "
+            "re-pack the file with a current im2rec"
+        )
     return f"bad magic 0x{magic:08X}, expected 0xCED7230A (not a RecordIO record, or a wrong offset in the .idx)"
 
 
@@ -232,11 +252,12 @@ def read_labels(rec: RecordIOReader, keys: np.ndarray, offsets: np.ndarray, chun
     errors: dict[int, ValueError] = {}
     nwords = rec.size // 4
     if nwords == 0:
-        return labels, {i: RecordIOError(rec.path, int(keys[i]), int(offsets[i]), "the .rec file is empty")
-                        for i in range(n)}
+        return labels, {
+            i: RecordIOError(rec.path, int(keys[i]), int(offsets[i]), "the .rec file is empty") for i in range(n)
+        }
     mm = np.memmap(rec.path, dtype="<u4", mode="r", shape=(nwords,))
     for s in range(0, n, chunk):
-        off = offsets[s:s + chunk]
+        off = offsets[s : s + chunk]
         w = off // 4
         slow = np.zeros(len(off), dtype=bool)
         bad = np.full(len(off), "", dtype=object)
@@ -254,7 +275,9 @@ def read_labels(rec: RecordIOReader, keys: np.ndarray, offsets: np.ndarray, chun
         cflag, length = (lrec >> 29) & 7, lrec & LENGTH_MASK
         bad[ok & ((cflag == 2) | (cflag == 3))] = "record starts with a continuation part (cflag 2/3)"
         ok = bad == ""
-        bad[ok & (cflag == 0) & (off + 8 + length > rec.size)] = "truncated record: payload runs past the end of the file"
+        bad[ok & (cflag == 0) & (off + 8 + length > rec.size)] = (
+            "truncated record: payload runs past the end of the file"
+        )
         ok = bad == ""
         flag = word(2)
         need = np.where(flag > 0, IR_SIZE + 4, IR_SIZE)
@@ -268,10 +291,13 @@ def read_labels(rec: RecordIOReader, keys: np.ndarray, offsets: np.ndarray, chun
         labels[s + rows] = labels_chunk
         for r in np.flatnonzero(slow):
             try:
-                header, _ = unpack_payload(rec.read(int(off[r]), int(keys[s + r])),
-                                           f"{rec.path}: key {int(keys[s + r])} at byte offset {int(off[r])}")
-                labels[s + r] = _float_labels(header.labels[:1], rec.path, keys[s + r:s + r + 1], off[r:r + 1],
-                                              errors, [s + r])[0]
+                header, _ = unpack_payload(
+                    rec.read(int(off[r]), int(keys[s + r])),
+                    f"{rec.path}: key {int(keys[s + r])} at byte offset {int(off[r])}",
+                )
+                labels[s + r] = _float_labels(
+                    header.labels[:1], rec.path, keys[s + r : s + r + 1], off[r : r + 1], errors, [s + r]
+                )[0]
             except ValueError as e:
                 errors[s + r] = e
         for r in np.flatnonzero(bad != ""):
@@ -287,8 +313,9 @@ def _float_labels(lab, path, keys, offs, errors, rows) -> np.ndarray:
     good = np.isfinite(lab) & (lab >= 0) & (lab < FLOAT32_EXACT)
     out = np.where(good, lab, -1).astype(np.int64)
     for j in np.flatnonzero(~good):
-        errors[int(rows[j])] = RecordIOError(path, int(keys[j]), int(offs[j]),
-                                             f"label {lab[j]!r} is not a class id (finite, >= 0, < 2^24)")
+        errors[int(rows[j])] = RecordIOError(
+            path, int(keys[j]), int(offs[j]), f"label {lab[j]!r} is not a class id (finite, >= 0, < 2^24)"
+        )
     return out
 
 
@@ -312,8 +339,17 @@ class RecordIODataset(EncodedImageDataset):
     Labels come from the record headers only (vectorised memmap reads, no image decoding).
     """
 
-    def __init__(self, prefix: str | os.PathLike | None = None, *, rec=None, idx=None, on_error: str = "raise",
-                 transform: Transform | None = None, image_size: int | None = None, resize: bool = False):
+    def __init__(
+        self,
+        prefix: str | os.PathLike | None = None,
+        *,
+        rec=None,
+        idx=None,
+        on_error: str = "raise",
+        transform: Transform | None = None,
+        image_size: int | None = None,
+        resize: bool = False,
+    ):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.on_error = on_error
@@ -329,18 +365,25 @@ class RecordIODataset(EncodedImageDataset):
         self.header = None
         keys = all_keys
         if 0 in key_to_off:
-            head, _ = unpack_payload(self.reader.read(key_to_off[0], 0),
-                                     f"{rec_path}: key 0 at byte offset {key_to_off[0]}")
+            head, _ = unpack_payload(
+                self.reader.read(key_to_off[0], 0), f"{rec_path}: key 0 at byte offset {key_to_off[0]}"
+            )
             if head.flag > 0:
                 if head.flag < 2:
-                    raise RecordIOError(rec_path, 0, key_to_off[0], f"header record has {head.flag} label; expected [A, B]")
+                    raise RecordIOError(
+                        rec_path, 0, key_to_off[0], f"header record has {head.flag} label; expected [A, B]"
+                    )
                 a, b = int(head.labels[0]), int(head.labels[1])
                 if not 1 <= a <= b:
-                    raise RecordIOError(rec_path, 0, key_to_off[0], f"header record label [A, B] = [{a}, {b}] needs 1 <= A <= B")
+                    raise RecordIOError(
+                        rec_path, 0, key_to_off[0], f"header record label [A, B] = [{a}, {b}] needs 1 <= A <= B"
+                    )
                 missing = [k for k in range(1, a) if k not in key_to_off]
                 if missing:
-                    raise ValueError(f"{idx_path}: header record says images are keys 1..{a - 1}, "
-                                     f"but {len(missing)} are missing from the index (first: {missing[:5]})")
+                    raise ValueError(
+                        f"{idx_path}: header record says images are keys 1..{a - 1}, "
+                        f"but {len(missing)} are missing from the index (first: {missing[:5]})"
+                    )
                 self.header = (a, b)
                 keys = np.arange(1, a, dtype=np.int64)
         offsets = np.asarray([key_to_off[k] for k in keys.tolist()], dtype=np.int64)
@@ -368,8 +411,12 @@ class RecordIODataset(EncodedImageDataset):
         self._check_property()
         if int(labels.max()) >= self.num_classes:
             row = int(np.argmax(labels))
-            raise RecordIOError(rec_path, int(keys[row]), int(offsets[row]),
-                                f"label {int(labels[row])} >= num_classes = {self.num_classes}")
+            raise RecordIOError(
+                rec_path,
+                int(keys[row]),
+                int(offsets[row]),
+                f"label {int(labels[row])} >= num_classes = {self.num_classes}",
+            )
         if image_size is None:
             image_size = self.property[1] if self.property else self._first_image_size()
         super().__init__(image_size, transform, resize)
@@ -379,12 +426,16 @@ class RecordIODataset(EncodedImageDataset):
             return
         c, h, w, n = self.property
         if c != self.num_classes:
-            raise ValueError(f"{self.property_path}: num_classes {c} disagrees with the RecordIO header "
-                             f"({self.num_classes} = B - A from record 0 of {self.rec_path})")
+            raise ValueError(
+                f"{self.property_path}: num_classes {c} disagrees with the RecordIO header "
+                f"({self.num_classes} = B - A from record 0 of {self.rec_path})"
+            )
         if h != w:
             raise ValueError(f"{self.property_path}: images are {h}x{w}; facekd expects square faces")
         if n is not None and n != len(self.keys) + len(self.skipped):
-            raise ValueError(f"{self.property_path}: says {n} images, {self.rec_path} holds {len(self.keys) + len(self.skipped)}")
+            raise ValueError(
+                f"{self.property_path}: says {n} images, {self.rec_path} holds {len(self.keys) + len(self.skipped)}"
+            )
 
     def _first_image_size(self) -> int:
         data, where = self._encoded(0)
@@ -433,12 +484,21 @@ class RecordIODataset(EncodedImageDataset):
     def _fingerprint_parts(self) -> list[str]:
         h = hashlib.sha1(self.idx_path.read_bytes()).hexdigest()
         st = self.rec_path.stat()
-        return [f"rec:{st.st_size}:{st.st_mtime_ns}", f"idx:{h}", f"prop:{self.property}",
-                f"keys:{hashlib.sha1(self.keys.tobytes()).hexdigest()}"]
+        return [
+            f"rec:{st.st_size}:{st.st_mtime_ns}",
+            f"idx:{h}",
+            f"prop:{self.property}",
+            f"keys:{hashlib.sha1(self.keys.tobytes()).hexdigest()}",
+        ]
 
 
-def write_recordio(items: Iterable[tuple[np.ndarray | bytes, int]], prefix: str | os.PathLike,
-                   with_header: bool = True, quality: int = 95, num_classes: int | None = None) -> dict:
+def write_recordio(
+    items: Iterable[tuple[np.ndarray | bytes, int]],
+    prefix: str | os.PathLike,
+    with_header: bool = True,
+    quality: int = 95,
+    num_classes: int | None = None,
+) -> dict:
     """Pack (image, label) items into `prefix.rec`, `prefix.idx` and `<dir>/property`, atomically.
 
     `prefix`: an existing folder or a path ending in '/' (→ folder/train.rec, train.idx, property),
@@ -482,8 +542,10 @@ def write_recordio(items: Iterable[tuple[np.ndarray | bytes, int]], prefix: str 
                 max_label = max(max_label, label)
                 if with_header and label != last:
                     if label in runs:
-                        raise ValueError(f"item {n}: label {label} appears again after other labels; with_header=True "
-                                         "needs the items grouped by label (sort them, or pass with_header=False)")
+                        raise ValueError(
+                            f"item {n}: label {label} appears again after other labels; with_header=True "
+                            "needs the items grouped by label (sort them, or pass with_header=False)"
+                        )
                     runs[label] = (key, key)
                     last = label
                 if with_header:
@@ -513,8 +575,15 @@ def write_recordio(items: Iterable[tuple[np.ndarray | bytes, int]], prefix: str 
                 index.insert(0, (0, 0))
         idx_tmp.write_text("".join(f"{k}\t{o}\n" for k, o in index))
         prop_tmp.write_text(f"{num_classes},{shape[0]},{shape[1]}\n{n_images}\n")
-    return {"num_images": n_images, "num_classes": int(num_classes), "height": shape[0], "width": shape[1],
-            "rec": str(rec_path), "idx": str(idx_path), "property": str(prop_path)}
+    return {
+        "num_images": n_images,
+        "num_classes": int(num_classes),
+        "height": shape[0],
+        "width": shape[1],
+        "rec": str(rec_path),
+        "idx": str(idx_path),
+        "property": str(prop_path),
+    }
 
 
 def _output_paths(prefix: str | os.PathLike) -> tuple[Path, Path, Path]:
@@ -527,8 +596,9 @@ def _output_paths(prefix: str | os.PathLike) -> tuple[Path, Path, Path]:
     return stem.with_suffix(".rec"), stem.with_suffix(".idx"), stem.parent / "property"
 
 
-def pack_dataset(ds: EncodedImageDataset, prefix: str | os.PathLike, with_header: bool = True,
-                 quality: int = 95) -> dict:
+def pack_dataset(
+    ds: EncodedImageDataset, prefix: str | os.PathLike, with_header: bool = True, quality: int = 95
+) -> dict:
     """Pack an image folder / list file dataset into RecordIO (see `write_recordio`).
 
     Images are stored as their original bytes when they are JPEGs of the dataset's size (no

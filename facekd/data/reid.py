@@ -46,10 +46,14 @@ def parse_reid_name(name: str, spec: ReIDSpec, where: str = "") -> tuple[int, in
     """File name → (pid, 0-based camera id); ValueError naming the file on a bad name or range."""
     m = _NAME.search(name)
     if m is None:
-        raise ValueError(f"{where or name}: file name does not start with '<pid>_c<camera>' (e.g. 0002_c1s1_000451_03.jpg)")
+        raise ValueError(
+            f"{where or name}: file name does not start with '<pid>_c<camera>' (e.g. 0002_c1s1_000451_03.jpg)"
+        )
     pid, cam = int(m.group(1)), int(m.group(2))
     if pid < -1 or (spec.max_pid is not None and pid > spec.max_pid):
-        raise ValueError(f"{where or name}: person id {pid} outside -1..{spec.max_pid if spec.max_pid else 'inf'} for {spec.name}")
+        raise ValueError(
+            f"{where or name}: person id {pid} outside -1..{spec.max_pid if spec.max_pid else 'inf'} for {spec.name}"
+        )
     if not 1 <= cam <= spec.num_cams:
         raise ValueError(f"{where or name}: camera {cam} outside 1..{spec.num_cams} for {spec.name}")
     return pid, cam - 1
@@ -61,8 +65,10 @@ def find_reid_root(root: str | os.PathLike, spec: ReIDSpec) -> Path:
     for cand in [*(root / s for s in spec.subdirs), root]:
         if (cand / SPLIT_DIRS["train"]).is_dir() or (cand / SPLIT_DIRS["query"]).is_dir():
             return cand
-    raise FileNotFoundError(f"{spec.name}: no {'/'.join(SPLIT_DIRS.values())} folders under {root} "
-                            f"or {', '.join(str(root / s) for s in spec.subdirs)}")
+    raise FileNotFoundError(
+        f"{spec.name}: no {'/'.join(SPLIT_DIRS.values())} folders under {root} "
+        f"or {', '.join(str(root / s) for s in spec.subdirs)}"
+    )
 
 
 class ReIDDataset(_FileListDataset):
@@ -80,9 +86,16 @@ class ReIDDataset(_FileListDataset):
     Attributes: `pids` (original ids, int64), `camids` (0-based, int64), `labels`, `num_classes`.
     """
 
-    def __init__(self, root: str | os.PathLike, dataset: str = "market1501", split: str = "train",
-                 image_size: tuple[int, int] = (256, 128), normalize: str = "imagenet",
-                 transform: Transform | None = None, relabel: bool | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        dataset: str = "market1501",
+        split: str = "train",
+        image_size: tuple[int, int] = (256, 128),
+        normalize: str = "imagenet",
+        transform: Transform | None = None,
+        relabel: bool | None = None,
+    ):
         if dataset not in SPECS:
             raise ValueError(f"unknown re-ID dataset {dataset!r}; expected one of {sorted(SPECS)}")
         if split not in SPLIT_DIRS:

@@ -8,7 +8,7 @@ epoch. The trainer never knows which strategy made the list.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -68,7 +68,7 @@ class IndexListSampler(torch.utils.data.Sampler[int]):
             self._cache = (0, self._validate(indices_or_fn, "index list"))
 
     @classmethod
-    def shuffled(cls, n: int, seed: int = 0, **kw) -> "IndexListSampler":
+    def shuffled(cls, n: int, seed: int = 0, **kw) -> IndexListSampler:
         """Uniform sampling without replacement: a fresh permutation of `range(n)` each epoch."""
         if n <= 0:
             raise ValueError(f"shuffled sampler needs n > 0, got {n}")

@@ -46,11 +46,20 @@ NUISANCES = ("yaw", "light", "expression", "blur", "occlusion")
 # Base skin tones (RGB in [0, 1]) of the four groups, light to dark.
 _SKIN = np.array([[0.93, 0.78, 0.66], [0.80, 0.60, 0.46], [0.62, 0.45, 0.32], [0.40, 0.28, 0.20]], np.float32)
 _HAIR = np.array(
-    [[0.06, 0.05, 0.05], [0.25, 0.15, 0.08], [0.45, 0.30, 0.15], [0.85, 0.70, 0.40], [0.60, 0.25, 0.10], [0.65, 0.65, 0.65]],
+    [
+        [0.06, 0.05, 0.05],
+        [0.25, 0.15, 0.08],
+        [0.45, 0.30, 0.15],
+        [0.85, 0.70, 0.40],
+        [0.60, 0.25, 0.10],
+        [0.65, 0.65, 0.65],
+    ],
     np.float32,
 )  # black, dark brown, brown, blond, red, grey
 _HAIR_P = np.array([0.35, 0.25, 0.15, 0.1, 0.07, 0.08])
-_IRIS = np.array([[0.10, 0.06, 0.03], [0.35, 0.20, 0.08], [0.20, 0.40, 0.70], [0.25, 0.50, 0.30], [0.45, 0.45, 0.50]], np.float32)
+_IRIS = np.array(
+    [[0.10, 0.06, 0.03], [0.35, 0.20, 0.08], [0.20, 0.40, 0.70], [0.25, 0.50, 0.30], [0.45, 0.45, 0.50]], np.float32
+)
 _MASKS = np.array([[0.95, 0.95, 0.95], [0.55, 0.75, 0.90], [0.10, 0.10, 0.12], [0.50, 0.50, 0.50]], np.float32)
 
 
@@ -99,20 +108,27 @@ class SynthFacesConfig(BaseModel):
         return self
 
     @classmethod
-    def preset(cls, name: Literal["quick", "default", "full"], **overrides) -> "SynthFacesConfig":
+    def preset(cls, name: Literal["quick", "default", "full"], **overrides) -> SynthFacesConfig:
         """quick: 371 train images of 40 identities, renders in < 1 s (tests, smoke runs);
         default: 32 px, ~9.2k train images of 400 identities, 150 test identities × 20 images,
         5k genuine / 100k impostor pairs; full: 48 px, ~35k train images of 1500 identities,
         400 test identities, 20k genuine / 1M impostor pairs."""
         presets = {
             "quick": dict(
-                num_train_identities=40, num_test_identities=16, max_images_per_identity=40,
-                test_images_per_identity=8, num_genuine_pairs=200, num_impostor_pairs=4000,
+                num_train_identities=40,
+                num_test_identities=16,
+                max_images_per_identity=40,
+                test_images_per_identity=8,
+                num_genuine_pairs=200,
+                num_impostor_pairs=4000,
             ),
             "default": {},
             "full": dict(
-                image_size=48, num_train_identities=1500, num_test_identities=400,
-                num_genuine_pairs=20_000, num_impostor_pairs=1_000_000,
+                image_size=48,
+                num_train_identities=1500,
+                num_test_identities=400,
+                num_genuine_pairs=20_000,
+                num_impostor_pairs=1_000_000,
             ),
         }
         if name not in presets:
@@ -167,7 +183,9 @@ class SynthFacesDataset(ArrayDataset):
     `identity_ids` int64 (N,) global identity ids (train and test ids never overlap).
     """
 
-    def __init__(self, images, labels, groups, nuisance: dict, hard, identity_ids, config_fp: str, split: str, hflip=False):
+    def __init__(
+        self, images, labels, groups, nuisance: dict, hard, identity_ids, config_fp: str, split: str, hflip=False
+    ):
         super().__init__(images, labels, groups, hflip=hflip, name=f"synthfaces/{split}")
         self.nuisance = {k: np.asarray(nuisance[k], np.float32) for k in NUISANCES}
         self.hard = np.asarray(hard, bool)
@@ -227,16 +245,31 @@ def _identity_params(rng: np.random.Generator, groups: np.ndarray) -> dict[str, 
         skin=np.clip(skin, 0, 1).astype(np.float32),
         hair=np.clip(hair, 0, 1).astype(np.float32),
         iris=_IRIS[rng.integers(0, len(_IRIS), n)],
-        face_a=U(0.50, 0.68), face_b=U(0.70, 0.88), taper=U(0.0, 0.3), face_v=U(-0.02, 0.08),
-        hairline=np.where(bald, -0.95, U(-0.72, -0.38)).astype(np.float32), hair_tilt=U(-0.3, 0.3),
+        face_a=U(0.50, 0.68),
+        face_b=U(0.70, 0.88),
+        taper=U(0.0, 0.3),
+        face_v=U(-0.02, 0.08),
+        hairline=np.where(bald, -0.95, U(-0.72, -0.38)).astype(np.float32),
+        hair_tilt=U(-0.3, 0.3),
         hair_len=np.where(rng.random(n) < 0.4, U(0.0, 0.9), U(-0.6, -0.2)).astype(np.float32),
-        eye_x=U(0.20, 0.34), eye_v=U(-0.20, -0.02), eye_rx=U(0.07, 0.12), eye_ry=U(0.035, 0.06),
-        brow_dv=U(0.09, 0.17), brow_th=U(0.02, 0.055), brow_len=U(1.1, 1.7), brow_tilt=U(-0.35, 0.35),
-        nose_len=U(0.16, 0.30), nose_w=U(0.035, 0.08),
-        mouth_v=U(0.30, 0.50), mouth_w=U(0.11, 0.24), mouth_h=U(0.022, 0.05), mouth_curv=U(-0.03, 0.03),
+        eye_x=U(0.20, 0.34),
+        eye_v=U(-0.20, -0.02),
+        eye_rx=U(0.07, 0.12),
+        eye_ry=U(0.035, 0.06),
+        brow_dv=U(0.09, 0.17),
+        brow_th=U(0.02, 0.055),
+        brow_len=U(1.1, 1.7),
+        brow_tilt=U(-0.35, 0.35),
+        nose_len=U(0.16, 0.30),
+        nose_w=U(0.035, 0.08),
+        mouth_v=U(0.30, 0.50),
+        mouth_w=U(0.11, 0.24),
+        mouth_h=U(0.022, 0.05),
+        mouth_curv=U(-0.03, 0.03),
         lip=np.clip(_SKIN[groups] * np.array([0.85, 0.5, 0.5]) + rng.normal(0, 0.03, (n, 3)), 0, 1).astype(np.float32),
         beard=np.where(rng.random(n) < 0.2, U(0.35, 0.85), 0).astype(np.float32),
-        mark_u=rng.uniform(-0.5, 0.5, (n, 2)).astype(np.float32), mark_v=rng.uniform(-0.35, 0.6, (n, 2)).astype(np.float32),
+        mark_u=rng.uniform(-0.5, 0.5, (n, 2)).astype(np.float32),
+        mark_v=rng.uniform(-0.35, 0.6, (n, 2)).astype(np.float32),
         mark_r=np.where(rng.random((n, 2)) < 0.5, rng.uniform(0.035, 0.07, (n, 2)), 0).astype(np.float32),
     )
 
@@ -254,7 +287,9 @@ def _nuisance_params(rng: np.random.Generator, n: int, cfg: SynthFacesConfig) ->
     active[np.flatnonzero(none), rng.choice(5, none.sum(), p=p / p.sum())] = True
     sign = np.where(rng.random(n) < 0.5, -1.0, 1.0)
     hard_yaw = min(cfg.hard_yaw * max(s, 1e-3), cfg.max_yaw * 0.999)
-    yaw = np.where(active[:, 0], sign * U(hard_yaw, max(hard_yaw, cfg.max_yaw * min(s, 1.0))), rng.normal(0, math.radians(5), n))
+    yaw = np.where(
+        active[:, 0], sign * U(hard_yaw, max(hard_yaw, cfg.max_yaw * min(s, 1.0))), rng.normal(0, math.radians(5), n)
+    )
     yaw = np.clip(yaw, -cfg.max_yaw, cfg.max_yaw)
     light = np.where(active[:, 1], np.clip(U(0.5, 1.0) * s, 0, 1), U(0, 0.15))
     expression = np.where(active[:, 2], np.clip(U(0.5, 1.0) * s, 0, 1), U(0, 0.15))
@@ -263,12 +298,22 @@ def _nuisance_params(rng: np.random.Generator, n: int, cfg: SynthFacesConfig) ->
     occlusion = np.where(active[:, 4], np.clip(U(0.4, 1.0) * s, 0, 1), 0.0)
     f32 = lambda x: np.asarray(x, np.float32)  # noqa: E731
     return dict(
-        yaw=f32(yaw), light=f32(light), expression=f32(expression), blur=f32(blur), occlusion=f32(occlusion),
+        yaw=f32(yaw),
+        light=f32(light),
+        expression=f32(expression),
+        blur=f32(blur),
+        occlusion=f32(occlusion),
         hard=hard,
-        light_dir=f32(U(0, 2 * np.pi)), gain=f32(np.where(active[:, 1], U(0.45, 1.3), U(0.85, 1.1))),
-        roll=f32(rng.normal(0, math.radians(4), n)), shift=f32(rng.normal(0, 0.03, (n, 2))), scale=f32(U(0.95, 1.05)),
-        smile=f32(np.where(rng.random(n) < 0.6, 1.0, -0.5)), bg=f32(U(0.1, 0.9, (n, 3))), bg_grad=f32(U(-0.2, 0.2, n)),
-        mask_color=_MASKS[rng.integers(0, len(_MASKS), n)], noise=f32(U(0.5, 1.5) * cfg.noise_std),
+        light_dir=f32(U(0, 2 * np.pi)),
+        gain=f32(np.where(active[:, 1], U(0.45, 1.3), U(0.85, 1.1))),
+        roll=f32(rng.normal(0, math.radians(4), n)),
+        shift=f32(rng.normal(0, 0.03, (n, 2))),
+        scale=f32(U(0.95, 1.05)),
+        smile=f32(np.where(rng.random(n) < 0.6, 1.0, -0.5)),
+        bg=f32(U(0.1, 0.9, (n, 3))),
+        bg_grad=f32(U(-0.2, 0.2, n)),
+        mask_color=_MASKS[rng.integers(0, len(_MASKS), n)],
+        noise=f32(U(0.5, 1.5) * cfg.noise_std),
     )
 
 
@@ -339,7 +384,11 @@ def render_faces(ident: dict, nuis: dict, size: int, rng: np.random.Generator) -
     pxu = pxf / np.maximum(cy, 0.3)  # foreshortened features: wider antialiasing in uf
 
     # fringe (front hair) along a tilted hairline
-    _over(img, np.maximum(face, head) * _soft(vf - (c(ident["hairline"]) + c(ident["hair_tilt"]) * uf), pxf), ident["hair"])
+    _over(
+        img,
+        np.maximum(face, head) * _soft(vf - (c(ident["hairline"]) + c(ident["hair_tilt"]) * uf), pxf),
+        ident["hair"],
+    )
     # beard
     _over(img, inside * c(ident["beard"]) * _soft(c(ident["mouth_v"]) - 0.06 - vf, 2 * pxf), ident["hair"] * 0.7)
     # marks
@@ -353,8 +402,16 @@ def render_faces(ident: dict, nuis: dict, size: int, rng: np.random.Generator) -
     ery = c(ident["eye_ry"]) * (1.0 - 0.6 * e)
     for side in (-1.0, 1.0):
         bu = side * ex
-        brow = _ellipse(uf, vf, bu, ev - c(ident["brow_dv"]) - 0.05 * e, erx * c(ident["brow_len"]),
-                        c(ident["brow_th"]), pxu, angle=side * c(ident["brow_tilt"]))
+        brow = _ellipse(
+            uf,
+            vf,
+            bu,
+            ev - c(ident["brow_dv"]) - 0.05 * e,
+            erx * c(ident["brow_len"]),
+            c(ident["brow_th"]),
+            pxu,
+            angle=side * c(ident["brow_tilt"]),
+        )
         _over(img, inside * brow, ident["hair"] * 0.6)
         _over(img, inside * _ellipse(uf, vf, bu, ev, erx, ery, pxu), np.full((n, 3), 0.95, np.float32))
         iris = _ellipse(uf, vf, bu, ev, 0.55 * erx, np.minimum(0.55 * erx, ery), pxu)
@@ -369,8 +426,11 @@ def render_faces(ident: dict, nuis: dict, size: int, rng: np.random.Generator) -
     curv = c(ident["mouth_curv"]) + 0.08 * e * c(nuis["smile"])
     dv = vf - mv + curv * (uf / mw) ** 2
     _over(img, inside * _ellipse(uf, dv, 0, 0, mw, mh * (1 + 2.5 * e), pxu), ident["lip"])
-    _over(img, inside * _ellipse(uf, dv, 0, 0, 0.8 * mw, np.maximum(mh * 2.2 * e, 1e-3), pxu) * (e > 0.05),
-          np.full((n, 3), 0.12, np.float32))
+    _over(
+        img,
+        inside * _ellipse(uf, dv, 0, 0, 0.8 * mw, np.maximum(mh * 2.2 * e, 1e-3), pxu) * (e > 0.05),
+        np.full((n, 3), 0.12, np.float32),
+    )
 
     # occlusion: a mask band over the lower face from a line between the eyes and the chin
     occ = c(nuis["occlusion"])
@@ -414,8 +474,14 @@ def _make_split(cfg: SynthFacesConfig, split: str, sizes: np.ndarray, id_offset:
             np.random.default_rng([cfg.seed, stream, 2, k]),
         )
     return SynthFacesDataset(
-        images, labels, groups_id[labels], {k: nuis[k] for k in NUISANCES}, nuis["hard"],
-        labels + id_offset, cfg.fingerprint(), split,
+        images,
+        labels,
+        groups_id[labels],
+        {k: nuis[k] for k in NUISANCES},
+        nuis["hard"],
+        labels + id_offset,
+        cfg.fingerprint(),
+        split,
     )
 
 
@@ -433,8 +499,12 @@ def _choose(rng, pool_hard, pool_easy, n, hard_frac, what):
             f"SynthFaces: {what} pairs: need {nh} hard and {ne} easy, have {pool_hard.shape[0]} and "
             f"{pool_easy.shape[0]}; raise test identities / images per identity or lower the pair count"
         )
-    return np.concatenate([pool_hard[rng.choice(pool_hard.shape[0], nh, replace=False)],
-                           pool_easy[rng.choice(pool_easy.shape[0], ne, replace=False)]])
+    return np.concatenate(
+        [
+            pool_hard[rng.choice(pool_hard.shape[0], nh, replace=False)],
+            pool_easy[rng.choice(pool_easy.shape[0], ne, replace=False)],
+        ]
+    )
 
 
 def make_pairs(test: SynthFacesDataset, cfg: SynthFacesConfig) -> VerificationPairs:
@@ -461,8 +531,11 @@ def make_pairs(test: SynthFacesDataset, cfg: SynthFacesConfig) -> VerificationPa
         imp = np.stack([codes // n, codes % n], 1)
         ih = hard[imp[:, 0]] | hard[imp[:, 1]]
         f = 0.0 if cfg.hard_pair_fraction is None else cfg.hard_pair_fraction
-        if ih.sum() >= f * cfg.num_impostor_pairs and (~ih).sum() >= (1 - f) * cfg.num_impostor_pairs + 1 \
-                and codes.size >= cfg.num_impostor_pairs:
+        if (
+            ih.sum() >= f * cfg.num_impostor_pairs
+            and (~ih).sum() >= (1 - f) * cfg.num_impostor_pairs + 1
+            and codes.size >= cfg.num_impostor_pairs
+        ):
             break
     impostor = _choose(rng, imp[ih], imp[~ih], cfg.num_impostor_pairs, cfg.hard_pair_fraction, "impostor")
     pairs = np.concatenate([genuine, impostor])
@@ -483,7 +556,9 @@ def make_synthfaces(cfg: SynthFacesConfig | None = None, cache_dir: str | os.Pat
         path = Path(cache_dir) / f"synthfaces-{cfg.fingerprint()}.npz"
         if path.exists():
             return _load_cache(path, cfg)
-    sizes = identity_sizes(cfg.num_train_identities, cfg.min_images_per_identity, cfg.max_images_per_identity, cfg.size_exponent)
+    sizes = identity_sizes(
+        cfg.num_train_identities, cfg.min_images_per_identity, cfg.max_images_per_identity, cfg.size_exponent
+    )
     sizes = np.random.default_rng([cfg.seed, 7]).permutation(sizes)
     train = _make_split(cfg, "train", sizes, 0, stream=1)
     test_sizes = np.full(cfg.num_test_identities, cfg.test_images_per_identity, np.int64)
@@ -498,8 +573,15 @@ def _save_cache(path: Path, data: SynthFacesData) -> None:
     arrays = {"config": np.array(data.config.model_dump_json())}
     for split in ("train", "test"):
         ds = getattr(data, split)
-        arrays.update({f"{split}/images": ds.images, f"{split}/labels": ds.labels, f"{split}/groups": ds.groups,
-                       f"{split}/hard": ds.hard, f"{split}/identity_ids": ds.identity_ids})
+        arrays.update(
+            {
+                f"{split}/images": ds.images,
+                f"{split}/labels": ds.labels,
+                f"{split}/groups": ds.groups,
+                f"{split}/hard": ds.hard,
+                f"{split}/identity_ids": ds.identity_ids,
+            }
+        )
         arrays.update({f"{split}/nuisance/{k}": v for k, v in ds.nuisance.items()})
     arrays.update({f"pairs/{f.name}": getattr(data.pairs, f.name) for f in dataclasses.fields(VerificationPairs)})
     with atomic_path(path) as tmp:
@@ -518,8 +600,14 @@ def _load_cache(path: Path, cfg: SynthFacesConfig) -> SynthFacesData:
     for split in ("train", "test"):
         g = lambda k: arrays[f"{split}/{k}"]  # noqa: E731
         splits[split] = SynthFacesDataset(
-            g("images"), g("labels"), g("groups"), {k: g(f"nuisance/{k}") for k in NUISANCES}, g("hard"),
-            g("identity_ids"), cfg.fingerprint(), split,
+            g("images"),
+            g("labels"),
+            g("groups"),
+            {k: g(f"nuisance/{k}") for k in NUISANCES},
+            g("hard"),
+            g("identity_ids"),
+            cfg.fingerprint(),
+            split,
         )
     pairs = VerificationPairs(**{f.name: arrays[f"pairs/{f.name}"] for f in dataclasses.fields(VerificationPairs)})
     return SynthFacesData(splits["train"], splits["test"], pairs, cfg)

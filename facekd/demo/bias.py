@@ -24,8 +24,14 @@ NAMES = {"uniform": "baseline", "usi": "USI", "extrinsic": "ES", "intrinsic": "I
 
 def _sampler(ctx: DemoContext, method: str, seed: int, bandwidth: float = H_IS):
     cache = ctx.teacher_cache()
-    return epoch_fn(method, embeddings=np.asarray(cache.embeddings), labels=cache.labels, seed=seed,
-                    bandwidth=bandwidth, progress=False)
+    return epoch_fn(
+        method,
+        embeddings=np.asarray(cache.embeddings),
+        labels=cache.labels,
+        seed=seed,
+        bandwidth=bandwidth,
+        progress=False,
+    )
 
 
 def _plot(ctx: DemoContext, filename: str, draw) -> str:
@@ -63,8 +69,14 @@ def run_lists(ctx: DemoContext) -> dict:
     n = len(labels)
     groups = np.asarray(ctx.data.train.groups)
     bw = bandwidth_rule(x, labels)
-    out = {"n": n, "bandwidth_rule_deg": bw.degrees, "bandwidth_skipped": bw.n_skipped,
-           "uniformity": {m: [] for m in LISTS}, "group_share": {}, "per_identity": {}}
+    out = {
+        "n": n,
+        "bandwidth_rule_deg": bw.degrees,
+        "bandwidth_skipped": bw.n_skipped,
+        "uniformity": {m: [] for m in LISTS},
+        "group_share": {},
+        "per_identity": {},
+    }
     lists = {}
     for seed in ctx.seeds:
         for m in LISTS:
@@ -77,7 +89,9 @@ def run_lists(ctx: DemoContext) -> dict:
         out["per_identity"][m] = np.bincount(labels[s], minlength=int(labels.max()) + 1).tolist()
     counts = np.bincount(lists["intrinsic"], minlength=n)
     order = np.argsort(counts, kind="stable")
-    out["grid"] = _grid(ctx, {"IS: most sampled": order[::-1][:10], "IS: least sampled": order[:10]}, "bias_fig6_grid.png")
+    out["grid"] = _grid(
+        ctx, {"IS: most sampled": order[::-1][:10], "IS: least sampled": order[:10]}, "bias_fig6_grid.png"
+    )
     hard = np.asarray(getattr(ctx.data.train, "hard", np.zeros(n, bool)), bool)
     out["hard_share"] = {m: float(hard[s].mean()) for m, s in lists.items()}
     out["fig7"] = _plot(ctx, "bias_fig7_per_identity.png", lambda plt: _fig7(plt, out["per_identity"]))
@@ -98,11 +112,15 @@ def _fig7(plt, per_identity: dict) -> object:
 
 def report_lists(ctx: DemoContext, r: dict) -> str:
     base = np.array(r["uniformity"]["uniform"])
-    lines = [f"Teacher embeddings of {r['n']} training images; h = 12° (the bandwidth rule, Eq. 5-7, gives "
-             f"{r['bandwidth_rule_deg']:.1f}°, {r['bandwidth_skipped']} classes skipped). Uniformity = entropy of the "
-             "list's smoothed density over the dataset points / log N (Eq. 4, 9); mean ± std over seeds "
-             f"{ctx.seeds}. Paper (MS1MV3): USI +0.032, ES +0.089, IS +0.093.", "",
-             "| list | U / log N | Δ vs baseline | share of hard images | group shares |", "|---|---|---|---|---|"]
+    lines = [
+        f"Teacher embeddings of {r['n']} training images; h = 12° (the bandwidth rule, Eq. 5-7, gives "
+        f"{r['bandwidth_rule_deg']:.1f}°, {r['bandwidth_skipped']} classes skipped). Uniformity = entropy of the "
+        "list's smoothed density over the dataset points / log N (Eq. 4, 9); mean ± std over seeds "
+        f"{ctx.seeds}. Paper (MS1MV3): USI +0.032, ES +0.089, IS +0.093.",
+        "",
+        "| list | U / log N | Δ vs baseline | share of hard images | group shares |",
+        "|---|---|---|---|---|",
+    ]
     for m in LISTS:
         u = np.array(r["uniformity"][m])
         shares = " / ".join(f"{v:.3f}" for v in r["group_share"][m])
@@ -126,34 +144,51 @@ def _students(ctx: DemoContext, variants: dict[str, dict]) -> dict:
 
 def run_table2(ctx: DemoContext) -> dict:
     kd = kd_baseline(ctx)
-    return _students(ctx, {
-        "scratch": {"key": KEY_SCRATCH}, "KD": {"key": KEY_KD, "distill": kd},
-        "KD + ES": {"key": "bias_kd_es", "distill": kd, "sample": "extrinsic"},
-        "KD + IS": {"key": "bias_kd_is", "distill": kd, "sample": "intrinsic"},
-    })
+    return _students(
+        ctx,
+        {
+            "scratch": {"key": KEY_SCRATCH},
+            "KD": {"key": KEY_KD, "distill": kd},
+            "KD + ES": {"key": "bias_kd_es", "distill": kd, "sample": "extrinsic"},
+            "KD + IS": {"key": "bias_kd_is", "distill": kd, "sample": "intrinsic"},
+        },
+    )
 
 
 def run_table5(ctx: DemoContext) -> dict:
     kd = kd_baseline(ctx)
-    return _students(ctx, {
-        "KD": {"key": KEY_KD, "distill": kd},
-        "KD + USI": {"key": "bias_kd_usi", "distill": kd, "sample": "usi"},
-        "KD + Focal": {"key": "bias_kd_focal", "distill": kd, "cls_loss": "focal"},
-        "KD + CB": {"key": "bias_kd_cb", "distill": kd, "cls_loss": "cb"},
-        "KD + LDAM": {"key": "bias_kd_ldam", "distill": kd, "head": "cosface", "head_options": {"m": 0.0},
-                      "cls_loss": "ldam"},
-        "KD + ES": {"key": "bias_kd_es", "distill": kd, "sample": "extrinsic"},
-        "KD + IS": {"key": "bias_kd_is", "distill": kd, "sample": "intrinsic"},
-        "scratch + ES (Table 6)": {"key": "bias_scratch_es", "sample": "extrinsic"},
-        "scratch + IS (Table 6)": {"key": "bias_scratch_is", "sample": "intrinsic"},
-    })
+    return _students(
+        ctx,
+        {
+            "KD": {"key": KEY_KD, "distill": kd},
+            "KD + USI": {"key": "bias_kd_usi", "distill": kd, "sample": "usi"},
+            "KD + Focal": {"key": "bias_kd_focal", "distill": kd, "cls_loss": "focal"},
+            "KD + CB": {"key": "bias_kd_cb", "distill": kd, "cls_loss": "cb"},
+            "KD + LDAM": {
+                "key": "bias_kd_ldam",
+                "distill": kd,
+                "head": "cosface",
+                "head_options": {"m": 0.0},
+                "cls_loss": "ldam",
+            },
+            "KD + ES": {"key": "bias_kd_es", "distill": kd, "sample": "extrinsic"},
+            "KD + IS": {"key": "bias_kd_is", "distill": kd, "sample": "intrinsic"},
+            "scratch + ES (Table 6)": {"key": "bias_scratch_es", "sample": "extrinsic"},
+            "scratch + IS (Table 6)": {"key": "bias_scratch_is", "sample": "intrinsic"},
+        },
+    )
 
 
 def run_fig5(ctx: DemoContext) -> dict:
     kd = kd_baseline(ctx)
     degs = (3, 6, 12, 24, 48)
-    res = _students(ctx, {f"KD + IS h={d}°": {"key": f"bias_kd_is_h{d}", "distill": kd, "sample": "intrinsic",
-                                             "h": math.radians(d)} for d in degs})
+    res = _students(
+        ctx,
+        {
+            f"KD + IS h={d}°": {"key": f"bias_kd_is_h{d}", "distill": kd, "sample": "intrinsic", "h": math.radians(d)}
+            for d in degs
+        },
+    )
     base = _students(ctx, {"KD": {"key": KEY_KD, "distill": kd}})["KD"]
     res["KD"] = base
     tar = lambda evs: float(np.mean([t["tar"] for ev in evs for t in ev["tar_at_far"] if math.isclose(t["far"], 1e-3)]))
@@ -193,16 +228,26 @@ def run_fig4(ctx: DemoContext) -> dict:
             ax.set_xlabel("angle to same-identity images (deg)")
         return fig
 
-    return {"probes": probes, "plot": _plot(ctx, "bias_fig4_within_identity.png", draw),
-            "median_deg": {k: float(np.median(v)) for k, v in hist.items()}}
+    return {
+        "probes": probes,
+        "plot": _plot(ctx, "bias_fig4_within_identity.png", draw),
+        "median_deg": {k: float(np.median(v)) for k, v in hist.items()},
+    }
 
 
 def _student_report(intro: str):
     def report(ctx: DemoContext, r: dict) -> str:
         rows = r.get("students", r)
         rows = {k: v for k, v in rows.items() if isinstance(v, list)}
-        text = [intro.format(seeds=ctx.seeds), "", metrics_table(rows), "",
-                "Per demographic group, TAR at the global FAR=1e-3 threshold:", "", group_table(rows, far=1e-3)]
+        text = [
+            intro.format(seeds=ctx.seeds),
+            "",
+            metrics_table(rows),
+            "",
+            "Per demographic group, TAR at the global FAR=1e-3 threshold:",
+            "",
+            group_table(rows, far=1e-3),
+        ]
         if "plot" in r:
             text += ["", f"![plot]({r['plot']})"]
         return "\n".join(text)
@@ -215,18 +260,61 @@ def report_fig4(ctx: DemoContext, r: dict) -> str:
     return f"Median within-identity angle per probe: {med}.\n\n![within-identity angles]({r['plot']})"
 
 
-register(Experiment("bias.lists", "default", run_lists, report_lists,
-                    title="Data bias: uniformity of sample lists (Table 1, Fig. 6, Fig. 7)", order=30))
-register(Experiment("bias.table2", "default", run_table2, _student_report(
-    "Students trained with uniform, Extrinsic and Intrinsic (h = 12°) sampling lists regenerated each epoch; "
-    "mean ± std over seeds {seeds} (Table 2). Compare the direction with the paper: KD+IS ≥ KD+ES ≥ KD > scratch."),
-    title="Data bias: KD with Extrinsic / Intrinsic Sampling (Table 2)", order=31))
-register(Experiment("bias.table5", "full", run_table5, _student_report(
-    "Baselines of Table 5 (USI, Focal γ=2, Class-Balanced β=0.9999, LDAM with C_max=0.5 on a margin-free "
-    "CosFace head) and Table 6 (ES / IS without distillation); seeds {seeds}."),
-    title="Data bias: re-weighting and re-sampling baselines (Tables 5, 6)", order=32))
-register(Experiment("bias.fig5", "full", run_fig5, _student_report(
-    "TAR vs the Intrinsic Sampling bandwidth h (Fig. 5); the dashed line is KD with uniform sampling; seeds {seeds}."),
-    title="Data bias: IS bandwidth sweep (Fig. 5)", order=33))
-register(Experiment("bias.fig4", "full", run_fig4, report_fig4,
-                    title="Data bias: within-identity angle histograms (Fig. 4)", order=34))
+register(
+    Experiment(
+        "bias.lists",
+        "default",
+        run_lists,
+        report_lists,
+        title="Data bias: uniformity of sample lists (Table 1, Fig. 6, Fig. 7)",
+        order=30,
+    )
+)
+register(
+    Experiment(
+        "bias.table2",
+        "default",
+        run_table2,
+        _student_report(
+            "Students trained with uniform, Extrinsic and Intrinsic (h = 12°) sampling lists regenerated each epoch; "
+            "mean ± std over seeds {seeds} (Table 2). Compare the direction with the paper: KD+IS ≥ KD+ES ≥ KD > scratch."
+        ),
+        title="Data bias: KD with Extrinsic / Intrinsic Sampling (Table 2)",
+        order=31,
+    )
+)
+register(
+    Experiment(
+        "bias.table5",
+        "full",
+        run_table5,
+        _student_report(
+            "Baselines of Table 5 (USI, Focal γ=2, Class-Balanced β=0.9999, LDAM with C_max=0.5 on a margin-free "
+            "CosFace head) and Table 6 (ES / IS without distillation); seeds {seeds}."
+        ),
+        title="Data bias: re-weighting and re-sampling baselines (Tables 5, 6)",
+        order=32,
+    )
+)
+register(
+    Experiment(
+        "bias.fig5",
+        "full",
+        run_fig5,
+        _student_report(
+            "TAR vs the Intrinsic Sampling bandwidth h (Fig. 5); the dashed line is KD with uniform sampling; seeds {seeds}."
+        ),
+        title="Data bias: IS bandwidth sweep (Fig. 5)",
+        order=33,
+    )
+)
+register(
+    Experiment(
+        "bias.fig4",
+        "full",
+        run_fig4,
+        report_fig4,
+        title="Data bias: within-identity angle histograms (Fig. 4)",
+        order=34,
+    )
+)

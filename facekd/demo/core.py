@@ -17,10 +17,11 @@ import inspect
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -54,8 +55,8 @@ class Experiment:
 
     name: str
     tier: Tier
-    run: Callable[["DemoContext"], dict]
-    report: Callable[["DemoContext", dict], str]
+    run: Callable[[DemoContext], dict]
+    report: Callable[[DemoContext, dict], str]
     title: str = ""
     order: int = 100
 
@@ -144,12 +145,16 @@ def tier_settings(tier: str, seeds: Sequence[int] | None = None) -> DemoSettings
     """The demo's settings for `tier` (times measured on 2 CPU cores, see docs/training.md)."""
     presets: dict[str, dict] = {
         "quick": dict(
-            seeds=[0], data_preset="quick", data={},
+            seeds=[0],
+            data_preset="quick",
+            data={},
             teacher=dict(arch="iresnet_tiny", epochs=16, batch_size=32, lr=0.1),
             student=dict(arch="mbf_tiny", epochs=10, batch_size=32, lr=0.1),
         ),
         "default": dict(
-            seeds=[0, 1], data_preset="default", data=dict(num_train_identities=200),
+            seeds=[0, 1],
+            data_preset="default",
+            data=dict(num_train_identities=200),
             teacher=dict(arch="iresnet_tiny", epochs=8, batch_size=64, lr=0.1),
             student=dict(arch="mbf_tiny", epochs=5, batch_size=64, lr=0.1),
         ),
@@ -157,7 +162,9 @@ def tier_settings(tier: str, seeds: Sequence[int] | None = None) -> DemoSettings
         # default run directory (`--out runs/demo/default`) reuses the default demo's teacher and
         # students instead of training them again.
         "full": dict(
-            seeds=[0, 1, 2], data_preset="default", data=dict(num_train_identities=200),
+            seeds=[0, 1, 2],
+            data_preset="default",
+            data=dict(num_train_identities=200),
             teacher=dict(arch="iresnet_tiny", epochs=8, batch_size=64, lr=0.1),
             student=dict(arch="mbf_tiny", epochs=5, batch_size=64, lr=0.1),
         ),
@@ -229,8 +236,18 @@ class DemoContext:
         return make_synthfaces(cfg, cache_dir=self.run_dir / "data")
 
     # ---- generic training
-    def train_task(self, key: str, build: Callable[[], nn.Module], spec: dict, net: NetSettings, seed: int,
-                   dataset=None, sampler=None, epochs: int | None = None, train_overrides: dict | None = None) -> nn.Module:
+    def train_task(
+        self,
+        key: str,
+        build: Callable[[], nn.Module],
+        spec: dict,
+        net: NetSettings,
+        seed: int,
+        dataset=None,
+        sampler=None,
+        epochs: int | None = None,
+        train_overrides: dict | None = None,
+    ) -> nn.Module:
         """Train the task made by `build()` (called after seeding with `seed`) in `run_dir/key`.
 
         `spec` describes everything that defines the run (JSON-able; arrays / callables are
@@ -240,25 +257,34 @@ class DemoContext:
         from facekd.train import TrainConfig, train
 
         run = self.run_dir / key
-        cfg = TrainConfig(epochs=epochs or net.epochs, batch_size=net.batch_size, lr=net.lr,
-                          warmup_epochs=net.warmup_epochs, seed=seed, log_every=10,
-                          **(train_overrides or {}))
+        cfg = TrainConfig(
+            epochs=epochs or net.epochs,
+            batch_size=net.batch_size,
+            lr=net.lr,
+            warmup_epochs=net.warmup_epochs,
+            seed=seed,
+            log_every=10,
+            **(train_overrides or {}),
+        )
         full_spec = _spec_digest({**spec, "net": net.model_dump(), "train": cfg.model_dump(mode="json")})
         spec_path = run / "spec.json"
         if spec_path.exists():
             saved = json.loads(spec_path.read_text())
             if saved != full_spec:
                 diff = sorted(k for k in set(saved) | set(full_spec) if saved.get(k) != full_spec.get(k))
-                raise ValueError(f"{run} holds a run with a different spec (differs in {diff}); "
-                                 "delete that directory or use another key")
+                raise ValueError(
+                    f"{run} holds a run with a different spec (differs in {diff}); "
+                    "delete that directory or use another key"
+                )
         else:
             save_json(spec_path, full_spec)
         seed_everything(seed)
         task = build()
         if not (run / "done").exists():
             self.log(f"training {key} ({cfg.epochs} epochs)")
-        return train(task, dataset if dataset is not None else self.data.train, cfg, run, sampler=sampler,
-                     progress=self.progress)
+        return train(
+            task, dataset if dataset is not None else self.data.train, cfg, run, sampler=sampler, progress=self.progress
+        )
 
     # ---- teacher
     def teacher(self) -> nn.Module:
@@ -272,8 +298,10 @@ class DemoContext:
             data = self.data.train.with_hflip(True) if net.hflip else self.data.train
 
             def build():
-                return FaceTask(get_model(net.arch, embedding_size=net.embedding_size, input_size=data.image_size),
-                                head=get_head("arcface", net.embedding_size, data.num_classes))
+                return FaceTask(
+                    get_model(net.arch, embedding_size=net.embedding_size, input_size=data.image_size),
+                    head=get_head("arcface", net.embedding_size, data.num_classes),
+                )
 
             task = self.train_task("teacher", build, {"kind": "teacher", "head": "arcface"}, net, seed=0, dataset=data)
             self._teacher = task.student.eval()
@@ -284,15 +312,28 @@ class DemoContext:
         """EmbeddingCache of the teacher on the training set (normalised, no flip)."""
         from facekd.embed import embed_dataset
 
-        return embed_dataset(self.teacher(), self.data.train, self.run_dir / "teacher" / "cache_train",
-                             progress=self.progress)
+        return embed_dataset(
+            self.teacher(), self.data.train, self.run_dir / "teacher" / "cache_train", progress=self.progress
+        )
 
     # ---- students
-    def train_student(self, key: str, seed: int, arch: str | None = None, head: str | None = "arcface",
-                      cls_loss: str = "ce", distill: dict | None = None, teacher: Any = "cache",
-                      sampler=None, epochs: int | None = None, train_overrides: dict | None = None,
-                      head_options: dict | None = None, cls_loss_options: dict | None = None,
-                      embedding_size: int | None = None, dataset=None) -> nn.Module:
+    def train_student(
+        self,
+        key: str,
+        seed: int,
+        arch: str | None = None,
+        head: str | None = "arcface",
+        cls_loss: str = "ce",
+        distill: dict | None = None,
+        teacher: Any = "cache",
+        sampler=None,
+        epochs: int | None = None,
+        train_overrides: dict | None = None,
+        head_options: dict | None = None,
+        cls_loss_options: dict | None = None,
+        embedding_size: int | None = None,
+        dataset=None,
+    ) -> nn.Module:
         """Train (or reuse) a student in `run_dir/students/<key>/seed<seed>`; returns the backbone.
 
         head: "arcface" | "cosface" | "softmax" | None (feature-only: needs `distill`).
@@ -310,8 +351,9 @@ class DemoContext:
 
         net = self.settings.student
         if arch is not None or embedding_size is not None:
-            net = net.model_copy(update={k: v for k, v in (("arch", arch), ("embedding_size", embedding_size))
-                                         if v is not None})
+            net = net.model_copy(
+                update={k: v for k, v in (("arch", arch), ("embedding_size", embedding_size)) if v is not None}
+            )
         data = dataset if dataset is not None else self.data.train
         provider_spec: Any = None
         if distill is not None:
@@ -326,10 +368,20 @@ class DemoContext:
 
                 provider_spec = {"online": model_checksum(teacher)}
             else:
-                raise ValueError(f"train_student: teacher must be 'cache', 'online', an EmbeddingCache or a model, got {teacher!r}")
-        spec = {"kind": "student", "head": head, "head_options": head_options, "cls_loss": cls_loss,
-                "cls_loss_options": cls_loss_options, "distill": distill, "teacher": provider_spec,
-                "sampler": sampler, "dataset": str(data.fingerprint())}
+                raise ValueError(
+                    f"train_student: teacher must be 'cache', 'online', an EmbeddingCache or a model, got {teacher!r}"
+                )
+        spec = {
+            "kind": "student",
+            "head": head,
+            "head_options": head_options,
+            "cls_loss": cls_loss,
+            "cls_loss_options": cls_loss_options,
+            "distill": distill,
+            "teacher": provider_spec,
+            "sampler": sampler,
+            "dataset": str(data.fingerprint()),
+        }
 
         def build():
             from facekd.losses.classification import get_cls_loss
@@ -354,15 +406,32 @@ class DemoContext:
                     provider = CachedTeacher(teacher)
                 else:
                     provider = OnlineTeacher(teacher)
-                t_dim = provider.dim if isinstance(provider, CachedTeacher) else embedding_dim(provider.model, data.image_size)
-                distiller = Distiller.from_config(dict(distill), student_dim=net.embedding_size, teacher_dim=t_dim,
-                                                  student=student,
-                                                  teacher=provider.model if isinstance(provider, OnlineTeacher) else None,
-                                                  input_size=data.image_size)
+                t_dim = (
+                    provider.dim
+                    if isinstance(provider, CachedTeacher)
+                    else embedding_dim(provider.model, data.image_size)
+                )
+                distiller = Distiller.from_config(
+                    dict(distill),
+                    student_dim=net.embedding_size,
+                    teacher_dim=t_dim,
+                    student=student,
+                    teacher=provider.model if isinstance(provider, OnlineTeacher) else None,
+                    input_size=data.image_size,
+                )
             return FaceTask(student, head=h, cls_loss=loss_fn, distiller=distiller, teacher=provider)
 
-        task = self.train_task(f"students/{key}/seed{seed}", build, spec, net, seed, dataset=data, sampler=sampler,
-                               epochs=epochs, train_overrides=train_overrides)
+        task = self.train_task(
+            f"students/{key}/seed{seed}",
+            build,
+            spec,
+            net,
+            seed,
+            dataset=data,
+            sampler=sampler,
+            epochs=epochs,
+            train_overrides=train_overrides,
+        )
         return task.student.eval()
 
     # ---- evaluation
@@ -375,12 +444,14 @@ class DemoContext:
         from facekd.embed import embed_dataset
         from facekd.evaluate.verification import evaluate_pairs
 
-        cache = embed_dataset(model, self.data.test, self.run_dir / "eval" / name, flip=self.settings.eval_flip,
-                              progress=self.progress)
+        cache = embed_dataset(
+            model, self.data.test, self.run_dir / "eval" / name, flip=self.settings.eval_flip, progress=self.progress
+        )
         key = cache.meta["model_sha256"]
         if self._evals.get(name, {}).get("_model") != key:
-            result = evaluate_pairs(np.asarray(cache.embeddings), self.data.pairs, groups=self.data.test.groups,
-                                    fars=FARS)
+            result = evaluate_pairs(
+                np.asarray(cache.embeddings), self.data.pairs, groups=self.data.test.groups, fars=FARS
+            )
             self._evals[name] = {"_model": key, "result": result}
         return self._evals[name]["result"]
 
@@ -443,8 +514,12 @@ def group_table(rows: dict[str, list[dict]], far: float = 1e-3) -> str:
     for name, evs in rows.items():
         cells = []
         for g in groups:
-            vals = [t["tar"] for ev in evs for t in ev["groups"].get(g, {}).get("at_global_threshold", [])
-                    if math.isclose(t["far"], far)]
+            vals = [
+                t["tar"]
+                for ev in evs
+                for t in ev["groups"].get(g, {}).get("at_global_threshold", [])
+                if math.isclose(t["far"], far)
+            ]
             cells.append(mean_std(vals, 3))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -461,8 +536,14 @@ def code_digest(exp: Experiment) -> str:
     return hashlib.sha256(Path(inspect.getsourcefile(exp.run)).read_bytes()).hexdigest()[:16]
 
 
-def run_demo(tier: str = "default", out: str | Path | None = None, seeds: Sequence[int] | None = None,
-             only: Sequence[str] | None = None, progress: bool = True, settings: DemoSettings | None = None) -> Path:
+def run_demo(
+    tier: str = "default",
+    out: str | Path | None = None,
+    seeds: Sequence[int] | None = None,
+    only: Sequence[str] | None = None,
+    progress: bool = True,
+    settings: DemoSettings | None = None,
+) -> Path:
     """Run every experiment of `tier` (reusing stored results, see `code_digest`) and write the report.
 
     out: run directory (default runs/demo/<tier>). Returns the path of report.md.
@@ -490,8 +571,16 @@ def run_demo(tier: str = "default", out: str | Path | None = None, seeds: Sequen
         t = time.perf_counter()
         result = exp.run(ctx)
         wall = time.perf_counter() - t
-        save_json(store, {"name": exp.name, "settings": settings.digest(), "code": code_digest(exp), "wall_s": wall,
-                          "result": result})
+        save_json(
+            store,
+            {
+                "name": exp.name,
+                "settings": settings.digest(),
+                "code": code_digest(exp),
+                "wall_s": wall,
+                "result": result,
+            },
+        )
         results[exp.name] = (json.loads(json.dumps(result, default=str)), wall)
         ctx.log(f"{exp.name}: done in {wall:.1f} s")
     wall_total = time.perf_counter() - t0
@@ -500,8 +589,9 @@ def run_demo(tier: str = "default", out: str | Path | None = None, seeds: Sequen
     return report
 
 
-def write_report(ctx: DemoContext, chosen: list[Experiment], results: dict[str, tuple[dict, float]],
-                 wall_total: float) -> Path:
+def write_report(
+    ctx: DemoContext, chosen: list[Experiment], results: dict[str, tuple[dict, float]], wall_total: float
+) -> Path:
     """report.md: header (tier, seeds, wall time, config), then one section per experiment."""
     s = ctx.settings
     parts = [
@@ -516,13 +606,34 @@ def write_report(ctx: DemoContext, chosen: list[Experiment], results: dict[str, 
     ]
     for exp in chosen:
         result, wall = results[exp.name]
-        parts += ["", f"## {exp.title or exp.name}", "", exp.report(ctx, result).strip(), "",
-                  f"_experiment `{exp.name}`, run time {wall:.1f} s_"]
+        parts += [
+            "",
+            f"## {exp.title or exp.name}",
+            "",
+            exp.report(ctx, result).strip(),
+            "",
+            f"_experiment `{exp.name}`, run time {wall:.1f} s_",
+        ]
     path = ctx.run_dir / "report.md"
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(parts) + "\n")
     return path
 
 
-__all__ = ["Experiment", "EXPERIMENTS", "register", "experiments_for", "DemoSettings", "NetSettings", "tier_settings",
-           "DemoContext", "headline", "mean_std", "metrics_table", "group_table", "run_demo", "write_report", "FARS"]
+__all__ = [
+    "EXPERIMENTS",
+    "FARS",
+    "DemoContext",
+    "DemoSettings",
+    "Experiment",
+    "NetSettings",
+    "experiments_for",
+    "group_table",
+    "headline",
+    "mean_std",
+    "metrics_table",
+    "register",
+    "run_demo",
+    "tier_settings",
+    "write_report",
+]

@@ -41,7 +41,11 @@ METHODS: dict[str, tuple[dict, float, str]] = {
     "uniform": ({"loss": "l2", "weighting": "uniform"}, L2_LAMBDA, "cache"),
     "pad": ({"loss": "l2", "weighting": "pad", "options": PAD_DEMO}, L2_LAMBDA, "cache"),
     "hard_mining": ({"loss": "l2", "weighting": "hard_mining", "options": {"T": 0.5}}, L2_LAMBDA, "cache"),
-    "hard_discarding": ({"loss": "l2", "weighting": "hard_discarding", "options": {"fraction": 0.1}}, L2_LAMBDA, "cache"),
+    "hard_discarding": (
+        {"loss": "l2", "weighting": "hard_discarding", "options": {"fraction": 0.1}},
+        L2_LAMBDA,
+        "cache",
+    ),
     "soft_exp_T0.1": ({"loss": "l2", "weighting": "soft_exp", "options": {"T": 0.1}}, L2_LAMBDA, "cache"),
     "soft_exp_T0.5": ({"loss": "l2", "weighting": "soft_exp", "options": {"T": 0.5}}, L2_LAMBDA, "cache"),
     "soft_exp_T2": ({"loss": "l2", "weighting": "soft_exp", "options": {"T": 2.0}}, L2_LAMBDA, "cache"),
@@ -52,7 +56,11 @@ METHODS: dict[str, tuple[dict, float, str]] = {
     "fitnet": ({"loss": "fitnet", "options": {"dim_reduce": "mean"}}, 1.0, "online"),
     "pad_fitnet": ({"loss": "fitnet", "weighting": "pad", "options": {**PAD_DEMO, "init_logvar": 0.0}}, 1.0, "online"),
     "at": ({"loss": "at", "options": {"dim_reduce": "mean"}}, 1000.0, "online"),
-    "pad_at": ({"loss": "at", "weighting": "pad", "options": {**PAD_DEMO, "init_logvar": -math.log(1000.0)}}, 1.0, "online"),
+    "pad_at": (
+        {"loss": "at", "weighting": "pad", "options": {**PAD_DEMO, "init_logvar": -math.log(1000.0)}},
+        1.0,
+        "online",
+    ),
     "hkd": ({"loss": "hkd", "options": {"temperature": 4.0}}, 1.0, "online_logits"),
     "rkd": ({"loss": "rkd"}, 1.0, "cache"),
     "cc": ({"loss": "cc"}, 1.0, "cache"),
@@ -127,7 +135,7 @@ def _load_distiller(ctx: DemoContext, key: str, seed: int, spec: dict, student_d
 
     ckpt = load_checkpoint(ctx.run_dir / "students" / key / f"seed{seed}" / "checkpoints" / "last.pt")
     d = Distiller.from_config(dict(spec), student_dim, teacher_dim)
-    state = {k[len("distiller."):]: v for k, v in ckpt["task"].items() if k.startswith("distiller.")}
+    state = {k[len("distiller.") :]: v for k, v in ckpt["task"].items() if k.startswith("distiller.")}
     d.load_state_dict(state)
     return d.eval()
 
@@ -140,15 +148,20 @@ def _train_set_stats(ctx: DemoContext, method: str, seed: int) -> dict[str, np.n
 
     key, spec, _ = _spec(ctx, method)
     student = ctx.train_student(key, seed, distill=spec)
-    cache = embed_dataset(student, ctx.data.train, ctx.run_dir / "eval" / f"train_{key}_seed{seed}",
-                          normalize=False, progress=ctx.progress)
+    cache = embed_dataset(
+        student,
+        ctx.data.train,
+        ctx.run_dir / "eval" / f"train_{key}_seed{seed}",
+        normalize=False,
+        progress=ctx.progress,
+    )
     s_emb = torch.from_numpy(np.array(cache.embeddings, dtype=np.float32))
     t_emb = torch.from_numpy(np.array(ctx.teacher_cache().embeddings, dtype=np.float32))
     d = _load_distiller(ctx, key, seed, spec, s_emb.shape[1], t_emb.shape[1])
     gap, var = [], []
     with torch.no_grad():
         for i in range(0, len(s_emb), 512):
-            fs, ft = Features(s_emb[i:i + 512]), Features(t_emb[i:i + 512])
+            fs, ft = Features(s_emb[i : i + 512]), Features(t_emb[i : i + 512])
             s, t = d.embedding_pair(fs, ft)
             gap.append((s - t).pow(2).sum(dim=1))
             if d.is_pad:
@@ -178,10 +191,17 @@ def _fig2(ctx: DemoContext, pad: dict, base: dict, bins: int = 10) -> dict:
     rows = []
     for b in range(bins):
         m = which == b
-        rows.append({"variance_lo": float(edges[b]), "variance_hi": float(edges[b + 1]), "proportion": float(m.mean()),
-                     "gap_pad": float(pad["gap"][m].mean()), "gap_uniform": float(base["gap"][m].mean()),
-                     "effect_pad": float((pad["weight"][m] * pad["gap"][m]).mean()),
-                     "effect_uniform": float(base["gap"][m].mean())})
+        rows.append(
+            {
+                "variance_lo": float(edges[b]),
+                "variance_hi": float(edges[b + 1]),
+                "proportion": float(m.mean()),
+                "gap_pad": float(pad["gap"][m].mean()),
+                "gap_uniform": float(base["gap"][m].mean()),
+                "effect_pad": float((pad["weight"][m] * pad["gap"][m]).mean()),
+                "effect_uniform": float(base["gap"][m].mean()),
+            }
+        )
     x = np.arange(bins)
     fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.bar(x - 0.2, [r["gap_uniform"] for r in rows], 0.4, label="gap, uniform L2 student", color="#bbbbbb")
@@ -215,9 +235,14 @@ def _quality(ctx: DemoContext, variance: np.ndarray, n_show: int = 8) -> dict:
     low, high = order[:n_show], order[-n_show:][::-1]
     save_grid(np.concatenate([train.images[low], train.images[high]]), ctx.path("pad_fig3.png"), ncol=n_show, scale=3)
     hard = train.hard.astype(bool)
-    return {"spearman_with_variance": corr, "figure": "pad_fig3.png",
-            "hard_fraction_low": float(hard[low].mean()), "hard_fraction_high": float(hard[high].mean()),
-            "mean_variance_hard": float(variance[hard].mean()), "mean_variance_easy": float(variance[~hard].mean())}
+    return {
+        "spearman_with_variance": corr,
+        "figure": "pad_fig3.png",
+        "hard_fraction_low": float(hard[low].mean()),
+        "hard_fraction_high": float(hard[high].mean()),
+        "mean_variance_hard": float(variance[hard].mean()),
+        "mean_variance_easy": float(variance[~hard].mean()),
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -232,42 +257,50 @@ def run_weighting(ctx: DemoContext) -> dict:
     res = _train_eval(ctx, methods, seeds)
     seed = seeds[0]
     pad, base = _train_set_stats(ctx, "pad", seed), _train_set_stats(ctx, "uniform", seed)
-    return {"methods": methods, "results": res, "fig2": _fig2(ctx, pad, base), "quality": _quality(ctx, pad["variance"]),
-            "mean_gap": {"pad": float(pad["gap"].mean()), "uniform": float(base["gap"].mean())}, "seed": seed,
-            "seeds": seeds}
+    return {
+        "methods": methods,
+        "results": res,
+        "fig2": _fig2(ctx, pad, base),
+        "quality": _quality(ctx, pad["variance"]),
+        "mean_gap": {"pad": float(pad["gap"].mean()), "uniform": float(base["gap"].mean())},
+        "seed": seed,
+        "seeds": seeds,
+    }
 
 
 def report_weighting(ctx: DemoContext, r: dict) -> str:
     res = r["results"]
     q, f2 = r["quality"], r["fig2"]
     corr = ", ".join(f"{k} {v:+.2f}" for k, v in q["spearman_with_variance"].items())
-    return SEP.join([
-        "ArcFace + λ·distillation from the cached teacher embeddings; only the per-sample weighting "
-        f"changes. Seeds {r['seeds']} (mean ± std when more than one; the default demo runs one seed "
-        "to fit its time budget, the full demo every seed).",
-        "",
-        metrics_table({_label(ctx, m): res[m] for m in r["methods"]}),
-        "",
-        "- " + _direction(res, "pad", "uniform"),
-        "- " + _direction(res, "hard_discarding", "uniform"),
-        "",
-        f"**Fig. 2 analogue** (seed {r['seed']}, training set): distillation gap per decile of the PAD "
-        f"student's learned variance; Spearman(σ², gap) = {f2['spearman_variance_gap']:+.2f} (the paper reports "
-        "a positive relation). Mean gap over the training set: PAD "
-        f"{r['mean_gap']['pad']:.4f} vs uniform {r['mean_gap']['uniform']:.4f} (the paper: PAD narrows the gap).",
-        "",
-        f"![gap vs learned variance]({f2['figure']})",
-        "",
-        f"**Sample quality.** Spearman correlation of the learned σ² with SynthFaces' nuisances: {corr}. "
-        f"Mean σ² on 'hard' images {q['mean_variance_hard']:.4g} vs easy {q['mean_variance_easy']:.4g}; "
-        f"hard images among the 8 smallest σ²: {q['hard_fraction_low']:.0%}, among the 8 largest: "
-        f"{q['hard_fraction_high']:.0%}.",
-        "",
-        "**Fig. 3 analogue**: top row, the 8 training images with the smallest learned variance; bottom row, "
-        "the 8 with the largest.",
-        "",
-        f"![smallest / largest learned variance]({q['figure']})",
-    ])
+    return SEP.join(
+        [
+            "ArcFace + λ·distillation from the cached teacher embeddings; only the per-sample weighting "
+            f"changes. Seeds {r['seeds']} (mean ± std when more than one; the default demo runs one seed "
+            "to fit its time budget, the full demo every seed).",
+            "",
+            metrics_table({_label(ctx, m): res[m] for m in r["methods"]}),
+            "",
+            "- " + _direction(res, "pad", "uniform"),
+            "- " + _direction(res, "hard_discarding", "uniform"),
+            "",
+            f"**Fig. 2 analogue** (seed {r['seed']}, training set): distillation gap per decile of the PAD "
+            f"student's learned variance; Spearman(σ², gap) = {f2['spearman_variance_gap']:+.2f} (the paper reports "
+            "a positive relation). Mean gap over the training set: PAD "
+            f"{r['mean_gap']['pad']:.4f} vs uniform {r['mean_gap']['uniform']:.4f} (the paper: PAD narrows the gap).",
+            "",
+            f"![gap vs learned variance]({f2['figure']})",
+            "",
+            f"**Sample quality.** Spearman correlation of the learned σ² with SynthFaces' nuisances: {corr}. "
+            f"Mean σ² on 'hard' images {q['mean_variance_hard']:.4g} vs easy {q['mean_variance_easy']:.4g}; "
+            f"hard images among the 8 smallest σ²: {q['hard_fraction_low']:.0%}, among the 8 largest: "
+            f"{q['hard_fraction_high']:.0%}.",
+            "",
+            "**Fig. 3 analogue**: top row, the 8 training images with the smallest learned variance; bottom row, "
+            "the 8 with the largest.",
+            "",
+            f"![smallest / largest learned variance]({q['figure']})",
+        ]
+    )
 
 
 def _table_experiment(methods: list[str], comparisons: list[tuple[str, str]], intro: str):
@@ -276,40 +309,81 @@ def _table_experiment(methods: list[str], comparisons: list[tuple[str, str]], in
 
     def report(ctx: DemoContext, r: dict) -> str:
         res = r["results"]
-        lines = [intro + f" Mean ± std over seeds {ctx.seeds}.", "", metrics_table({_label(ctx, m): res[m] for m in methods}), ""]
+        lines = [
+            intro + f" Mean ± std over seeds {ctx.seeds}.",
+            "",
+            metrics_table({_label(ctx, m): res[m] for m in methods}),
+            "",
+        ]
         lines += ["- " + _direction(res, a, b) for a, b in comparisons]
         return SEP.join(lines)
 
     return run, report
 
 
-_T1 = _table_experiment(["uniform", "hard_mining", "hard_discarding"],
-                        [("uniform", "hard_mining"), ("hard_discarding", "uniform")],
-                        "PAD Table 1 analogue: all samples equally vs hard-mining (softmax(+d/T) weights) vs "
-                        "hard-discarding (drop the 10% largest gaps of each batch). Paper: hard-mining is worse, "
-                        "hard-discarding slightly better.")
-_T6 = _table_experiment(["uniform", "soft_exp_T0.1", "soft_exp_T0.5", "soft_exp_T2", "soft_poly_a1", "soft_poly_a5",
-                         "soft_poly_a20"],
-                        [("soft_exp_T0.5", "uniform"), ("soft_poly_a5", "uniform")],
-                        "PAD Table 6 analogue: soft-exp (Eq. 3) over T and soft-poly (Eq. 4) over α. Paper: few "
-                        "settings beat the baseline; results are sensitive to the hyper-parameter.")
-_T7 = _table_experiment(["uniform", "soft_exp_T0.5", "soft_poly_a5", "warmup", "pad"],
-                        [("pad", "uniform"), ("warmup", "uniform"), ("pad", "soft_exp_T0.5")],
-                        "PAD Table 7 analogue: weighting schemes and loss warm-up (λ ramps from 0 over the first "
-                        "20% of steps) vs PAD. Paper: PAD best, warm-up slightly above the baseline.")
-_T2 = _table_experiment(["uniform", "pad", "fitnet", "pad_fitnet", "at", "pad_at", "hkd", "rkd", "cc", "vid"],
-                        [("pad", "uniform"), ("pad_fitnet", "fitnet"), ("pad_at", "at")],
-                        "PAD Table 2 analogue: L2, FitNet (last stage, 1×1 conv + BN regressor) and AT (all four "
-                        "stages) with and without PAD, plus HKD (T = 4, on the ArcFace logits of both networks: teacher and "
-                        "student heads cover the same identities), RKD, CC and VID on the embedding. FitNet, AT and "
-                        "HKD need the teacher's feature maps or logits, so those students run the teacher online. "
-                        "Paper: PAD improves each of L2, FitNet and AT.")
+_T1 = _table_experiment(
+    ["uniform", "hard_mining", "hard_discarding"],
+    [("uniform", "hard_mining"), ("hard_discarding", "uniform")],
+    "PAD Table 1 analogue: all samples equally vs hard-mining (softmax(+d/T) weights) vs "
+    "hard-discarding (drop the 10% largest gaps of each batch). Paper: hard-mining is worse, "
+    "hard-discarding slightly better.",
+)
+_T6 = _table_experiment(
+    ["uniform", "soft_exp_T0.1", "soft_exp_T0.5", "soft_exp_T2", "soft_poly_a1", "soft_poly_a5", "soft_poly_a20"],
+    [("soft_exp_T0.5", "uniform"), ("soft_poly_a5", "uniform")],
+    "PAD Table 6 analogue: soft-exp (Eq. 3) over T and soft-poly (Eq. 4) over α. Paper: few "
+    "settings beat the baseline; results are sensitive to the hyper-parameter.",
+)
+_T7 = _table_experiment(
+    ["uniform", "soft_exp_T0.5", "soft_poly_a5", "warmup", "pad"],
+    [("pad", "uniform"), ("warmup", "uniform"), ("pad", "soft_exp_T0.5")],
+    "PAD Table 7 analogue: weighting schemes and loss warm-up (λ ramps from 0 over the first "
+    "20% of steps) vs PAD. Paper: PAD best, warm-up slightly above the baseline.",
+)
+_T2 = _table_experiment(
+    ["uniform", "pad", "fitnet", "pad_fitnet", "at", "pad_at", "hkd", "rkd", "cc", "vid"],
+    [("pad", "uniform"), ("pad_fitnet", "fitnet"), ("pad_at", "at")],
+    "PAD Table 2 analogue: L2, FitNet (last stage, 1×1 conv + BN regressor) and AT (all four "
+    "stages) with and without PAD, plus HKD (T = 4, on the ArcFace logits of both networks: teacher and "
+    "student heads cover the same identities), RKD, CC and VID on the embedding. FitNet, AT and "
+    "HKD need the teacher's feature maps or logits, so those students run the teacher online. "
+    "Paper: PAD improves each of L2, FitNet and AT.",
+)
 
-register(Experiment("pad.weighting", tier="default", run=run_weighting, report=report_weighting,
-                    title="PAD: uniform vs PAD vs hard-discarding (L2), Fig. 2 and Fig. 3 analogues", order=40))
-register(Experiment("pad.table1", tier="full", run=_T1[0], report=_T1[1], title="PAD Table 1: hard mining vs discarding", order=41))
-register(Experiment("pad.table6", tier="full", run=_T6[0], report=_T6[1], title="PAD Table 6: soft weighting hyper-parameters", order=42))
-register(Experiment("pad.table7", tier="full", run=_T7[0], report=_T7[1], title="PAD Table 7: weighting schemes vs PAD", order=43))
-register(Experiment("pad.table2", tier="full", run=_T2[0], report=_T2[1], title="PAD Table 2: losses with and without PAD", order=44))
+register(
+    Experiment(
+        "pad.weighting",
+        tier="default",
+        run=run_weighting,
+        report=report_weighting,
+        title="PAD: uniform vs PAD vs hard-discarding (L2), Fig. 2 and Fig. 3 analogues",
+        order=40,
+    )
+)
+register(
+    Experiment(
+        "pad.table1", tier="full", run=_T1[0], report=_T1[1], title="PAD Table 1: hard mining vs discarding", order=41
+    )
+)
+register(
+    Experiment(
+        "pad.table6",
+        tier="full",
+        run=_T6[0],
+        report=_T6[1],
+        title="PAD Table 6: soft weighting hyper-parameters",
+        order=42,
+    )
+)
+register(
+    Experiment(
+        "pad.table7", tier="full", run=_T7[0], report=_T7[1], title="PAD Table 7: weighting schemes vs PAD", order=43
+    )
+)
+register(
+    Experiment(
+        "pad.table2", tier="full", run=_T2[0], report=_T2[1], title="PAD Table 2: losses with and without PAD", order=44
+    )
+)
 
-__all__ = ["METHODS", "run_weighting", "report_weighting"]
+__all__ = ["METHODS", "report_weighting", "run_weighting"]

@@ -63,23 +63,33 @@ def tailored_teacher(ctx: DemoContext, variant: str = "refo", arch: str | None =
 
     def build():
         t_dim = int(p_cache.embeddings.shape[1])
-        return FaceTask(get_model(net.arch, embedding_size=net.embedding_size, input_size=data.image_size),
-                        head=get_head("arcface", net.embedding_size, data.num_classes),
-                        distiller=make_distiller(beta1, net.embedding_size, t_dim), teacher=CachedTeacher(p_cache))
+        return FaceTask(
+            get_model(net.arch, embedding_size=net.embedding_size, input_size=data.image_size),
+            head=get_head("arcface", net.embedding_size, data.num_classes),
+            distiller=make_distiller(beta1, net.embedding_size, t_dim),
+            teacher=CachedTeacher(p_cache),
+        )
 
-    spec = {"kind": "refo_tailored_teacher", "variant": variant, "proxy": p_cache.meta["model_sha256"],
-            "beta1": beta1, "head": "arcface", "emb_loss": "l2", "normalize": True}
+    spec = {
+        "kind": "refo_tailored_teacher",
+        "variant": variant,
+        "proxy": p_cache.meta["model_sha256"],
+        "beta1": beta1,
+        "head": "arcface",
+        "emb_loss": "l2",
+        "normalize": True,
+    }
     teacher = ctx.train_task(f"refo/{name}", build, spec, net, seed=0, dataset=data).student.eval()
     return name, teacher, _train_cache(ctx, teacher, name)
 
 
-def feature_only(ctx: DemoContext, teacher_name: str, cache, seed: int, arch: str | None = None,
-                 beta2: float = BETA2):
+def feature_only(ctx: DemoContext, teacher_name: str, cache, seed: int, arch: str | None = None, beta2: float = BETA2):
     """Step 5: β2 · L2(f_s, f_t) only, no head; returns (eval name, model)."""
     arch_tag = arch or ctx.settings.student.arch
     key = f"refo_fo/{teacher_name}/{arch_tag}_b{beta2:g}"
-    model = ctx.train_student(key, seed, arch=arch, head=None,
-                              distill={"loss": "l2", "weighting": "uniform", "lam": beta2}, teacher=cache)
+    model = ctx.train_student(
+        key, seed, arch=arch, head=None, distill={"loss": "l2", "weighting": "uniform", "lam": beta2}, teacher=cache
+    )
     return f"{key}/seed{seed}", model
 
 
@@ -110,18 +120,25 @@ def run_main(ctx: DemoContext) -> dict:
             ev_name, student = feature_only(ctx, tname, cache, seed)
             out["students"][f"FO from {label}"].append(ctx.evaluate(student, ev_name))
             if seed == _seeds(ctx)[0]:
-                out["id"][f"FO student from {label}"] = twonn(ctx, _train_cache(ctx, student, ev_name.replace("/", "_")))
-    out["id"]["proxy (ReFO, L_cls)"] = twonn(ctx, _train_cache(ctx, proxy(ctx, "refo"), f"proxy_refo_{ctx.settings.student.arch}"))
+                out["id"][f"FO student from {label}"] = twonn(
+                    ctx, _train_cache(ctx, student, ev_name.replace("/", "_"))
+                )
+    out["id"]["proxy (ReFO, L_cls)"] = twonn(
+        ctx, _train_cache(ctx, proxy(ctx, "refo"), f"proxy_refo_{ctx.settings.student.arch}")
+    )
     if ctx.tier == "full":
         out["students"]["KD with identity (ArcFace + λ·L2)"] = [
-            ctx.evaluate(proxy(ctx, "refo_plus", seed=s), f"{KEY_KD}/seed{s}") for s in _seeds(ctx)]
+            ctx.evaluate(proxy(ctx, "refo_plus", seed=s), f"{KEY_KD}/seed{s}") for s in _seeds(ctx)
+        ]
         out["students"]["scratch (ArcFace)"] = [
-            ctx.evaluate(proxy(ctx, "refo", seed=s), f"{KEY_SCRATCH}/seed{s}") for s in _seeds(ctx)]
+            ctx.evaluate(proxy(ctx, "refo", seed=s), f"{KEY_SCRATCH}/seed{s}") for s in _seeds(ctx)
+        ]
     from facekd.refo import class_centre_memory
 
     out["memory"] = class_centre_memory()
-    out["memory_demo"] = class_centre_memory(ctx.data.train.num_classes, ctx.settings.student.embedding_size,
-                                             ctx.settings.student.batch_size)
+    out["memory_demo"] = class_centre_memory(
+        ctx.data.train.num_classes, ctx.settings.student.embedding_size, ctx.settings.student.batch_size
+    )
     return out
 
 
@@ -138,26 +155,28 @@ def report_main(ctx: DemoContext, result: dict) -> str:
     s = ctx.settings
     rows = {f"teacher: {k}": v for k, v in result["teachers"].items()}
     rows |= {f"student `{s.student.arch}`, {k}": v for k, v in result["students"].items()}
-    return "\n".join([
-        f"Feature-only (FO) students (`{s.student.arch}`, {BETA2:g}·L2 on normalised embeddings, no labels, no "
-        "class centres) distilled from the original teacher and from teachers tailored by reverse distillation "
-        f"(ArcFace + {BETA1:g}·L2 towards the proxy's embeddings). ReFO's proxy is the student trained from "
-        "scratch; ReFO+'s (full tier) the KD student. Students: mean ± std over seeds "
-        f"{_seeds(ctx)}; teachers are one run each.",
-        "",
-        metrics_table(rows),
-        "",
-        "Intrinsic dimension of the training-set embeddings (the intrinsic gap between teacher and student):",
-        "",
-        _id_table(result["id"]),
-        "",
-        f"Memory a FO student does not spend on class centres (fp32). MS1MV3 ({m['num_classes']:,} identities × "
-        f"{m['embedding_size']}): weights {format_bytes(m['weights'])}; with gradient and SGD momentum "
-        f"{format_bytes(m['sgd_momentum'])}; with Adam {format_bytes(m['adam'])}; plus "
-        f"{format_bytes(m['logits_per_batch'])} of logits and their gradients per batch of {m['batch_size']}. "
-        f"This demo ({md['num_classes']} identities × {md['embedding_size']}): {format_bytes(md['sgd_momentum'])} "
-        "with SGD momentum.",
-    ])
+    return "\n".join(
+        [
+            f"Feature-only (FO) students (`{s.student.arch}`, {BETA2:g}·L2 on normalised embeddings, no labels, no "
+            "class centres) distilled from the original teacher and from teachers tailored by reverse distillation "
+            f"(ArcFace + {BETA1:g}·L2 towards the proxy's embeddings). ReFO's proxy is the student trained from "
+            "scratch; ReFO+'s (full tier) the KD student. Students: mean ± std over seeds "
+            f"{_seeds(ctx)}; teachers are one run each.",
+            "",
+            metrics_table(rows),
+            "",
+            "Intrinsic dimension of the training-set embeddings (the intrinsic gap between teacher and student):",
+            "",
+            _id_table(result["id"]),
+            "",
+            f"Memory a FO student does not spend on class centres (fp32). MS1MV3 ({m['num_classes']:,} identities × "
+            f"{m['embedding_size']}): weights {format_bytes(m['weights'])}; with gradient and SGD momentum "
+            f"{format_bytes(m['sgd_momentum'])}; with Adam {format_bytes(m['adam'])}; plus "
+            f"{format_bytes(m['logits_per_batch'])} of logits and their gradients per batch of {m['batch_size']}. "
+            f"This demo ({md['num_classes']} identities × {md['embedding_size']}): {format_bytes(md['sgd_momentum'])} "
+            "with SGD momentum.",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,10 +193,16 @@ def run_transfer(ctx: DemoContext) -> dict:
     for arch in TRANSFER_ARCHS:
         name, _, cache = tailored_teacher(ctx, "refo", arch)
         teachers[f"tailored to {arch}"] = (name, cache)
-    return {label: {arch: [ctx.evaluate(m, n) for n, m in
-                           (feature_only(ctx, tname, cache, seed, arch=arch) for seed in _seeds(ctx))]
-                    for arch in TRANSFER_ARCHS}
-            for label, (tname, cache) in teachers.items()}
+    return {
+        label: {
+            arch: [
+                ctx.evaluate(m, n)
+                for n, m in (feature_only(ctx, tname, cache, seed, arch=arch) for seed in _seeds(ctx))
+            ]
+            for arch in TRANSFER_ARCHS
+        }
+        for label, (tname, cache) in teachers.items()
+    }
 
 
 def _grid(result: dict, metric: str = "TAR@1e-03") -> str:
@@ -186,34 +211,47 @@ def _grid(result: dict, metric: str = "TAR@1e-03") -> str:
     cols = list(next(iter(result.values())).keys())
     lines = ["| teacher | " + " | ".join(f"student `{c}`" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row, cells in result.items():
-        lines.append(f"| {row} | " + " | ".join(mean_std([headline(ev)[metric] for ev in cells[c]], 3) for c in cols) + " |")
+        lines.append(
+            f"| {row} | " + " | ".join(mean_std([headline(ev)[metric] for ev in cells[c]], 3) for c in cols) + " |"
+        )
     return "\n".join(lines)
 
 
 def report_transfer(ctx: DemoContext, result: dict) -> str:
-    return "\n".join([
-        "Table 1 analogue: FO students of two architectures distilled from the original teacher and from two "
-        "teachers tailored (ReFO) to each architecture's proxy. Cells: TAR@FAR=1e-3 (strict), mean ± std over "
-        "student seeds; accuracy below.",
-        "", _grid(result), "", _grid(result, "accuracy"),
-    ])
+    return "\n".join(
+        [
+            "Table 1 analogue: FO students of two architectures distilled from the original teacher and from two "
+            "teachers tailored (ReFO) to each architecture's proxy. Cells: TAR@FAR=1e-3 (strict), mean ± std over "
+            "student seeds; accuracy below.",
+            "",
+            _grid(result),
+            "",
+            _grid(result, "accuracy"),
+        ]
+    )
 
 
 def run_beta1(ctx: DemoContext) -> dict:
     out = {}
     for b in BETA1_SWEEP:
         name, teacher, cache = tailored_teacher(ctx, "refo", beta1=b)
-        out[f"β1 = {b:g}"] = {"teacher": [ctx.evaluate(teacher, f"refo/{name}")],
-                              "student": [ctx.evaluate(m, n) for n, m in
-                                          (feature_only(ctx, name, cache, s) for s in _seeds(ctx))]}
+        out[f"β1 = {b:g}"] = {
+            "teacher": [ctx.evaluate(teacher, f"refo/{name}")],
+            "student": [ctx.evaluate(m, n) for n, m in (feature_only(ctx, name, cache, s) for s in _seeds(ctx))],
+        }
     return out
 
 
 def run_beta2(ctx: DemoContext) -> dict:
     name, _, cache = tailored_teacher(ctx, "refo")
-    return {f"β2 = {b:g}": {"student": [ctx.evaluate(m, n) for n, m in
-                                        (feature_only(ctx, name, cache, s, beta2=b) for s in _seeds(ctx))]}
-            for b in BETA2_SWEEP}
+    return {
+        f"β2 = {b:g}": {
+            "student": [
+                ctx.evaluate(m, n) for n, m in (feature_only(ctx, name, cache, s, beta2=b) for s in _seeds(ctx))
+            ]
+        }
+        for b in BETA2_SWEEP
+    }
 
 
 def _sweep_report(what: str):
@@ -228,13 +266,43 @@ def _sweep_report(what: str):
     return report
 
 
-register(Experiment("refo.main", tier="default", run=run_main, report=report_main, order=30,
-                    title="ReFO: feature-only students from original vs tailored teachers; intrinsic gap"))
-register(Experiment("refo.transfer", tier="full", run=run_transfer, report=report_transfer, order=31,
-                    title="ReFO: do tailored teachers transfer across student architectures? (Table 1 analogue)"))
-register(Experiment("refo.beta1", tier="full", run=run_beta1, order=32,
-                    report=_sweep_report("Table 2 analogue: β1 of reverse distillation (normalised embeddings)."),
-                    title="ReFO: β1 sweep"))
-register(Experiment("refo.beta2", tier="full", run=run_beta2, order=33,
-                    report=_sweep_report("Table 3 analogue: β2 of feature-only distillation (ReFO teacher)."),
-                    title="ReFO: β2 sweep"))
+register(
+    Experiment(
+        "refo.main",
+        tier="default",
+        run=run_main,
+        report=report_main,
+        order=30,
+        title="ReFO: feature-only students from original vs tailored teachers; intrinsic gap",
+    )
+)
+register(
+    Experiment(
+        "refo.transfer",
+        tier="full",
+        run=run_transfer,
+        report=report_transfer,
+        order=31,
+        title="ReFO: do tailored teachers transfer across student architectures? (Table 1 analogue)",
+    )
+)
+register(
+    Experiment(
+        "refo.beta1",
+        tier="full",
+        run=run_beta1,
+        order=32,
+        report=_sweep_report("Table 2 analogue: β1 of reverse distillation (normalised embeddings)."),
+        title="ReFO: β1 sweep",
+    )
+)
+register(
+    Experiment(
+        "refo.beta2",
+        tier="full",
+        run=run_beta2,
+        order=33,
+        report=_sweep_report("Table 3 analogue: β2 of feature-only distillation (ReFO teacher)."),
+        title="ReFO: β2 sweep",
+    )
+)

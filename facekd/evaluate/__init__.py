@@ -20,7 +20,18 @@ from facekd.evaluate.verification import (
 )
 
 __all__ = [
-    "ReidResult", "TarAtFar", "VerificationAccuracy", "accuracy_flip", "compute_distance", "evaluate_pairs",
-    "evaluate_reid", "evaluate_reid_features", "format_insightface_line", "plot_roc", "recall_at_k", "roc",
-    "tar_at_far", "verification_accuracy",
+    "ReidResult",
+    "TarAtFar",
+    "VerificationAccuracy",
+    "accuracy_flip",
+    "compute_distance",
+    "evaluate_pairs",
+    "evaluate_reid",
+    "evaluate_reid_features",
+    "format_insightface_line",
+    "plot_roc",
+    "recall_at_k",
+    "roc",
+    "tar_at_far",
+    "verification_accuracy",
 ]

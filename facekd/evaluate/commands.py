@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,12 +16,18 @@ def _load_npy(path: Path, what: str):
 
 
 def eval_ijb(
-    features: Optional[Path] = typer.Option(None, help="Raw per-image features .npy, rows in <t>_face_tid_mid.txt order."),
-    checkpoint: Optional[Path] = typer.Option(None, help="Instead of --features: embed the release with this backbone (file or run dir)."),
-    arch: Optional[str] = typer.Option(None, help="Architecture of --checkpoint (facekd.models.list_models())."),
-    meta: Path = typer.Option(..., help="IJB release folder holding meta/<t>_*.txt (and loose_crop/ with --checkpoint)."),
+    features: Path | None = typer.Option(
+        None, help="Raw per-image features .npy, rows in <t>_face_tid_mid.txt order."
+    ),
+    checkpoint: Path | None = typer.Option(
+        None, help="Instead of --features: embed the release with this backbone (file or run dir)."
+    ),
+    arch: str | None = typer.Option(None, help="Architecture of --checkpoint (facekd.models.list_models())."),
+    meta: Path = typer.Option(
+        ..., help="IJB release folder holding meta/<t>_*.txt (and loose_crop/ with --checkpoint)."
+    ),
     target: str = typer.Option("IJBC", help="IJBC or IJBB (selects the meta file prefix)."),
-    features_flip: Optional[Path] = typer.Option(None, help="Raw features of the mirrored images (.npy)."),
+    features_flip: Path | None = typer.Option(None, help="Raw features of the mirrored images (.npy)."),
     halves: bool = typer.Option(False, help="`features` holds [orig | flip] column halves, as eval_ijbc's img_feats."),
     flip: str = typer.Option("sum", help="sum (F1, default) | concat | none (F0)."),
     norm_score: bool = typer.Option(True, help="N1: keep the feature norm as a quality weight (no pre-normalising)."),
@@ -30,8 +35,11 @@ def eval_ijb(
     batch_size: int = typer.Option(256, min=1, help="Images per batch with --checkpoint."),
     num_workers: int = typer.Option(0, min=0, help="DataLoader workers with --checkpoint."),
     device: str = typer.Option("auto", help="With --checkpoint: auto (the local GPU if any) | cpu | cuda:N."),
-    out: Path = typer.Option(Path("ijb_results"), help="Output folder: <target>.npy scores, .json, _roc.png "
-                             "(with --checkpoint also <target>_features.npy / _features_flip.npy)."),
+    out: Path = typer.Option(
+        Path("ijb_results"),
+        help="Output folder: <target>.npy scores, .json, _roc.png "
+        "(with --checkpoint also <target>_features.npy / _features_flip.npy).",
+    ),
 ) -> None:
     """IJB-B/C 1:1 verification (arcface_torch eval_ijbc.py protocol) from precomputed features or a checkpoint.
 
@@ -54,19 +62,33 @@ def eval_ijb(
     if halves:
         if x.ndim != 2 or x.shape[1] % 2:
             raise ValueError(f"{features}: --halves needs an (N, 2d) array, got shape {x.shape}")
-        x, xf = x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2:]
+        x, xf = x[:, : x.shape[1] // 2], x[:, x.shape[1] // 2 :]
     m = read_ijb_meta(meta, target)
     if x.shape[0] != len(m.templates):
         raise ValueError(f"{features}: {x.shape[0]} rows but {target} meta lists {len(m.templates)} images")
-    res = evaluate_ijb(x, m.templates, m.medias, m.pairs_t1, m.pairs_t2, m.pairs_label, features_flip=xf,
-                       faceness=m.faceness, flip=flip, norm_score=norm_score, detector_score=detector_score)
+    res = evaluate_ijb(
+        x,
+        m.templates,
+        m.medias,
+        m.pairs_t1,
+        m.pairs_t2,
+        m.pairs_label,
+        features_flip=xf,
+        faceness=m.faceness,
+        flip=flip,
+        norm_score=norm_score,
+        detector_score=detector_score,
+    )
     write_ijb_outputs(res, out, target.upper())
-    typer.echo(f"{target.upper()} {res.settings['code']}: {int(res.labels.sum())} genuine / "
-               f"{int((~res.labels).sum())} impostor template pairs\n{res.table()}")
+    typer.echo(
+        f"{target.upper()} {res.settings['code']}: {int(res.labels.sum())} genuine / "
+        f"{int((~res.labels).sum())} impostor template pairs\n{res.table()}"
+    )
 
 
-def _embed_ijb_to(out: Path, checkpoint: Path, arch: str, meta: Path, target: str, batch_size: int,
-                  num_workers: int, device: str) -> tuple[Path, Path]:
+def _embed_ijb_to(
+    out: Path, checkpoint: Path, arch: str, meta: Path, target: str, batch_size: int, num_workers: int, device: str
+) -> tuple[Path, Path]:
     """Embed the release with the checkpoint; write raw features (+ flip) as .npy in `out`; return their paths."""
     from facekd.evaluate.model_eval import embed_ijb
     from facekd.models.checkpoint import load_backbone
@@ -90,7 +112,9 @@ def _load_reid_split(path: Path) -> tuple:
     with np.load(path, allow_pickle=False) as z:
         missing = [k for k in ("features", "pids", "camids") if k not in z.files]
         if missing:
-            raise ValueError(f"{path}: missing arrays {missing}; expected an .npz with features (N, d), pids (N,), camids (N,)")
+            raise ValueError(
+                f"{path}: missing arrays {missing}; expected an .npz with features (N, d), pids (N,), camids (N,)"
+            )
         return z["features"], z["pids"], z["camids"]
 
 
@@ -100,7 +124,7 @@ def eval_reid(
     metric: str = typer.Option("cosine", help="cosine (fast-reid) or euclidean (squared, reid-strong-baseline)."),
     normalize: bool = typer.Option(True, help="L2-normalise features first (FEAT_NORM=yes)."),
     max_rank: int = typer.Option(50, help="CMC length."),
-    out: Optional[Path] = typer.Option(None, help="Also write the metrics as JSON here."),
+    out: Path | None = typer.Option(None, help="Also write the metrics as JSON here."),
 ) -> None:
     """Market-1501-protocol re-ID metrics: CMC rank-1/5/10, mAP, mINP."""
     from facekd.evaluate.reid import evaluate_reid_features
@@ -110,9 +134,11 @@ def eval_reid(
     gf, gp, gc = _load_reid_split(gallery)
     res = evaluate_reid_features(qf, gf, qp, gp, qc, gc, metric=metric, normalize=normalize, max_rank=max_rank)
     d = res.to_dict()
-    typer.echo(f"rank1 {100 * d['rank1']:.2f}  rank5 {100 * d.get('rank5', float('nan')):.2f}  "
-               f"rank10 {100 * d.get('rank10', float('nan')):.2f}  mAP {100 * d['mAP']:.2f}  mINP {100 * d['mINP']:.2f}"
-               f"  ({d['num_valid_queries']}/{d['num_queries']} queries with a match)")
+    typer.echo(
+        f"rank1 {100 * d['rank1']:.2f}  rank5 {100 * d.get('rank5', float('nan')):.2f}  "
+        f"rank10 {100 * d.get('rank10', float('nan')):.2f}  mAP {100 * d['mAP']:.2f}  mINP {100 * d['mINP']:.2f}"
+        f"  ({d['num_valid_queries']}/{d['num_queries']} queries with a match)"
+    )
     if out is not None:
         save_json(out, d | {"cmc": res.cmc.tolist(), "metric_name": metric})
 

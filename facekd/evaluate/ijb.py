@@ -19,9 +19,9 @@ TFace's IJB_Evaluation.py corresponds to ``norm_score=False, detector_score=Fals
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -32,8 +32,15 @@ IJB_FARS = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 FLIP_MODES = ("sum", "concat", "none")
 
 
-def image_features(features, features_flip=None, faceness=None, *, flip: str = "sum", norm_score: bool = True,
-                   detector_score: bool = True) -> np.ndarray:
+def image_features(
+    features,
+    features_flip=None,
+    faceness=None,
+    *,
+    flip: str = "sum",
+    norm_score: bool = True,
+    detector_score: bool = True,
+) -> np.ndarray:
     """Per-image features (N, d) or (N, 2d) for concat, float64, following the N/D/F switches.
 
     features / features_flip: raw (N, d) embeddings of each image and its mirror (features_flip
@@ -96,13 +103,16 @@ def pair_scores(template_ids, template_feats, p1, p2, batch_size: int = 100_000)
         missing = ids[i] != p
         if missing.any():
             row = int(np.flatnonzero(missing)[0])
-            raise ValueError(f"template pair row {row}: {name} template id {p[row]} has no images "
-                             f"({int(missing.sum())} pairs reference unknown templates)")
+            raise ValueError(
+                f"template pair row {row}: {name} template id {p[row]} has no images "
+                f"({int(missing.sum())} pairs reference unknown templates)"
+            )
         pos.append(i)
     out = np.empty(len(p1))
     for s in range(0, len(p1), batch_size):
-        out[s:s + batch_size] = np.einsum("ij,ij->i", template_feats[pos[0][s:s + batch_size]],
-                                          template_feats[pos[1][s:s + batch_size]])
+        out[s : s + batch_size] = np.einsum(
+            "ij,ij->i", template_feats[pos[0][s : s + batch_size]], template_feats[pos[1][s : s + batch_size]]
+        )
     return out
 
 
@@ -118,35 +128,66 @@ class IJBResult:
     settings: dict
 
     def to_dict(self) -> dict:
-        return {"n_pairs": int(self.labels.size), "n_genuine": int(self.labels.sum()),
-                "n_impostor": int((~self.labels).sum()), "auc": self.auc, "settings": self.settings,
-                "tar_at_far_insightface": [t.to_dict() for t in self.insightface],
-                "tar_at_far_strict": [t.to_dict() for t in self.strict]}
+        return {
+            "n_pairs": int(self.labels.size),
+            "n_genuine": int(self.labels.sum()),
+            "n_impostor": int((~self.labels).sum()),
+            "auc": self.auc,
+            "settings": self.settings,
+            "tar_at_far_insightface": [t.to_dict() for t in self.insightface],
+            "tar_at_far_strict": [t.to_dict() for t in self.strict],
+        }
 
     def table(self) -> str:
         """Markdown table of TAR (%) per FAR in both conventions, like eval_ijbc's PrettyTable."""
         head = "| convention | " + " | ".join(f"{t.far:.0e}" for t in self.insightface) + " |"
-        rows = [f"| {name} | " + " | ".join(f"{100 * t.tar:.2f}" for t in ts) + " |"
-                for name, ts in (("insightface", self.insightface), ("strict", self.strict))]
+        rows = [
+            f"| {name} | " + " | ".join(f"{100 * t.tar:.2f}" for t in ts) + " |"
+            for name, ts in (("insightface", self.insightface), ("strict", self.strict))
+        ]
         return "\n".join([head, "|" + "---|" * (len(self.insightface) + 1)] + rows)
 
 
-def evaluate_ijb(features, templates, medias, p1, p2, labels, *, features_flip=None, faceness=None,
-                 flip: str = "sum", norm_score: bool = True, detector_score: bool = True,
-                 fars: Sequence[float] = IJB_FARS, batch_size: int = 100_000) -> IJBResult:
+def evaluate_ijb(
+    features,
+    templates,
+    medias,
+    p1,
+    p2,
+    labels,
+    *,
+    features_flip=None,
+    faceness=None,
+    flip: str = "sum",
+    norm_score: bool = True,
+    detector_score: bool = True,
+    fars: Sequence[float] = IJB_FARS,
+    batch_size: int = 100_000,
+) -> IJBResult:
     """Full IJB 1:1 evaluation from per-image raw features (N, d). See the module docstring."""
-    img = image_features(features, features_flip, faceness, flip=flip, norm_score=norm_score,
-                         detector_score=detector_score)
+    img = image_features(
+        features, features_flip, faceness, flip=flip, norm_score=norm_score, detector_score=detector_score
+    )
     ids, tf = template_features(img, templates, medias)
     y = np.asarray(labels)
     if y.shape != np.shape(p1) or not np.isin(y, (0, 1)).all():
         raise ValueError(f"pair labels: expected ({len(p1)},) values in {{0, 1}}, got shape {y.shape}")
     y = y.astype(bool)
     scores = pair_scores(ids, tf, p1, p2, batch_size)
-    settings = {"flip": flip, "norm_score": norm_score, "detector_score": detector_score,
-                "code": f"N{int(norm_score)}D{int(detector_score)}F{int(flip != 'none')}"}
-    return IJBResult(scores, y, tar_at_far(scores, y, fars, "insightface"), tar_at_far(scores, y, fars, "strict"),
-                     roc(scores, y).auc, settings)
+    settings = {
+        "flip": flip,
+        "norm_score": norm_score,
+        "detector_score": detector_score,
+        "code": f"N{int(norm_score)}D{int(detector_score)}F{int(flip != 'none')}",
+    }
+    return IJBResult(
+        scores,
+        y,
+        tar_at_far(scores, y, fars, "insightface"),
+        tar_at_far(scores, y, fars, "strict"),
+        roc(scores, y).auc,
+        settings,
+    )
 
 
 def write_ijb_outputs(result: IJBResult, out_dir: str | os.PathLike, name: str) -> None:
@@ -154,5 +195,8 @@ def write_ijb_outputs(result: IJBResult, out_dir: str | os.PathLike, name: str) 
     out = Path(out_dir)
     save_npy(out / f"{name}.npy", result.scores.astype(np.float32))
     save_json(out / f"{name}.json", result.to_dict())
-    plot_roc({f"{name} {result.settings['code']}": (result.scores, result.labels)}, out / f"{name}_roc.png",
-             title=f"ROC on {name}")
+    plot_roc(
+        {f"{name} {result.settings['code']}": (result.scores, result.labels)},
+        out / f"{name}_roc.png",
+        title=f"ROC on {name}",
+    )

@@ -60,7 +60,7 @@ def embed_raw_flip(model: nn.Module, images: np.ndarray, batch_size: int = 256) 
 
     def batches():
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(images[i:i + batch_size]).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            x = torch.from_numpy(images[i : i + batch_size]).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
             yield x, torch.flip(x, dims=[3])
 
     return _embed_pairs(model, batches())
@@ -79,13 +79,26 @@ def evaluate_bin(model: nn.Module, path: str | os.PathLike, batch_size: int = 25
     images, issame = load_bin(path, image_size=model_image_size(model))
     orig, flip = embed_raw_flip(model, images, batch_size)
     res = accuracy_flip(orig, flip, issame, nfolds)
-    return {"name": path.stem, "path": str(path), "n_pairs": int(issame.size), "xnorm": res.xnorm,
-            "accuracy_flip": res.mean, "std": res.std, "thresholds": res.accuracy.thresholds.tolist(),
-            "fold_accuracies": res.accuracy.fold_accuracies.tolist()}
+    return {
+        "name": path.stem,
+        "path": str(path),
+        "n_pairs": int(issame.size),
+        "xnorm": res.xnorm,
+        "accuracy_flip": res.mean,
+        "std": res.std,
+        "thresholds": res.accuracy.thresholds.tolist(),
+        "fold_accuracies": res.accuracy.fold_accuracies.tolist(),
+    }
 
 
-def embed_ijb(model: nn.Module, root: str | os.PathLike, target: str = "IJBC", batch_size: int = 256,
-              num_workers: int = 0, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def embed_ijb(
+    model: nn.Module,
+    root: str | os.PathLike,
+    target: str = "IJBC",
+    batch_size: int = 256,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw features of every face of an IJB release, aligned to the ArcFace template at the model's
     input size, and of the mirrored faces → (features, features_flip), float32 (N, d) each, rows in
     `<root>/meta/<target>_face_tid_mid.txt` order (what `facekd eval-ijb --features` expects)."""
@@ -100,4 +113,4 @@ def embed_ijb(model: nn.Module, root: str | os.PathLike, target: str = "IJBC", b
     return _embed_pairs(model, ((b["image"], b["image_flip"]) for b in loader))
 
 
-__all__ = ["model_image_size", "embed_raw_flip", "evaluate_bin", "embed_ijb"]
+__all__ = ["embed_ijb", "embed_raw_flip", "evaluate_bin", "model_image_size"]

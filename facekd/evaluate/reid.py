@@ -52,8 +52,13 @@ class ReidResult:
 
     def to_dict(self, ranks=(1, 5, 10)) -> dict:
         out = {f"rank{r}": float(self.cmc[r - 1]) for r in ranks if r <= self.cmc.size}
-        out.update(mAP=self.mAP, mINP=self.mINP, metric=(self.mAP + float(self.cmc[0])) / 2,
-                   num_valid_queries=self.num_valid_queries, num_queries=self.num_queries)
+        out.update(
+            mAP=self.mAP,
+            mINP=self.mINP,
+            metric=(self.mAP + float(self.cmc[0])) / 2,
+            num_valid_queries=self.num_valid_queries,
+            num_queries=self.num_queries,
+        )
         return out
 
 
@@ -79,8 +84,8 @@ def evaluate_reid(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     cmc_sum = np.zeros(max_rank)
     aps, inps = [], []
     for s in range(0, nq, chunk):
-        order = np.argsort(dist[s:s + chunk], axis=1, kind="stable")
-        qp, qc = q_pids[s:s + chunk, None], q_camids[s:s + chunk, None]
+        order = np.argsort(dist[s : s + chunk], axis=1, kind="stable")
+        qp, qc = q_pids[s : s + chunk, None], q_camids[s : s + chunk, None]
         keep = ~((g_pids[order] == qp) & (g_camids[order] == qc))
         match = (g_pids[order] == qp) & keep
         rank = np.cumsum(keep, axis=1)  # 1-based rank among kept items (valid where keep)
@@ -98,15 +103,26 @@ def evaluate_reid(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 5
     n_valid = int(sum(a.size for a in aps))
     if n_valid == 0:
         raise ValueError("evaluate_reid: no query has a true match in the gallery (after same-camera removal)")
-    return ReidResult(cmc_sum / n_valid, float(np.concatenate(aps).mean()), float(np.concatenate(inps).mean()),
-                      n_valid, nq)
+    return ReidResult(
+        cmc_sum / n_valid, float(np.concatenate(aps).mean()), float(np.concatenate(inps).mean()), n_valid, nq
+    )
 
 
-def evaluate_reid_features(query, gallery, q_pids, g_pids, q_camids, g_camids, metric: str = "cosine",
-                           normalize: bool = True, max_rank: int = 50) -> ReidResult:
+def evaluate_reid_features(
+    query,
+    gallery,
+    q_pids,
+    g_pids,
+    q_camids,
+    g_camids,
+    metric: str = "cosine",
+    normalize: bool = True,
+    max_rank: int = 50,
+) -> ReidResult:
     """`compute_distance` then `evaluate_reid`."""
-    return evaluate_reid(compute_distance(query, gallery, metric, normalize), q_pids, g_pids, q_camids, g_camids,
-                         max_rank)
+    return evaluate_reid(
+        compute_distance(query, gallery, metric, normalize), q_pids, g_pids, q_camids, g_camids, max_rank
+    )
 
 
 def recall_at_k(features, labels, ks=(1, 2, 4, 8), chunk: int = 1024) -> dict[int, float]:
@@ -119,10 +135,10 @@ def recall_at_k(features, labels, ks=(1, 2, 4, 8), chunk: int = 1024) -> dict[in
         raise ValueError(f"recall_at_k: K={kmax} needs more than {x.shape[0]} items")
     first_hit = []
     for s in range(0, x.shape[0], chunk):
-        sim = x[s:s + chunk] @ x.T
+        sim = x[s : s + chunk] @ x.T
         sim[torch.arange(sim.shape[0]), torch.arange(s, s + sim.shape[0])] = -torch.inf
         order = torch.sort(sim, dim=1, descending=True, stable=True).indices[:, :kmax]
-        hit = y[order] == y[s:s + chunk, None]
+        hit = y[order] == y[s : s + chunk, None]
         first_hit.append(torch.where(hit.any(1), hit.float().argmax(1), kmax))
     first = torch.cat(first_hit)
     return {k: float((first < k).float().mean()) for k in ks}

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -69,10 +69,10 @@ def _scan(a, ya, b, yb, symmetric: bool, chunk: int, fn: Callable[[torch.Tensor,
     na, nb = a.shape[0], b.shape[0]
     r, w = dist.rank(), dist.world_size()
     for i0 in range(r * chunk, na, w * chunk):
-        ai, yi = a[i0:i0 + chunk], ya[i0:i0 + chunk]
+        ai, yi = a[i0 : i0 + chunk], ya[i0 : i0 + chunk]
         for j0 in range(i0 if symmetric else 0, nb, chunk):
-            s = ai @ b[j0:j0 + chunk].T
-            same = yi[:, None] == yb[None, j0:j0 + chunk]
+            s = ai @ b[j0 : j0 + chunk].T
+            same = yi[:, None] == yb[None, j0 : j0 + chunk]
             if symmetric and j0 == i0:
                 upper = torch.ones_like(same).triu_(1)
                 fn(s[upper], same[upper])
@@ -88,9 +88,17 @@ def _gather(parts: list[torch.Tensor], device, dtype=torch.float32) -> torch.Ten
     return x
 
 
-def streaming_tar_at_far(embeddings, labels, fars: Sequence[float] = (1e-6, 1e-5, 1e-4), *, other=None,
-                         other_labels=None, chunk: int = 4096, nbins: int = 1 << 20,
-                         device: str | torch.device | None = None) -> StreamingResult:
+def streaming_tar_at_far(
+    embeddings,
+    labels,
+    fars: Sequence[float] = (1e-6, 1e-5, 1e-4),
+    *,
+    other=None,
+    other_labels=None,
+    chunk: int = 4096,
+    nbins: int = 1 << 20,
+    device: str | torch.device | None = None,
+) -> StreamingResult:
     """Exact strict TAR at FAR ≤ each target over all pairs, without materialising them.
 
     embeddings (N, d), labels (N,) identity per row; `other` (M, d) / `other_labels` (M,) switch
@@ -166,14 +174,26 @@ def streaming_tar_at_far(embeddings, labels, fars: Sequence[float] = (1e-6, 1e-5
         else:
             vals = kv[kb == bb]
             if vals.size != hist_np[bb]:
-                raise RuntimeError(f"bin {bb}: pass 2 saw {vals.size} scores, pass 1 counted {hist_np[bb]} "
-                                   "(non-deterministic matmul on this device?)")
+                raise RuntimeError(
+                    f"bin {bb}: pass 2 saw {vals.size} scores, pass 1 counted {hist_np[bb]} "
+                    "(non-deterministic matmul on this device?)"
+                )
             above = int(tail[bb + 1]) if bb + 1 < nbins else 0
             r = k - above  # 0-based rank of τ inside the bin, descending
             tau = float(np.partition(vals, vals.size - 1 - r)[vals.size - 1 - r])
             n_above = above + int(np.count_nonzero(vals > tau))
             counts.append(int(vals.size))
-        out.append(TarAtFar(float(far), float(np.mean(gen > tau)), tau, n_above / n_imp, int(gen.size), n_imp,
-                            float(far) * n_imp, "strict"))
+        out.append(
+            TarAtFar(
+                float(far),
+                float(np.mean(gen > tau)),
+                tau,
+                n_above / n_imp,
+                int(gen.size),
+                n_imp,
+                float(far) * n_imp,
+                "strict",
+            )
+        )
     n_pairs = gen.size + n_imp
     return StreamingResult(out, int(gen.size), n_imp, seconds, 2 * n_pairs / max(seconds, 1e-12), nbins, counts)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
@@ -97,15 +97,27 @@ def tar_at_far(scores, issame, fars: Sequence[float] = DEFAULT_FARS, convention:
     if convention == "strict":
         for far in fars:
             tau, _ = strict_threshold(imp, far)
-            out.append(TarAtFar(float(far), float(np.mean(gen > tau)), tau, float(np.mean(imp > tau)),
-                                ng, ni, float(far) * ni, convention))
+            out.append(
+                TarAtFar(
+                    float(far),
+                    float(np.mean(gen > tau)),
+                    tau,
+                    float(np.mean(imp > tau)),
+                    ng,
+                    ni,
+                    float(far) * ni,
+                    convention,
+                )
+            )
         return out
     y = np.concatenate([np.ones(ng, bool), np.zeros(ni, bool)])
     fpr, tpr, thr = roc_curve(y, np.concatenate([gen, imp]))
     fpr, tpr, thr = np.flipud(fpr), np.flipud(tpr), np.flipud(thr)
     for far in fars:
         i = int(np.argmin(np.abs(fpr - far)))
-        out.append(TarAtFar(float(far), float(tpr[i]), float(thr[i]), float(fpr[i]), ng, ni, float(far) * ni, convention))
+        out.append(
+            TarAtFar(float(far), float(tpr[i]), float(thr[i]), float(fpr[i]), ng, ni, float(far) * ni, convention)
+        )
     return out
 
 
@@ -128,8 +140,12 @@ def roc(scores, issame) -> Roc:
     return Roc(fpr, tpr, thr, float(roc_auc_score(y, s)))
 
 
-def plot_roc(curves: Mapping[str, tuple], path: str | os.PathLike, title: str = "ROC",
-             fars: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)) -> None:
+def plot_roc(
+    curves: Mapping[str, tuple],
+    path: str | os.PathLike,
+    title: str = "ROC",
+    fars: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
+) -> None:
     """Write a PNG (or any matplotlib suffix) of TAR vs log-FAR for each named (scores, issame).
 
     The x-axis starts at the smallest positive FAR any curve reaches (or min(fars)).
@@ -179,8 +195,12 @@ class VerificationAccuracy:
     fold_accuracies: np.ndarray  # (nfolds,)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std, "thresholds": self.thresholds.tolist(),
-                "fold_accuracies": self.fold_accuracies.tolist()}
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "thresholds": self.thresholds.tolist(),
+            "fold_accuracies": self.fold_accuracies.tolist(),
+        }
 
 
 def _accuracy_per_threshold(dist: np.ndarray, same: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -207,12 +227,14 @@ def verification_accuracy(emb_a, emb_b, issame, nfolds: int = 10) -> Verificatio
     if y.size < nfolds:
         raise ValueError(f"verification_accuracy: {y.size} pairs cannot make {nfolds} folds")
     dist = np.sum(np.square(a - b), 1)
-    splits = KFold(n_splits=nfolds, shuffle=False).split(np.arange(y.size)) if nfolds > 1 else [(np.arange(y.size),) * 2]
+    splits = (
+        KFold(n_splits=nfolds, shuffle=False).split(np.arange(y.size)) if nfolds > 1 else [(np.arange(y.size),) * 2]
+    )
     accs, best = [], []
     for train, test in splits:
         t = int(np.argmax(_accuracy_per_threshold(dist[train], y[train], INSIGHTFACE_THRESHOLDS)))
         best.append(INSIGHTFACE_THRESHOLDS[t])
-        accs.append(_accuracy_per_threshold(dist[test], y[test], INSIGHTFACE_THRESHOLDS[t:t + 1])[0])
+        accs.append(_accuracy_per_threshold(dist[test], y[test], INSIGHTFACE_THRESHOLDS[t : t + 1])[0])
     accs = np.asarray(accs)
     return VerificationAccuracy(float(accs.mean()), float(accs.std()), np.asarray(best), accs)
 
@@ -243,8 +265,9 @@ def accuracy_flip(emb_raw_orig, emb_raw_flip, issame, nfolds: int = 10) -> Accur
     return AccuracyFlip(acc.mean, acc.std, xnorm, acc)
 
 
-def format_insightface_line(name: str, step: int, acc: float, std: float, *,
-                            xnorm: float | None = None, highest: float | None = None) -> str:
+def format_insightface_line(
+    name: str, step: int, acc: float, std: float, *, xnorm: float | None = None, highest: float | None = None
+) -> str:
     """The log lines CallBackVerification prints, newline-joined in its order:
 
     ``[lfw][2000]XNorm: 21.123456`` (if xnorm), ``[lfw][2000]Accuracy-Flip: 0.99817+-0.00229``,
@@ -294,7 +317,9 @@ def evaluate_pairs(embeddings, pairs, groups=None, fars: Sequence[float] = DEFAU
     scores = np.einsum("ij,ij->i", e[a], e[b]).astype(np.float64)
     strict = tar_at_far(scores, y, fars, "strict")
     out = {
-        "n_pairs": int(y.size), "n_genuine": int(y.sum()), "n_impostor": int((~y).sum()),
+        "n_pairs": int(y.size),
+        "n_genuine": int(y.sum()),
+        "n_impostor": int((~y).sum()),
         "auc": roc(scores, y).auc,
         "tar_at_far": [t.to_dict() for t in strict],
         "tar_at_far_insightface": _tars(scores, y, fars, "insightface"),
@@ -307,7 +332,8 @@ def evaluate_pairs(embeddings, pairs, groups=None, fars: Sequence[float] = DEFAU
         res = {"n_genuine": int(hg.size), "n_impostor": int((h & ~y).sum())}
         if hg.size:
             res["tar_at_global_threshold"] = [
-                {"far": t.far, "threshold": t.threshold, "tar": float(np.mean(hg > t.threshold))} for t in strict]
+                {"far": t.far, "threshold": t.threshold, "tar": float(np.mean(hg > t.threshold))} for t in strict
+            ]
         if res["n_genuine"] and res["n_impostor"]:
             res["tar_at_far_within"] = _tars(scores[h], y[h], fars, "strict")
         out["hard"] = res
@@ -324,8 +350,14 @@ def evaluate_pairs(embeddings, pairs, groups=None, fars: Sequence[float] = DEFAU
                 sel = gen_m | imp_m
                 res["tar_at_far"] = _tars(scores[sel], y[sel], fars, "strict")
                 res["at_global_threshold"] = [
-                    {"far": t.far, "threshold": t.threshold, "tar": float(np.mean(scores[gen_m] > t.threshold)),
-                     "far_achieved": float(np.mean(scores[imp_m] > t.threshold))} for t in strict]
+                    {
+                        "far": t.far,
+                        "threshold": t.threshold,
+                        "tar": float(np.mean(scores[gen_m] > t.threshold)),
+                        "far_achieved": float(np.mean(scores[imp_m] > t.threshold)),
+                    }
+                    for t in strict
+                ]
             per[str(int(grp))] = res
         out["groups"] = per
     return out

@@ -21,7 +21,7 @@ same trainer code run every baseline. The scale `s` given to the loss must equal
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ClassBalancedLoss",
     "CrossEntropyLoss",
     "FocalLoss",
-    "ClassBalancedLoss",
     "LDAMLoss",
     "class_balanced_weights",
-    "ldam_margins",
     "get_cls_loss",
+    "ldam_margins",
 ]
 
 
@@ -46,8 +46,7 @@ def _check(logits: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels: expected shape ({logits.shape[0]},), got {tuple(labels.shape)}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
         raise ValueError(
-            f"labels: values must lie in [0, {logits.shape[1]}), got range "
-            f"[{int(labels.min())}, {int(labels.max())}]"
+            f"labels: values must lie in [0, {logits.shape[1]}), got range [{int(labels.min())}, {int(labels.max())}]"
         )
 
 
@@ -127,7 +126,9 @@ class ClassBalancedLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if logits.ndim == 2 and logits.shape[1] != self.weights.numel():
-            raise ValueError(f"class-balanced: logits have {logits.shape[1]} classes, class_counts {self.weights.numel()}")
+            raise ValueError(
+                f"class-balanced: logits have {logits.shape[1]} classes, class_counts {self.weights.numel()}"
+            )
         return self.weights[labels] * self.base(logits, labels)
 
 

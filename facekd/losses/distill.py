@@ -24,19 +24,19 @@ from torch import nn
 
 __all__ = [
     "Features",
-    "l2_elements",
-    "cosine_loss",
-    "hkd_loss",
-    "attention_map",
-    "at_elements",
     "FitNetHint",
-    "rkd_loss",
-    "cc_loss",
-    "sp_loss",
-    "pkt_loss",
-    "darkrank_loss",
     "VIDLoss",
+    "at_elements",
+    "attention_map",
+    "cc_loss",
+    "cosine_loss",
+    "darkrank_loss",
+    "hkd_loss",
+    "l2_elements",
     "match_spatial",
+    "pkt_loss",
+    "rkd_loss",
+    "sp_loss",
 ]
 
 

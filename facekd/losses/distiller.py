@@ -28,7 +28,7 @@ from facekd.losses.distill import Features
 from facekd.losses.weighting import Term, get_weighting, pad_log_variance, warmup_factor
 from facekd.models.variance import ConvVarianceBranch, VarianceBranch
 
-__all__ = ["Features", "Distiller", "LOSSES", "probe_feature_shapes"]
+__all__ = ["LOSSES", "Distiller", "Features", "probe_feature_shapes"]
 
 # name → (input it reads, PAD-compatible, its own option names with defaults)
 LOSSES: dict[str, tuple[str, bool, dict[str, Any]]] = {
@@ -54,7 +54,9 @@ def _scale_grad(x: torch.Tensor, scale: float) -> torch.Tensor:
     return x * scale + x.detach() * (1.0 - scale)
 
 
-def probe_feature_shapes(model: nn.Module, input_size: int | tuple[int, int], in_channels: int = 3) -> list[tuple[int, int, int]]:
+def probe_feature_shapes(
+    model: nn.Module, input_size: int | tuple[int, int], in_channels: int = 3
+) -> list[tuple[int, int, int]]:
     """Run a 2-image dummy batch of `input_size` (side, or (H, W) e.g. re-ID's (256, 128)) through
     `model(x, return_features=True)` in eval mode (no grad, no BN statistics change) and return the
     (C, H, W) of each stage map."""
@@ -128,7 +130,9 @@ class Distiller(nn.Module):
         allowed = set(loss_defaults) | _WEIGHTING_OPTIONS | set(_PAD_OPTIONS) | _DISTILLER_OPTIONS
         unknown = set(options) - allowed
         if unknown:
-            raise ValueError(f"distiller ({loss}/{weighting}): unknown options {sorted(unknown)}; allowed: {sorted(allowed)}")
+            raise ValueError(
+                f"distiller ({loss}/{weighting}): unknown options {sorted(unknown)}; allowed: {sorted(allowed)}"
+            )
         self.loss_name, self.weighting_name, self.source = loss, weighting, source
         self.lam = float(lam)
         self.normalize = bool(normalize)
@@ -137,9 +141,7 @@ class Distiller(nn.Module):
             raise ValueError("weighting 'warmup' needs options.warmup_steps > 0 (the ramp length in steps)")
         self.is_pad = weighting == "pad"
         if self.is_pad and not pad_ok:
-            raise ValueError(
-                f"weighting 'pad' needs an L2-form (Gaussian) loss: l2, fitnet or at, not {loss!r}"
-            )
+            raise ValueError(f"weighting 'pad' needs an L2-form (Gaussian) loss: l2, fitnet or at, not {loss!r}")
         pad_given = set(options) & set(_PAD_OPTIONS)
         if pad_given and not self.is_pad:
             raise ValueError(f"options {sorted(pad_given)} apply only to weighting 'pad'")
@@ -217,7 +219,7 @@ class Distiller(nn.Module):
         teacher: nn.Module | None = None,
         input_size: int | tuple[int, int] | None = None,
         in_channels: int = 3,
-    ) -> "Distiller":
+    ) -> Distiller:
         """Build from a config block ``{loss, weighting, lambda, options}`` (all but loss optional).
 
         For map losses (fitnet, at+pad) without student_shapes / teacher_shapes in the options,
@@ -227,13 +229,19 @@ class Distiller(nn.Module):
             raise ValueError(f"distill config must be a mapping, got {type(cfg).__name__}")
         unknown = set(cfg) - {"loss", "weighting", "lambda", "lam", "options", "normalize"}
         if unknown:
-            raise ValueError(f"distill config: unknown keys {sorted(unknown)}; expected loss, weighting, lambda, options")
+            raise ValueError(
+                f"distill config: unknown keys {sorted(unknown)}; expected loss, weighting, lambda, options"
+            )
         options = dict(cfg.get("options") or {})
         loss = cfg.get("loss", "l2")
-        needs_shapes = loss in LOSSES and LOSSES[loss][0] == "maps" and (loss == "fitnet" or cfg.get("weighting") == "pad")
+        needs_shapes = (
+            loss in LOSSES and LOSSES[loss][0] == "maps" and (loss == "fitnet" or cfg.get("weighting") == "pad")
+        )
         if needs_shapes and ("student_shapes" not in options or "teacher_shapes" not in options):
             if student is None or teacher is None or input_size is None:
-                raise ValueError(f"distill loss {loss!r}: give options student_shapes/teacher_shapes, or student, teacher and input_size to probe them")
+                raise ValueError(
+                    f"distill loss {loss!r}: give options student_shapes/teacher_shapes, or student, teacher and input_size to probe them"
+                )
             options.setdefault("student_shapes", probe_feature_shapes(student, input_size, in_channels))
             options.setdefault("teacher_shapes", probe_feature_shapes(teacher, input_size, in_channels))
         return cls(
@@ -369,4 +377,3 @@ class Distiller(nn.Module):
 
     def extra_repr(self) -> str:
         return f"loss={self.loss_name}, weighting={self.weighting_name}, lam={self.lam}, normalize={self.normalize}"
-

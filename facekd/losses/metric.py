@@ -17,8 +17,9 @@ def pairwise_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return d.clamp(min=1e-12).sqrt()
 
 
-def batch_hard_triplet(embeddings: torch.Tensor, labels: torch.Tensor, margin: float | None = 0.3,
-                       normalize: bool = False) -> torch.Tensor:
+def batch_hard_triplet(
+    embeddings: torch.Tensor, labels: torch.Tensor, margin: float | None = 0.3, normalize: bool = False
+) -> torch.Tensor:
     """Batch-hard triplet loss per anchor (Hermans et al. 2017), embeddings (B, d), labels (B,) → (B,).
 
     For anchor i: d_ap = max distance to another sample of its label, d_an = min distance to a
@@ -27,8 +28,10 @@ def batch_hard_triplet(embeddings: torch.Tensor, labels: torch.Tensor, margin: f
     negative in the batch get 0 (the PK sampler guarantees both). `normalize` L2-normalises first.
     """
     if embeddings.ndim != 2 or labels.shape != (embeddings.shape[0],):
-        raise ValueError(f"batch_hard_triplet: embeddings {tuple(embeddings.shape)} and labels "
-                         f"{tuple(labels.shape)} must be (B, d) and (B,)")
+        raise ValueError(
+            f"batch_hard_triplet: embeddings {tuple(embeddings.shape)} and labels "
+            f"{tuple(labels.shape)} must be (B, d) and (B,)"
+        )
     x = F.normalize(embeddings, dim=1) if normalize else embeddings
     dist = pairwise_euclidean(x, x)
     same = labels[:, None] == labels[None, :]

@@ -35,20 +35,20 @@ import torch
 from torch import nn
 
 __all__ = [
-    "Term",
-    "reduce_dims",
-    "pad_nll",
-    "pad_log_variance",
-    "warmup_factor",
-    "Weighting",
-    "UniformWeighting",
+    "WEIGHTINGS",
+    "HardDiscardingWeighting",
+    "HardMiningWeighting",
+    "PADWeighting",
     "SoftExpWeighting",
     "SoftPolyWeighting",
-    "HardMiningWeighting",
-    "HardDiscardingWeighting",
-    "PADWeighting",
-    "WEIGHTINGS",
+    "Term",
+    "UniformWeighting",
+    "Weighting",
     "get_weighting",
+    "pad_log_variance",
+    "pad_nll",
+    "reduce_dims",
+    "warmup_factor",
 ]
 
 DIM_REDUCTIONS = ("sum", "mean")

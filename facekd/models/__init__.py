@@ -20,8 +20,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -84,16 +84,56 @@ def get_model(name: str, embedding_size: int | None = None, input_size=None, **k
     return model
 
 
-_IRESNET_BLOCKS = {"r18": (2, 2, 2, 2), "r34": (3, 4, 6, 3), "r50": (3, 4, 14, 3), "r100": (3, 13, 30, 3), "r200": (6, 26, 60, 6)}
+_IRESNET_BLOCKS = {
+    "r18": (2, 2, 2, 2),
+    "r34": (3, 4, 6, 3),
+    "r50": (3, 4, 14, 3),
+    "r100": (3, 13, 30, 3),
+    "r200": (6, 26, 60, 6),
+}
 for _name, _blocks in _IRESNET_BLOCKS.items():
-    register_model(_name, IResNet, IResNet, f"insightface IResNet {_blocks}", blocks=_blocks, embedding_size=512, input_size=112)
-register_model("mbf", MobileFaceNet, MobileFaceNet, "insightface MobileFaceNet", blocks=(1, 4, 6, 2), scale=2, embedding_size=512, input_size=112)
-register_model("mbf_large", MobileFaceNet, MobileFaceNet, "insightface MobileFaceNet large", blocks=(2, 8, 12, 4), scale=4, embedding_size=512, input_size=112)
+    register_model(
+        _name, IResNet, IResNet, f"insightface IResNet {_blocks}", blocks=_blocks, embedding_size=512, input_size=112
+    )
 register_model(
-    "iresnet_tiny", IResNet, IResNet, "demo teacher", blocks=(2, 2, 2, 2), widths=(16, 32, 64, 128), embedding_size=512, input_size=32
+    "mbf",
+    MobileFaceNet,
+    MobileFaceNet,
+    "insightface MobileFaceNet",
+    blocks=(1, 4, 6, 2),
+    scale=2,
+    embedding_size=512,
+    input_size=112,
 )
 register_model(
-    "iresnet_mini", IResNet, IResNet, "small IResNet student", blocks=(1, 1, 1, 1), widths=(8, 16, 32, 64), embedding_size=512, input_size=32
+    "mbf_large",
+    MobileFaceNet,
+    MobileFaceNet,
+    "insightface MobileFaceNet large",
+    blocks=(2, 8, 12, 4),
+    scale=4,
+    embedding_size=512,
+    input_size=112,
+)
+register_model(
+    "iresnet_tiny",
+    IResNet,
+    IResNet,
+    "demo teacher",
+    blocks=(2, 2, 2, 2),
+    widths=(16, 32, 64, 128),
+    embedding_size=512,
+    input_size=32,
+)
+register_model(
+    "iresnet_mini",
+    IResNet,
+    IResNet,
+    "small IResNet student",
+    blocks=(1, 1, 1, 1),
+    widths=(8, 16, 32, 64),
+    embedding_size=512,
+    input_size=32,
 )
 register_model(
     "mbf_tiny",
@@ -108,11 +148,31 @@ register_model(
     embedding_size=512,
     input_size=32,
 )
-register_model("resnet50_reid", resnet50_reid, ReIDNet, "re-ID ResNet-50 + BNNeck", embedding_size=None, input_size=(256, 128))
-register_model("shufflenet_v2_x0_5", shufflenet_v2_x0_5, ReIDNet, "re-ID ShuffleNetV2 x0.5 + BNNeck", embedding_size=None, input_size=(256, 128))
+register_model(
+    "resnet50_reid", resnet50_reid, ReIDNet, "re-ID ResNet-50 + BNNeck", embedding_size=None, input_size=(256, 128)
+)
+register_model(
+    "shufflenet_v2_x0_5",
+    shufflenet_v2_x0_5,
+    ReIDNet,
+    "re-ID ShuffleNetV2 x0.5 + BNNeck",
+    embedding_size=None,
+    input_size=(256, 128),
+)
 register_model("small_cnn", SmallCNN, SmallCNN, "3-stage CNN for small images", embedding_size=64, input_size=28)
 
-__all__ = ["embedding_dim", "get_model", "list_models", "model_spec", "register_model", "ModelSpec", "IResNet", "MobileFaceNet", "ReIDNet", "SmallCNN"]
+__all__ = [
+    "IResNet",
+    "MobileFaceNet",
+    "ModelSpec",
+    "ReIDNet",
+    "SmallCNN",
+    "embedding_dim",
+    "get_model",
+    "list_models",
+    "model_spec",
+    "register_model",
+]
 
 
 def embedding_dim(model: nn.Module, input_size: int | tuple[int, int]) -> int:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -47,7 +47,7 @@ def _is_state_dict(obj) -> bool:
 
 def _strip_prefix(sd: dict, prefix: str) -> dict:
     if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
+        return {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -59,7 +59,7 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tenso
                 sd = extract_state_dict(obj[key], source)
                 if key == "task":
                     sd = _strip_prefix(sd, "module.")
-                    student = {k[len("student."):]: v for k, v in sd.items() if k.startswith("student.")}
+                    student = {k[len("student.") :]: v for k, v in sd.items() if k.startswith("student.")}
                     if not student:
                         raise ValueError(f"{source}: 'task' state has no 'student.*' keys (first keys: {list(sd)[:5]})")
                     sd = student
@@ -67,8 +67,10 @@ def extract_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tenso
         if _is_state_dict(obj):
             return _strip_prefix(obj, "module.")
     kind = f"dict with keys {list(obj)[:8]}" if isinstance(obj, dict) else type(obj).__name__
-    raise ValueError(f"{source}: no backbone state_dict found (got {kind}); expected a plain state_dict or "
-                     "one under 'state_dict_backbone' / 'task' / 'state_dict' / 'model'")
+    raise ValueError(
+        f"{source}: no backbone state_dict found (got {kind}); expected a plain state_dict or "
+        "one under 'state_dict_backbone' / 'task' / 'state_dict' / 'model'"
+    )
 
 
 def resolve_backbone_path(path: str | os.PathLike) -> Path:
@@ -95,19 +97,28 @@ def load_state_dict_checked(model: nn.Module, sd: dict, strict: bool = True, sou
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in sd and sd[k].shape != own[k].shape]
+    shapes = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
     if shapes:
         raise ValueError(f"{source}: {len(shapes)} shape mismatches, e.g. {_short(shapes, 3)}")
     if len(missing) == len(own):
-        raise ValueError(f"{source}: no key matches the model (checkpoint keys: {_short(list(sd))}; "
-                         f"model keys: {_short(list(own))})")
+        raise ValueError(
+            f"{source}: no key matches the model (checkpoint keys: {_short(list(sd))}; model keys: {_short(list(own))})"
+        )
     if strict and (missing or unexpected):
-        raise ValueError(f"{source}: state_dict does not match the model: "
-                         f"{len(missing)} missing ({_short(missing)}), {len(unexpected)} unexpected ({_short(unexpected)})")
+        raise ValueError(
+            f"{source}: state_dict does not match the model: "
+            f"{len(missing)} missing ({_short(missing)}), {len(unexpected)} unexpected ({_short(unexpected)})"
+        )
     if missing or unexpected:
-        warnings.warn(f"{source}: loaded non-strictly: {len(missing)} missing ({_short(missing)}), "
-                      f"{len(unexpected)} unexpected ({_short(unexpected)})", stacklevel=3)
+        warnings.warn(
+            f"{source}: loaded non-strictly: {len(missing)} missing ({_short(missing)}), "
+            f"{len(unexpected)} unexpected ({_short(unexpected)})",
+            stacklevel=3,
+        )
     model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 
@@ -159,15 +170,23 @@ def _shard_tensor(path: Path) -> torch.Tensor:
     obj = _torch_load(path)
     if isinstance(obj, torch.Tensor):
         return obj
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict_softmax_fc"), dict) and "weight" in obj["state_dict_softmax_fc"]:
+    if (
+        isinstance(obj, dict)
+        and isinstance(obj.get("state_dict_softmax_fc"), dict)
+        and "weight" in obj["state_dict_softmax_fc"]
+    ):
         return obj["state_dict_softmax_fc"]["weight"]
     if isinstance(obj, dict) and isinstance(obj.get("weight"), torch.Tensor):
         return obj["weight"]
     kind = f"dict with keys {list(obj)[:8]}" if isinstance(obj, dict) else type(obj).__name__
-    raise ValueError(f"{path}: expected a class-centre tensor or a dict with state_dict_softmax_fc['weight'], got {kind}")
+    raise ValueError(
+        f"{path}: expected a class-centre tensor or a dict with state_dict_softmax_fc['weight'], got {kind}"
+    )
 
 
-def merge_class_centres(paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike], num_classes: int) -> torch.Tensor:
+def merge_class_centres(
+    paths_or_dir: str | os.PathLike | Sequence[str | os.PathLike], num_classes: int
+) -> torch.Tensor:
     """Concatenate PartialFC class-centre shards in rank order into a (C, d) float32 tensor.
 
     Accepts a directory (uses `rank_{r}_softmax_weight.pt`, else `checkpoint_gpu_{r}.pt`; the
@@ -194,15 +213,19 @@ def merge_class_centres(paths_or_dir: str | os.PathLike | Sequence[str | os.Path
         paths = [paths[i] for i in order]
         found = sorted(ranks)
         if found != list(range(len(paths))):
-            raise ValueError(f"shard ranks must be 0..{len(paths) - 1} exactly once, found {found} in {paths[0].parent}")
+            raise ValueError(
+                f"shard ranks must be 0..{len(paths) - 1} exactly once, found {found} in {paths[0].parent}"
+            )
     world = len(paths)
     shards = []
     for r, p in enumerate(paths):
         w = _shard_tensor(p)
         _, num_local = partial_fc_partition(num_classes, world, r)
         if w.ndim != 2 or w.shape[0] != num_local:
-            raise ValueError(f"{p}: rank {r} of {world} with {num_classes} classes should hold ({num_local}, d) "
-                             f"centres (num_local = C//W + (r < C%W)), got {tuple(w.shape)}")
+            raise ValueError(
+                f"{p}: rank {r} of {world} with {num_classes} classes should hold ({num_local}, d) "
+                f"centres (num_local = C//W + (r < C%W)), got {tuple(w.shape)}"
+            )
         if shards and w.shape[1] != shards[0].shape[1]:
             raise ValueError(f"{p}: centre width {w.shape[1]} differs from rank 0's {shards[0].shape[1]}")
         shards.append(w.float())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,10 +12,12 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     def export_cmd(
-        model_or_ckpt: str = typer.Argument(..., help="checkpoint (file or run dir) or, for random weights, a model name"),
-        arch: Optional[str] = typer.Option(None, help="architecture name (required with a checkpoint)"),
+        model_or_ckpt: str = typer.Argument(
+            ..., help="checkpoint (file or run dir) or, for random weights, a model name"
+        ),
+        arch: str | None = typer.Option(None, help="architecture name (required with a checkpoint)"),
         out: Path = typer.Option(Path("student.onnx"), help="output .onnx path"),
-        input_size: Optional[int] = typer.Option(None, help="input side in pixels (default: the model's)"),
+        input_size: int | None = typer.Option(None, help="input side in pixels (default: the model's)"),
         pixel_input: bool = typer.Option(False, help="normalise in the graph (input 0-255) instead of outside"),
         check: bool = typer.Option(False, "--check", help="run the MFR checker on the result"),
         track: str = typer.Option("ms1m", help="checker track: ms1m (≤512-d) or glint (≤1024-d)"),
@@ -31,10 +32,14 @@ def register(app: typer.Typer) -> None:
                 raise typer.BadParameter("--arch is required when exporting a checkpoint")
             model = load_backbone(model_or_ckpt, arch, **({"input_size": input_size} if input_size else {}))
         elif model_or_ckpt in list_models():
-            typer.echo(f"note: {model_or_ckpt!r} is not a file; exporting a randomly initialised {model_or_ckpt}", err=True)
+            typer.echo(
+                f"note: {model_or_ckpt!r} is not a file; exporting a randomly initialised {model_or_ckpt}", err=True
+            )
             model = get_model(model_or_ckpt, input_size=input_size)
         else:
-            raise typer.BadParameter(f"{model_or_ckpt!r} is neither an existing checkpoint nor a model name ({', '.join(list_models())})")
+            raise typer.BadParameter(
+                f"{model_or_ckpt!r} is neither an existing checkpoint nor a model name ({', '.join(list_models())})"
+            )
         path = export_onnx(model, out, input_size=input_size, pixel_input=pixel_input)
         typer.echo(f"wrote {path}")
         if check:
@@ -47,8 +52,8 @@ def register(app: typer.Typer) -> None:
     def check_cmd(
         path: Path = typer.Argument(..., help="ONNX file, or a directory (last *.onnx, crop.txt, pixel_norm.txt)"),
         track: str = typer.Option("ms1m", help="ms1m / cfat (≤512-d) or glint / unconstrained (≤1024-d)"),
-        input_size: Optional[int] = typer.Option(None, help="expected input side (default 112 or crop.txt)"),
-        max_time_ms: Optional[float] = typer.Option(None, help="fail above this batch-1 latency on this machine"),
+        input_size: int | None = typer.Option(None, help="expected input side (default 112 or crop.txt)"),
+        max_time_ms: float | None = typer.Option(None, help="fail above this batch-1 latency on this machine"),
     ) -> None:
         """Run the ICCV21-MFR submission checks and print each one; exit 1 if any fails."""
         from ..export import check_onnx

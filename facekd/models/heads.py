@@ -27,7 +27,7 @@ straight-through gradient; we do not copy that.)
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +48,9 @@ class _CentreHead(nn.Module):
 
     def _check(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         if x.ndim != 2 or x.shape[1] != self.embedding_size:
-            raise ValueError(f"{type(self).__name__}: expected embeddings (B, {self.embedding_size}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__}: expected embeddings (B, {self.embedding_size}), got {tuple(x.shape)}"
+            )
         if labels.shape != (x.shape[0],):
             raise ValueError(f"{type(self).__name__}: expected labels ({x.shape[0]},), got {tuple(labels.shape)}")
 
@@ -71,7 +73,9 @@ class ArcFaceHead(_CentreHead):
 
     OVERFLOW = ("cosface", "easy", "none")
 
-    def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, overflow: str = "cosface"):
+    def __init__(
+        self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.5, overflow: str = "cosface"
+    ):
         super().__init__(embedding_size, num_classes)
         if overflow not in self.OVERFLOW:
             raise ValueError(f"ArcFace overflow must be one of {self.OVERFLOW}, got {overflow!r}")
@@ -141,7 +145,9 @@ def register_head(name: str, cls: type, **defaults) -> None:
     _HEADS[name] = (cls, defaults)
 
 
-def get_head(name: str, embedding_size: int, num_classes: int, s: float = 64.0, m: float | None = None, **kw) -> nn.Module:
+def get_head(
+    name: str, embedding_size: int, num_classes: int, s: float = 64.0, m: float | None = None, **kw
+) -> nn.Module:
     """Build a head: "arcface" (m default 0.5 rad), "cosface" (m default 0.4), "softmax" (s, m ignored).
 
     forward(embeddings (B, d), labels (B,)) → logits (B, C). Extra keywords go to the class

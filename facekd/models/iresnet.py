@@ -20,7 +20,7 @@ halved four times, rounding up; 112 → 7), configurable stage widths (for the s
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

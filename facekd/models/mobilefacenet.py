@@ -23,7 +23,7 @@ trunk widths, 64·scale and 128·scale), `hidden` (the expansion width g of laye
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -76,7 +76,9 @@ class DepthWise(nn.Module):
 class Residual(nn.Module):
     def __init__(self, c: int, num_block: int, groups: int):
         super().__init__()
-        self.layers = nn.Sequential(*[DepthWise(c, c, residual=True, stride=1, groups=groups) for _ in range(num_block)])
+        self.layers = nn.Sequential(
+            *[DepthWise(c, c, residual=True, stride=1, groups=groups) for _ in range(num_block)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)

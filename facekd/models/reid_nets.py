@@ -17,7 +17,7 @@ four stage outputs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -164,7 +164,9 @@ class ReIDNet(nn.Module):
         neck_feat: "after" (BN output, default) or "before" (pooled / reduced feature).
     """
 
-    def __init__(self, trunk: nn.Module, embedding_size: int | None = None, bnneck: bool = True, neck_feat: str = "after"):
+    def __init__(
+        self, trunk: nn.Module, embedding_size: int | None = None, bnneck: bool = True, neck_feat: str = "after"
+    ):
         super().__init__()
         if neck_feat not in ("after", "before"):
             raise ValueError(f"neck_feat must be 'after' or 'before', got {neck_feat!r}")

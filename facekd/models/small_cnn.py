@@ -26,10 +26,14 @@ class SmallCNN(nn.Module):
 
         def stage(cin, cout, stride):
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
             )
 
-        self.stages = nn.ModuleList([stage(in_channels, width, 1), stage(width, 2 * width, 2), stage(2 * width, 4 * width, 2)])
+        self.stages = nn.ModuleList(
+            [stage(in_channels, width, 1), stage(width, 2 * width, 2), stage(2 * width, 4 * width, 2)]
+        )
         self.fc = nn.Linear(4 * width, embedding_size)
         self.embedding_size = embedding_size
 

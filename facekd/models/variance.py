@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["VarianceBranch", "ConvVarianceBranch"]
+__all__ = ["ConvVarianceBranch", "VarianceBranch"]
 
 
 class VarianceBranch(nn.Module):
@@ -50,9 +50,7 @@ class ConvVarianceBranch(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, init_logvar: float = 0.0):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
-            raise ValueError(
-                f"ConvVarianceBranch: channel counts must be ≥ 1, got {in_channels}, {out_channels}"
-            )
+            raise ValueError(f"ConvVarianceBranch: channel counts must be ≥ 1, got {in_channels}, {out_channels}")
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=1)
         self.bn = nn.BatchNorm2d(out_channels)
         nn.init.constant_(self.bn.bias, init_logvar)
