@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # otherwise pip resolves `torch` to a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test lint bench clean
 
 $(BIN)/facekd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
