@@ -80,7 +80,8 @@ def test_pad_options_only_with_pad():
 def test_every_loss_with_every_compatible_weighting_runs_and_trains():
     weightings = ["uniform", "soft_exp", "soft_poly", "hard_mining", "hard_discarding", "pad"]
     B = 6
-    for loss, (source, pad_ok, _) in LOSSES.items():
+    for loss, spec in LOSSES.items():
+        source, pad_ok = spec.reads, spec.pad_compatible
         for w in weightings:
             if w == "pad" and not pad_ok:
                 continue
