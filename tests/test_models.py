@@ -21,15 +21,15 @@ def _bn2d(prefix, c):
 
 def expected_iresnet(blocks, widths=(64, 128, 256, 512), emb=512, spatial=7):
     """Keys and shapes of arcface_torch's IResNet, written from the spec (face-ecosystem.md §1.5)."""
-    keys = [("conv1.weight", (widths[0], 3, 3, 3))] + _bn2d("bn1", widths[0]) + [("prelu.weight", (widths[0],))]
+    keys = [("conv1.weight", (widths[0], 3, 3, 3)), *_bn2d("bn1", widths[0]), ("prelu.weight", (widths[0],))]
     cin = widths[0]
     for k, (n, w) in enumerate(zip(blocks, widths), start=1):
         for i in range(n):
             p = f"layer{k}.{i}"
-            keys += _bn2d(f"{p}.bn1", cin) + [(f"{p}.conv1.weight", (w, cin, 3, 3))] + _bn2d(f"{p}.bn2", w)
-            keys += [(f"{p}.prelu.weight", (w,)), (f"{p}.conv2.weight", (w, w, 3, 3))] + _bn2d(f"{p}.bn3", w)
+            keys += [*_bn2d(f"{p}.bn1", cin), (f"{p}.conv1.weight", (w, cin, 3, 3)), *_bn2d(f"{p}.bn2", w)]
+            keys += [(f"{p}.prelu.weight", (w,)), (f"{p}.conv2.weight", (w, w, 3, 3)), *_bn2d(f"{p}.bn3", w)]
             if i == 0:
-                keys += [(f"{p}.downsample.0.weight", (w, cin, 1, 1))] + _bn2d(f"{p}.downsample.1", w)
+                keys += [(f"{p}.downsample.0.weight", (w, cin, 1, 1)), *_bn2d(f"{p}.downsample.1", w)]
             cin = w
     keys += _bn2d("bn2", widths[3])
     keys += [("fc.weight", (emb, widths[3] * spatial * spatial)), ("fc.bias", (emb,))]
@@ -41,7 +41,7 @@ def expected_mbf(blocks=(1, 4, 6, 2), scale=2, emb=512):
     """Keys and shapes of arcface_torch's MobileFaceNet, from the spec (face-ecosystem.md §1.5)."""
 
     def conv_block(p, cin, cout, k, groups=1, prelu=True):
-        out = [(f"{p}.layers.0.weight", (cout, cin // groups, k, k))] + _bn2d(f"{p}.layers.1", cout)
+        out = [(f"{p}.layers.0.weight", (cout, cin // groups, k, k)), *_bn2d(f"{p}.layers.1", cout)]
         return out + ([(f"{p}.layers.2.weight", (cout,))] if prelu else [])
 
     def depthwise(p, cin, cout, g):
@@ -59,14 +59,14 @@ def expected_mbf(blocks=(1, 4, 6, 2), scale=2, emb=512):
         for i in range(blocks[0]):
             keys += depthwise(f"layers.1.layers.{i}", c1, c1, 128)
     keys += depthwise("layers.2", c1, c1, 128)
-    keys += sum((depthwise(f"layers.3.layers.{i}", c1, c1, 128) for i in range(blocks[1])), [])
+    keys += [key for i in range(blocks[1]) for key in depthwise(f"layers.3.layers.{i}", c1, c1, 128)]
     keys += depthwise("layers.4", c1, c2, 256)
-    keys += sum((depthwise(f"layers.5.layers.{i}", c2, c2, 256) for i in range(blocks[2])), [])
+    keys += [key for i in range(blocks[2]) for key in depthwise(f"layers.5.layers.{i}", c2, c2, 256)]
     keys += depthwise("layers.6", c2, c2, 512)
-    keys += sum((depthwise(f"layers.7.layers.{i}", c2, c2, 256) for i in range(blocks[3])), [])
+    keys += [key for i in range(blocks[3]) for key in depthwise(f"layers.7.layers.{i}", c2, c2, 256)]
     keys += conv_block("conv_sep", c2, 512, 1)
     keys += conv_block("features.layers.0", 512, 512, 7, groups=512, prelu=False)
-    keys += [("features.layers.2.weight", (emb, 512))] + _bn2d("features.layers.3", emb)
+    keys += [("features.layers.2.weight", (emb, 512)), *_bn2d("features.layers.3", emb)]
     return keys
 
 
