@@ -15,6 +15,7 @@
 | resnet50_reid | torchvision-named ResNet-50, last stride 1, BNNeck | 256×128 | 2048 |
 | shufflenet_v2_x0_5 | torchvision-named ShuffleNetV2 ×0.5, BNNeck | 256×128 | 1024 |
 | small_cnn | 3-stage CNN for small images (Fashion-MNIST; width 16, any size) | 28 | 64 |
+| sphere20, sphere36 | SphereFace residual CNNs, no BN | 112×96 | 512 |
 
 `embedding_size=None` / `input_size=None` mean the architecture's default above. Each family's
 file registers its names with `register_backbone`; a new family is one new file here.
