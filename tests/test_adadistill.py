@@ -85,3 +85,45 @@ def test_adadistill_projection_gradients_eval_and_config():
         Distiller("adadistill", student_dim=4, teacher_dim=4)
     with pytest.raises(ValueError, match=r"\[0, 7\)"):
         d(Features(s, labels=torch.tensor([0, 1, 2, 3, 7])), Features(t))
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    import os
+
+    import torch.distributed as tdist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    tdist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(0)  # the same initial centres on both ranks
+        d = Distiller("adadistill", num_classes=5, student_dim=3, teacher_dim=3)
+        s, t, y = _ddp_batch()
+        half = slice(rank * 3, rank * 3 + 3)  # each rank sees its half of the batch
+        d(Features(s[half], labels=y[half]), Features(t[half]))
+        torch.save(d.loss.centres, os.path.join(out_dir, f"r{rank}.pt"))
+    finally:
+        tdist.destroy_process_group()
+
+
+def _ddp_batch():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(6, 3, generator=g), torch.randn(6, 3, generator=g), torch.tensor([0, 2, 1, 2, 4, 0])
+
+
+@pytest.mark.slow  # two spawned processes
+def test_ddp_replicas_apply_the_update_of_the_whole_batch(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    single = Distiller("adadistill", num_classes=5, student_dim=3, teacher_dim=3)
+    s, t, y = _ddp_batch()
+    single(Features(s, labels=y), Features(t))
+    for r in range(2):
+        torch.testing.assert_close(torch.load(tmp_path / f"r{r}.pt"), single.loss.centres)
