@@ -74,16 +74,18 @@ def _split_options(
         )
     allowed = loss_keys | w_keys | set(DISTILLER_OPTIONS)
     unknown = set(options) - allowed
-    owners = {n for n, w in WEIGHTINGS.items() if unknown & set(w.Options.model_fields)}
-    if unknown and owners and all(any(k in WEIGHTINGS[n].Options.model_fields for n in owners) for k in unknown):
+    owners = {n: set(w.Options.model_fields) & unknown for n, w in WEIGHTINGS.items()}
+    owners = {n: keys for n, keys in owners.items() if keys}
+    if unknown and unknown == set().union(*owners.values()):  # options of other weightings
         names = " or ".join(repr(n) for n in sorted(owners))
         raise ValueError(f"options {sorted(unknown)} apply only to weighting {names}, not {weighting.name!r}")
     if unknown:
         raise ValueError(
             f"distiller ({loss.name}/{weighting.name}): unknown options {sorted(unknown)}; allowed: {sorted(allowed)}"
         )
-    pick = lambda keys: {k: v for k, v in options.items() if k in keys}  # noqa: E731
-    return pick(loss_keys), pick(w_keys), pick(DISTILLER_OPTIONS)
+    parts = (loss_keys, w_keys, set(DISTILLER_OPTIONS))
+    loss_opts, w_opts, own = ({k: v for k, v in options.items() if k in keys} for keys in parts)
+    return loss_opts, w_opts, own
 
 
 class Distiller(nn.Module):
