@@ -137,6 +137,11 @@ LOSSES: Registry[type[DistillLoss]] = Registry("distillation loss", "facekd.loss
 register_loss = LOSSES.register
 
 
+def _shape(shape: Sequence[int]) -> Shape:
+    c, h, w = shape
+    return int(c), int(h), int(w)
+
+
 class MapOptions(OptionsModel):
     """Options of every feature-map loss."""
 
@@ -171,7 +176,7 @@ class MapLoss(DistillLoss):
             raise ValueError(f"{self.name}: student has {n} stage maps, teacher {len(t_shapes)}")
         layers = self.options.layers
         self.layers = [i % n for i in (layers if layers is not None else range(n))]
-        return [(tuple(s_shapes[i]), tuple(t_shapes[i])) for i in self.layers]  # type: ignore[misc]
+        return [(_shape(s_shapes[i]), _shape(t_shapes[i])) for i in self.layers]
 
     def select(self, student: Features, teacher: Features) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """The chosen stage maps of both networks; the teacher's detached."""
