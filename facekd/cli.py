@@ -49,7 +49,7 @@ COMMAND_MODULES: list[str] = [
     "facekd.bias.commands",  # density, uniformity, resample
     "facekd.refo_commands",  # intrinsic-dim, refo
     "facekd.evaluate.commands",  # eval-ijb, eval-reid
-    "facekd.models.commands",  # export, check-onnx
+    "facekd.onnx.commands",  # export, check-onnx
     "facekd.data.commands",  # pack-rec, inspect-rec, export-synth
 ]
 

@@ -64,7 +64,10 @@ def test_from_config_matches_constructor_and_validates():
         Distiller("l2")
 
 
-@pytest.mark.parametrize("loss", ["cosine", "hkd", "rkd", "cc", "sp", "pkt", "darkrank", "vid"])
+@pytest.mark.parametrize(
+    "loss",
+    ["cosine", "hkd", "rkd", "cc", "sp", "pkt", "darkrank", "vid", "ekd", "gkd", "adadistill", "margin_distillation"],
+)
 def test_pad_refused_for_non_gaussian_losses(loss):
     with pytest.raises(ValueError, match="pad"):
         Distiller(loss, "pad", student_dim=4, teacher_dim=4)
@@ -80,14 +83,18 @@ def test_pad_options_only_with_pad():
 def test_every_loss_with_every_compatible_weighting_runs_and_trains():
     weightings = ["uniform", "soft_exp", "soft_poly", "hard_mining", "hard_discarding", "pad"]
     B = 6
-    for loss, (source, pad_ok, _) in LOSSES.items():
+    for loss, spec in LOSSES.items():
+        source, pad_ok = spec.reads, spec.pad_compatible
         for w in weightings:
             if w == "pad" and not pad_ok:
                 continue
-            d = Distiller(loss, w, student_dim=4, teacher_dim=5, student_shapes=S_SHAPES, teacher_shapes=T_SHAPES)
+            context = {"num_classes": 7, "class_centres": torch.randn(7, 5)}  # for the margin-head losses
+            shapes = {"student_shapes": S_SHAPES, "teacher_shapes": T_SHAPES}
+            d = Distiller(loss, w, student_dim=4, teacher_dim=5, **shapes, **context)
             s_emb = torch.randn(B, 4, requires_grad=True)
             s_maps = [m.requires_grad_(True) for m in _maps(S_SHAPES, B, 1)]
-            student = Features(s_emb, s_maps, torch.randn(B, 7, requires_grad=True))
+            labels = torch.arange(B) % 3
+            student = Features(s_emb, s_maps, torch.randn(B, 7, requires_grad=True), labels)
             teacher = Features(torch.randn(B, 5), _maps(T_SHAPES, B, 2), torch.randn(B, 7))
             out, logs = d(student, teacher, step=1)
             assert out.dim() == 0 and torch.isfinite(out), (loss, w)

@@ -9,9 +9,9 @@ import typer
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from facekd.export import OnnxTeacher, check_onnx, detect_pixel_norm, export_onnx
 from facekd.models import get_model
-from facekd.models.commands import register
+from facekd.onnx import OnnxTeacher, check_onnx, detect_pixel_norm, export_onnx
+from facekd.onnx.commands import register
 
 torch.set_num_threads(1)
 

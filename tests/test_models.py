@@ -21,15 +21,15 @@ def _bn2d(prefix, c):
 
 def expected_iresnet(blocks, widths=(64, 128, 256, 512), emb=512, spatial=7):
     """Keys and shapes of arcface_torch's IResNet, written from the spec (face-ecosystem.md §1.5)."""
-    keys = [("conv1.weight", (widths[0], 3, 3, 3))] + _bn2d("bn1", widths[0]) + [("prelu.weight", (widths[0],))]
+    keys = [("conv1.weight", (widths[0], 3, 3, 3)), *_bn2d("bn1", widths[0]), ("prelu.weight", (widths[0],))]
     cin = widths[0]
     for k, (n, w) in enumerate(zip(blocks, widths), start=1):
         for i in range(n):
             p = f"layer{k}.{i}"
-            keys += _bn2d(f"{p}.bn1", cin) + [(f"{p}.conv1.weight", (w, cin, 3, 3))] + _bn2d(f"{p}.bn2", w)
-            keys += [(f"{p}.prelu.weight", (w,)), (f"{p}.conv2.weight", (w, w, 3, 3))] + _bn2d(f"{p}.bn3", w)
+            keys += [*_bn2d(f"{p}.bn1", cin), (f"{p}.conv1.weight", (w, cin, 3, 3)), *_bn2d(f"{p}.bn2", w)]
+            keys += [(f"{p}.prelu.weight", (w,)), (f"{p}.conv2.weight", (w, w, 3, 3)), *_bn2d(f"{p}.bn3", w)]
             if i == 0:
-                keys += [(f"{p}.downsample.0.weight", (w, cin, 1, 1))] + _bn2d(f"{p}.downsample.1", w)
+                keys += [(f"{p}.downsample.0.weight", (w, cin, 1, 1)), *_bn2d(f"{p}.downsample.1", w)]
             cin = w
     keys += _bn2d("bn2", widths[3])
     keys += [("fc.weight", (emb, widths[3] * spatial * spatial)), ("fc.bias", (emb,))]
@@ -41,7 +41,7 @@ def expected_mbf(blocks=(1, 4, 6, 2), scale=2, emb=512):
     """Keys and shapes of arcface_torch's MobileFaceNet, from the spec (face-ecosystem.md §1.5)."""
 
     def conv_block(p, cin, cout, k, groups=1, prelu=True):
-        out = [(f"{p}.layers.0.weight", (cout, cin // groups, k, k))] + _bn2d(f"{p}.layers.1", cout)
+        out = [(f"{p}.layers.0.weight", (cout, cin // groups, k, k)), *_bn2d(f"{p}.layers.1", cout)]
         return out + ([(f"{p}.layers.2.weight", (cout,))] if prelu else [])
 
     def depthwise(p, cin, cout, g):
@@ -59,14 +59,14 @@ def expected_mbf(blocks=(1, 4, 6, 2), scale=2, emb=512):
         for i in range(blocks[0]):
             keys += depthwise(f"layers.1.layers.{i}", c1, c1, 128)
     keys += depthwise("layers.2", c1, c1, 128)
-    keys += sum((depthwise(f"layers.3.layers.{i}", c1, c1, 128) for i in range(blocks[1])), [])
+    keys += [key for i in range(blocks[1]) for key in depthwise(f"layers.3.layers.{i}", c1, c1, 128)]
     keys += depthwise("layers.4", c1, c2, 256)
-    keys += sum((depthwise(f"layers.5.layers.{i}", c2, c2, 256) for i in range(blocks[2])), [])
+    keys += [key for i in range(blocks[2]) for key in depthwise(f"layers.5.layers.{i}", c2, c2, 256)]
     keys += depthwise("layers.6", c2, c2, 512)
-    keys += sum((depthwise(f"layers.7.layers.{i}", c2, c2, 256) for i in range(blocks[3])), [])
+    keys += [key for i in range(blocks[3]) for key in depthwise(f"layers.7.layers.{i}", c2, c2, 256)]
     keys += conv_block("conv_sep", c2, 512, 1)
     keys += conv_block("features.layers.0", 512, 512, 7, groups=512, prelu=False)
-    keys += [("features.layers.2.weight", (emb, 512))] + _bn2d("features.layers.3", emb)
+    keys += [("features.layers.2.weight", (emb, 512)), *_bn2d("features.layers.3", emb)]
     return keys
 
 
@@ -193,3 +193,99 @@ def test_shufflenet_torchvision_names_and_reduction():
     assert m(torch.randn(2, 3, 64, 32)).shape == (2, 256)
     before = get_model("shufflenet_v2_x0_5", neck_feat="before").eval()
     assert before(torch.randn(2, 3, 64, 32)).shape == (2, 1024)
+
+
+# ------------------------------------------------------------------ every registered backbone
+HEAVY = {"r100", "r200"}  # 65M / 130M parameters: part of the suite, outside the fast tier
+
+
+def _trained_like(model, x):
+    """BN statistics measured on x (so even r200 gives finite outputs in eval mode) and non-trivial
+    BN shifts, so that a round trip that lost either would show. Returns the model in eval mode."""
+    g = torch.Generator().manual_seed(1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for bn in bns:
+            bn.bias.data.uniform_(-0.2, 0.2, generator=g)
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the calibration batch
+        model.train()(x)
+    for bn in bns:
+        bn.momentum = 0.1
+    return model.eval()
+
+
+def _small_input(name, batch=2):
+    from facekd.models import model_spec
+    from facekd.models._common import pair
+
+    h, w = pair(model_spec(name).min_input_size)
+    return torch.rand(batch, 3, h, w, generator=torch.Generator().manual_seed(batch)) * 2 - 1
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in list_models()])
+def test_every_backbone_contract_round_trip_and_onnx(name, tmp_path):
+    """For every registered name, at its smallest input: output shape and the stage-map contract,
+    `embedding_size` honoured, a strict state_dict round trip through a file (load_backbone builds
+    a fresh model, inferring its embedding size, and loads with strict=True), and an ONNX export
+    that onnxruntime runs to the same embedding."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from facekd.models import embedding_dim, model_spec
+    from facekd.models.checkpoint import load_backbone
+    from facekd.onnx import export_onnx
+
+    size = model_spec(name).min_input_size
+    x = _small_input(name)
+    torch.manual_seed(0)
+    model = _trained_like(get_model(name, input_size=size), _small_input(name, batch=8))
+    with torch.no_grad():
+        emb, maps = model(x, return_features=True)
+        assert torch.equal(model(x), emb)
+    assert emb.shape == (2, model.embedding_size) == (2, embedding_dim(model, size))
+    assert maps and all(m.dim() == 4 and m.shape[0] == 2 for m in maps)
+    assert get_model(name, embedding_size=24, input_size=size).eval()(x).shape == (2, 24)
+
+    torch.save(model.state_dict(), tmp_path / "backbone.pth")
+    loaded = load_backbone(tmp_path / "backbone.pth", name, input_size=size)  # a fresh model, strict=True
+    assert loaded.state_dict().keys() == model.state_dict().keys()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), emb)
+
+    path = export_onnx(model, tmp_path / f"{name}.onnx", input_size=size)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"data": x.numpy()})[0]
+    ref = emb.numpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_register_backbone_decorator_options_and_errors():
+    from torch import nn
+
+    from facekd.models import model_spec, register_backbone
+    from facekd.models.registry import _REGISTRY
+
+    @register_backbone("test_linear_net", embedding_size=8, input_size=4, min_input_size=2)
+    class LinearNet(nn.Module):
+        def __init__(self, embedding_size=8, input_size=4, bias=True):
+            super().__init__()
+            self.embedding_size = embedding_size
+            self.fc = nn.Linear(3, embedding_size, bias=bias)
+
+        def forward(self, x, return_features=False):
+            emb = self.fc(x.mean(dim=(2, 3)))
+            return (emb, [x]) if return_features else emb
+
+    try:
+        assert "test_linear_net" in list_models() and model_spec("test_linear_net").cls is LinearNet
+        m = get_model("test_linear_net", embedding_size=5, bias=False)  # constructor options pass through
+        assert m.fc.out_features == 5 and m.fc.bias is None and m.arch == "test_linear_net"
+        with pytest.raises(ValueError, match="bad options"):
+            get_model("test_linear_net", depth=3)
+        with pytest.raises(ValueError, match="already registered"):
+            register_backbone("test_linear_net", LinearNet)
+        with pytest.raises(ValueError, match="cls="):
+            register_backbone("test_factory", lambda **kw: LinearNet(**kw))
+    finally:
+        _REGISTRY.pop("test_linear_net", None)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from facekd.losses.distiller import Distiller, Features
-from facekd.models.variance import ConvVarianceBranch, VarianceBranch
+from facekd.losses.variance import ConvVarianceBranch, VarianceBranch
 
 torch.set_num_threads(1)
 

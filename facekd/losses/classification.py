@@ -117,6 +117,8 @@ def class_balanced_weights(class_counts, beta: float = 0.9999) -> np.ndarray:
 class ClassBalancedLoss(nn.Module):
     """Class-Balanced loss per sample: ``w_y · base(z, y)``; base is CE or Focal. (B,C),(B,) -> (B,)."""
 
+    weights: torch.Tensor
+
     def __init__(self, class_counts, beta: float = 0.9999, base: str = "ce", gamma: float = 2.0):
         super().__init__()
         if base not in ("ce", "focal"):
@@ -152,6 +154,9 @@ class LDAMLoss(nn.Module):
     (B, C), (B,) -> (B,). Optional Class-Balanced re-weighting (`reweight_beta`, the "DRW" weights
     of the LDAM paper applied from the start; default None = no re-weighting).
     """
+
+    margins: torch.Tensor
+    weights: torch.Tensor | None
 
     def __init__(self, class_counts, s: float = 64.0, max_margin: float = 0.5, reweight_beta: float | None = None):
         super().__init__()

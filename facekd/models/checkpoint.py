@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import get_model, model_spec
+from .registry import get_model, model_spec
 
 BACKBONE_FILES = ("backbone.pth", "model.pt")
 
@@ -144,6 +144,7 @@ def load_backbone(path: str | os.PathLike, arch: str | nn.Module, strict: bool =
     if convert is not None:
         sd = convert(sd)
     if model is None:
+        assert isinstance(arch, str)
         infer = getattr(cls, "config_from_state_dict", None)
         model = get_model(arch, **{**(infer(sd) if infer else {}), **model_kw})
     load_state_dict_checked(model, sd, strict=strict, source=f"{file} (arch {name})")
@@ -207,8 +208,8 @@ def merge_class_centres(
         paths = [Path(p) for p in paths_or_dir]
     if not paths:
         raise ValueError("merge_class_centres: no shard files given")
-    ranks = [_rank_of(p) for p in paths]
-    if all(r is not None for r in ranks):
+    ranks = [r for r in (_rank_of(p) for p in paths) if r is not None]
+    if len(ranks) == len(paths):
         order = sorted(range(len(paths)), key=lambda i: ranks[i])
         paths = [paths[i] for i in order]
         found = sorted(ranks)
@@ -217,7 +218,7 @@ def merge_class_centres(
                 f"shard ranks must be 0..{len(paths) - 1} exactly once, found {found} in {paths[0].parent}"
             )
     world = len(paths)
-    shards = []
+    shards: list[torch.Tensor] = []
     for r, p in enumerate(paths):
         w = _shard_tensor(p)
         _, num_local = partial_fc_partition(num_classes, world, r)

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ._common import final_spatial, pair
+from .registry import register_backbone
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -109,8 +110,8 @@ class IResNet(nn.Module):
         """x (B, 3, H, W) → embedding (B, d); with return_features also [layer1..layer4 outputs]."""
         x = self.prelu(self.bn1(self.conv1(x)))
         stages = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
+        for k in range(1, 5):
+            x = getattr(self, f"layer{k}")(x)
             stages.append(x)
         x = torch.flatten(self.bn2(x), 1)
         x = self.dropout(x)
@@ -127,8 +128,39 @@ class IResNet(nn.Module):
             return {}
         d, fan_in = fc.shape
         cells = fan_in // last.shape[0]
-        side = int(round(cells**0.5))
+        side = round(cells**0.5)
         cfg = {"embedding_size": int(d)}
         if side * side == cells and side * last.shape[0] == fan_in // side:
             cfg["input_size"] = side * 16
         return cfg
+
+
+_INSIGHTFACE_BLOCKS = {
+    "r18": (2, 2, 2, 2),
+    "r34": (3, 4, 6, 3),
+    "r50": (3, 4, 14, 3),
+    "r100": (3, 13, 30, 3),
+    "r200": (6, 26, 60, 6),
+}
+for _name, _blocks in _INSIGHTFACE_BLOCKS.items():
+    register_backbone(
+        _name, IResNet, description=f"insightface IResNet {_blocks}", blocks=_blocks, embedding_size=512, input_size=112
+    )
+register_backbone(
+    "iresnet_tiny",
+    IResNet,
+    description="demo teacher: IResNet widths 16/32/64/128, blocks 2/2/2/2 (~1.0M params)",
+    blocks=(2, 2, 2, 2),
+    widths=(16, 32, 64, 128),
+    embedding_size=512,
+    input_size=32,
+)
+register_backbone(
+    "iresnet_mini",
+    IResNet,
+    description="small IResNet student: widths 8/16/32/64, blocks 1/1/1/1 (~0.2M params)",
+    blocks=(1, 1, 1, 1),
+    widths=(8, 16, 32, 64),
+    embedding_size=512,
+    input_size=32,
+)

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from ._common import final_spatial, pair
+from .registry import register_backbone
 
 
 class ConvBlock(nn.Module):
@@ -182,3 +183,35 @@ class MobileFaceNet(nn.Module):
         if gdc.shape[-1] == gdc.shape[-2]:
             cfg["input_size"] = int(gdc.shape[-1]) * 16
         return cfg
+
+
+register_backbone(
+    "mbf",
+    MobileFaceNet,
+    description="insightface MobileFaceNet",
+    blocks=(1, 4, 6, 2),
+    scale=2,
+    embedding_size=512,
+    input_size=112,
+)
+register_backbone(
+    "mbf_large",
+    MobileFaceNet,
+    description="insightface MobileFaceNet large",
+    blocks=(2, 8, 12, 4),
+    scale=4,
+    embedding_size=512,
+    input_size=112,
+)
+register_backbone(
+    "mbf_tiny",
+    MobileFaceNet,
+    description="demo student: narrow MobileFaceNet (~0.2M params)",
+    blocks=(1, 2, 2, 1),
+    widths=(32, 64),
+    hidden=(32, 64, 64, 128, 128, 128, 128),
+    stem_groups=16,
+    sep_width=128,
+    embedding_size=512,
+    input_size=32,
+)

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .registry import register_backbone
+
 
 # ----------------------------------------------------------------------------------------- ResNet-50
 class Bottleneck(nn.Module):
@@ -48,7 +50,13 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNetTrunk(nn.Module):
+class Trunk(nn.Module):
+    """A re-ID trunk: forward(x) → (last map, [stage maps]); `out_channels` is the last map's width."""
+
+    out_channels: int
+
+
+class ResNetTrunk(Trunk):
     """torchvision ResNet (Bottleneck) without avgpool / fc; `last_stride` is layer4's stride."""
 
     def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), last_stride: int = 1):
@@ -76,8 +84,8 @@ class ResNetTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         stages = []
-        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
-            x = layer(x)
+        for k in range(1, 5):
+            x = getattr(self, f"layer{k}")(x)
             stages.append(x)
         return x, stages
 
@@ -125,7 +133,7 @@ class InvertedResidual(nn.Module):
         return _channel_shuffle(out, 2)
 
 
-class ShuffleNetV2Trunk(nn.Module):
+class ShuffleNetV2Trunk(Trunk):
     """torchvision ShuffleNetV2 without fc. ×0.5: stage channels (24, 48, 96, 192, 1024), repeats (4, 8, 4)."""
 
     def __init__(self, repeats: Sequence[int] = (4, 8, 4), channels: Sequence[int] = (24, 48, 96, 192, 1024)):
@@ -147,8 +155,8 @@ class ShuffleNetV2Trunk(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.maxpool(self.conv1(x))
         stages = []
-        for stage in (self.stage2, self.stage3, self.stage4, self.conv5):
-            x = stage(x)
+        for name in ("stage2", "stage3", "stage4", "conv5"):
+            x = getattr(self, name)(x)
             stages.append(x)
         return x, stages
 
@@ -164,9 +172,7 @@ class ReIDNet(nn.Module):
         neck_feat: "after" (BN output, default) or "before" (pooled / reduced feature).
     """
 
-    def __init__(
-        self, trunk: nn.Module, embedding_size: int | None = None, bnneck: bool = True, neck_feat: str = "after"
-    ):
+    def __init__(self, trunk: Trunk, embedding_size: int | None = None, bnneck: bool = True, neck_feat: str = "after"):
         super().__init__()
         if neck_feat not in ("after", "before"):
             raise ValueError(f"neck_feat must be 'after' or 'before', got {neck_feat!r}")
@@ -206,12 +212,28 @@ class ReIDNet(nn.Module):
         return {}
 
 
+@register_backbone(
+    "resnet50_reid",
+    cls=ReIDNet,
+    description="re-ID ResNet-50 + BNNeck",
+    min_input_size=(32, 16),
+    embedding_size=None,
+    input_size=(256, 128),
+)
 def resnet50_reid(embedding_size: int | None = None, input_size=(256, 128), last_stride: int = 1, **kw) -> ReIDNet:
     """ResNet-50 re-ID net (bag-of-tricks: last stride 1, BNNeck). Any input size (GAP); output 2048-d
     unless `embedding_size` asks for a reduction."""
     return ReIDNet(ResNetTrunk((3, 4, 6, 3), last_stride=last_stride), embedding_size, **kw)
 
 
+@register_backbone(
+    "shufflenet_v2_x0_5",
+    cls=ReIDNet,
+    description="re-ID ShuffleNetV2 x0.5 + BNNeck",
+    min_input_size=(32, 16),
+    embedding_size=None,
+    input_size=(256, 128),
+)
 def shufflenet_v2_x0_5(embedding_size: int | None = None, input_size=(256, 128), **kw) -> ReIDNet:
     """ShuffleNetV2 ×0.5 re-ID net with BNNeck; output 1024-d unless `embedding_size` asks for a reduction."""
     return ReIDNet(ShuffleNetV2Trunk(), embedding_size, **kw)

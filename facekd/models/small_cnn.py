@@ -11,7 +11,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import register_backbone
 
+
+@register_backbone(
+    "small_cnn", description="3-stage CNN for small images", min_input_size=4, embedding_size=64, input_size=28
+)
 class SmallCNN(nn.Module):
     """Three conv stages (3×3 conv–BN–ReLU, ×2 downsampling in stages 2 and 3), global average
     pooling and a linear embedding layer.

@@ -1,4 +1,4 @@
-"""CLI commands of the models area: `facekd export` and `facekd check-onnx`."""
+"""CLI commands of the ONNX package: `facekd export` and `facekd check-onnx`."""
 
 from __future__ import annotations
 
@@ -23,14 +23,18 @@ def register(app: typer.Typer) -> None:
         track: str = typer.Option("ms1m", help="checker track: ms1m (≤512-d) or glint (≤1024-d)"),
     ) -> None:
         """Export a backbone to ONNX (input `data`, dynamic batch, fp32), optionally checking it."""
-        from ..export import check_onnx, export_onnx
-        from . import get_model, list_models
-        from .checkpoint import load_backbone
+        from facekd.models import get_model, list_models
+        from facekd.models.checkpoint import load_backbone
+        from facekd.onnx import check_onnx, export_onnx
 
         if Path(model_or_ckpt).exists():
             if arch is None:
                 raise typer.BadParameter("--arch is required when exporting a checkpoint")
-            model = load_backbone(model_or_ckpt, arch, **({"input_size": input_size} if input_size else {}))
+            model = (
+                load_backbone(model_or_ckpt, arch, input_size=input_size)
+                if input_size
+                else load_backbone(model_or_ckpt, arch)
+            )
         elif model_or_ckpt in list_models():
             typer.echo(
                 f"note: {model_or_ckpt!r} is not a file; exporting a randomly initialised {model_or_ckpt}", err=True
@@ -56,7 +60,7 @@ def register(app: typer.Typer) -> None:
         max_time_ms: float | None = typer.Option(None, help="fail above this batch-1 latency on this machine"),
     ) -> None:
         """Run the ICCV21-MFR submission checks and print each one; exit 1 if any fails."""
-        from ..export import check_onnx
+        from facekd.onnx import check_onnx
 
         report = check_onnx(path, track=track, input_size=input_size, max_time_ms=max_time_ms)
         typer.echo(str(report))
