@@ -168,7 +168,7 @@ def require_same(where: str, saved: Mapping, now: Mapping, hint: str, ignore: It
     diffs = differences(saved, now, ignore)
     if diffs:
         detail = "; ".join(f"{k}: saved {a!r}, now {b!r}" for k, a, b in diffs)
-        raise RecordMismatch(f"{where} holds a different run ({detail}); {hint}")
+        raise RecordMismatch(f"{where} holds a different result ({detail}); {hint}")
 
 
 # --------------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_differences_ignore_resumable_settings_and_outputs():
     now["distill"] = {"loss": "l2"}
     assert store.differences(saved, now) == [("distill.loss", None, "l2"), ("train.lr", 0.1, 0.2)]
     with pytest.raises(
-        store.RecordMismatch, match=r"^runs/x holds a different run \(distill\.loss: .*train\.lr: saved"
+        store.RecordMismatch, match=r"^runs/x holds a different result \(distill\.loss: .*train\.lr: saved"
     ):
         store.require_same("runs/x", saved, now, "use another directory")
 
