@@ -9,7 +9,8 @@ is decided the same way:
   record is plain data — dicts with string keys, lists, tuples, str, int, float, bool, None, paths
   (as strings), numpy arrays (by content hash) — and refuses anything else (callables, arbitrary
   objects) with a clear error: nothing is ever hashed by its name or its `repr()`.
-  `digest(record)` is the sha256 of its canonical JSON: the result key.
+  `digest(record)` is the sha256 of its canonical JSON; `result_key(record)` the same without the
+  `RESUMABLE` settings: the key of a result.
 - **Matching.** `differences(saved, now)` lists the keys of a new record whose values differ from
   the saved one; `require_same` turns them into one error line. The settings in `RESUMABLE` may
   change between a killed run and its resume without changing the result, so they are never
@@ -112,6 +113,21 @@ def canonical_json(obj: Any) -> str:
 def digest(obj: Any) -> str:
     """sha256 (hex) of the canonical JSON of plain data: a content key for a result."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+def without_resumable(record: Any, resumable: Iterable[str] = RESUMABLE) -> Any:
+    """`record` (plain data) without the keys named in `resumable`, at any depth."""
+    skip = set(resumable)
+    if isinstance(record, dict):
+        return {k: without_resumable(v, skip) for k, v in record.items() if k not in skip}
+    if isinstance(record, list):
+        return [without_resumable(v, skip) for v in record]
+    return record
+
+
+def result_key(record: Mapping) -> str:
+    """The content key of a result: `digest` of its record without the RESUMABLE settings."""
+    return digest(without_resumable(plain(record)))
 
 
 def source_digest(*modules: ModuleType) -> str:
@@ -307,6 +323,8 @@ __all__ = [
     "plain",
     "read_done",
     "require_same",
+    "result_key",
     "run_lock",
     "source_digest",
+    "without_resumable",
 ]

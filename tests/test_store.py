@@ -171,3 +171,10 @@ def test_invalidate_removes_done_before_the_artifacts(tmp_path):
     assert not store.is_done(tmp_path)
     assert not (tmp_path / "backbone.pth").exists() and not (tmp_path / "checkpoints" / "last.pt").exists()
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+def test_result_key_leaves_out_resumable_settings():
+    a = {"config": {"train": {"lr": 0.1, "log_every": 20, "num_workers": 0}}, "sampler": None}
+    b = {"config": {"train": {"lr": 0.1, "log_every": 5, "num_workers": 8}}, "sampler": None}
+    assert store.result_key(a) == store.result_key(b) and store.digest(a) != store.digest(b)
+    assert store.result_key(a) != store.result_key({**a, "config": {"train": {"lr": 0.2}}})
