@@ -33,7 +33,7 @@ def _arrays(tmp_path, n=32, classes=4, size=16):
 def test_config_errors_are_one_clean_line_exit_2(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"train": {"lrr": 1}}))
-    code, out, err = _invoke(["train", str(cfg)], capsys)
+    code, _, err = _invoke(["train", str(cfg)], capsys)
     assert code == 2 and err.strip() == f"error: {cfg}: train.lrr: unknown key"
     code, _, err = _invoke(["train", str(tmp_path / "missing.yaml")], capsys)
     assert code == 2 and "missing.yaml does not exist" in err and "Traceback" not in err
