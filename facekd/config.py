@@ -130,8 +130,8 @@ class DistillConfig(_Strict):
 class TeacherConfig(_Strict):
     """Either `cache` (an EmbeddingCache directory computed on the training data), or
     `checkpoint` (backbone.pth) + `arch` run online (`online: true`) or embedded once, from the
-    un-augmented images, into `run_dir/teacher_cache` (`online: false`). The embedding width (and
-    input size) are read from the checkpoint unless `embedding_size` is given. `head`: the
+    un-augmented images, into `run_dir/teacher_cache` (`online: false`). The embedding width is
+    read from the checkpoint unless `embedding_size` is given. `head`: the
     teacher's head.pth (written by `facekd train` beside backbone.pth), for logit losses (HKD) with
     an online teacher: a margin head `head_name` (task face / metric) or a Linear classifier (task
     classification), its number of classes read from the file."""
