@@ -102,13 +102,15 @@ def train(
 ) -> None:
     """Train a model from a YAML config (see docs/training.md). The run directory is locked while
     it runs; a finished run with the same config and data is reused, a different one refused."""
+    from facekd import dist
     from facekd.build import run_training
     from facekd.config import load_config
 
     cfg = load_config(config, overrides or [])
     _set_threads(threads)
     run_training(cfg, resume=resume, progress=progress)
-    typer.echo(f"done: {cfg.run_dir / 'backbone.pth'}")
+    if dist.is_main():
+        typer.echo(f"done: {cfg.run_dir / 'backbone.pth'}")
 
 
 def _data_config(data: str, kind: str, split: str):
