@@ -49,22 +49,22 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    weight_decay: float = Field(5e-4, ge=0)
-    warmup_epochs: float = Field(0.0, ge=0)
+    epochs: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0)
+    weight_decay: float = Field(default=5e-4, ge=0)
+    warmup_epochs: float = Field(default=0.0, ge=0)
     schedule: Literal["poly", "step"] = "poly"
     milestones: list[float] = Field(default_factory=list)
-    gamma: float = Field(0.1, gt=0)
-    clip_grad: float | None = Field(5.0, gt=0)
+    gamma: float = Field(default=0.1, gt=0)
+    clip_grad: float | None = Field(default=5.0, gt=0)
     clip_scope: Literal["backbone", "all"] = "backbone"
     amp: bool = False
     seed: int = 0
-    checkpoint_every: int = Field(0, ge=0)
-    log_every: int = Field(20, ge=1)
-    num_workers: int = Field(0, ge=0)
+    checkpoint_every: int = Field(default=0, ge=0)
+    log_every: int = Field(default=20, ge=1)
+    num_workers: int = Field(default=0, ge=0)
     drop_last: bool = True
     device: str = "auto"
     find_unused_parameters: bool = True
