@@ -1,11 +1,12 @@
 """The `facekd` command: thin wrappers over the library (parse, call, print).
 
-Commands here: demo, train, embed, eval. Other areas add theirs through a module with a
+Commands here: demo, train, embed, eval. The others come from modules with a
 `register(app: typer.Typer) -> None` function listed in `COMMAND_MODULES` (imported at start-up;
 an import error surfaces, nothing is skipped silently).
 
-Bad input (ValueError, FileNotFoundError, a config error) prints one line `error: ...` on stderr
-and exits with code 2; set FACEKD_DEBUG=1 for the traceback.
+Bad input (ValueError, FileNotFoundError, a config error) and a run directory locked by another
+process print one line `error: ...` on stderr and exit with code 2; set FACEKD_DEBUG=1 for the
+traceback.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 import os
 import sys
 from pathlib import Path
+from typing import Any, Literal, cast
 
 import typer
 from pydantic import ValidationError
@@ -33,6 +35,10 @@ class _App(typer.Typer):
             sys.exit(2)
 
 
+Preset = Literal["quick", "default", "full"]
+_PRESETS = ("quick", "default", "full")
+
+
 def _one_line(e: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
 
@@ -44,7 +50,7 @@ app = _App(
     pretty_exceptions_enable=False,
 )
 
-# Modules of other areas that add commands with `register(app)`; the lead keeps this list.
+# Modules that add commands with `register(app)`.
 COMMAND_MODULES: list[str] = [
     "facekd.bias.commands",  # density, uniformity, resample
     "facekd.refo_commands",  # intrinsic-dim, refo
@@ -77,27 +83,45 @@ def demo(
     typer.echo(report.read_text())
 
 
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @app.command()
 def train(
     config: Path = typer.Argument(..., help="YAML run config"),
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. train.lr=0.05"),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="continue from run_dir/checkpoints/last.pt"),
+    resume: bool = typer.Option(
+        True, "--resume/--no-resume", help="continue from run_dir/checkpoints/last.pt, or start over"
+    ),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train a model from a YAML config (see docs/training.md)."""
-    from facekd.config import load_config, run_training
+    """Train a model from a YAML config (see docs/training.md). The run directory is locked while
+    it runs; a finished run with the same config and data is reused, a different one refused."""
+    from facekd import dist
+    from facekd.build import run_training
+    from facekd.config import load_config
 
     cfg = load_config(config, overrides or [])
+    _set_threads(threads)
     run_training(cfg, resume=resume, progress=progress)
-    typer.echo(f"done: {cfg.run_dir / 'backbone.pth'}")
+    if dist.is_main():
+        typer.echo(f"done: {cfg.run_dir / 'backbone.pth'}")
 
 
 def _data_config(data: str, kind: str, split: str):
-    from facekd.config import DataConfig
+    """The DataConfig of `--kind` / `--data` / `--split` (ConfigError, one line, on a bad combination)."""
+    from facekd.config import ConfigError, DataConfig, format_validation_error
 
-    if kind == "synthfaces":
-        return DataConfig(kind="synthfaces", preset=data, split=split)
-    return DataConfig(kind=kind, path=Path(data))
+    raw = {"kind": kind, "split": split, **({"preset": data} if kind == "synthfaces" else {"path": data})}
+    try:
+        return DataConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, "--kind / --data / --split")) from None
 
 
 def _load_model(arch: str, checkpoint: Path | None, embedding_size: int | None, input_size: int | None):
@@ -106,7 +130,8 @@ def _load_model(arch: str, checkpoint: Path | None, embedding_size: int | None, 
     from facekd.models.checkpoint import load_backbone
 
     if checkpoint is not None:
-        kw = {k: v for k, v in (("embedding_size", embedding_size), ("input_size", input_size)) if v is not None}
+        sizes = (("embedding_size", embedding_size), ("input_size", input_size))
+        kw: dict[str, Any] = {k: v for k, v in sizes if v is not None}
         return load_backbone(checkpoint, arch, **kw)
     typer.echo(f"warning: no --checkpoint, {arch} has random weights", err=True)
     return get_model(arch, embedding_size=embedding_size, input_size=input_size).eval()
@@ -117,24 +142,31 @@ def embed(
     arch: str = typer.Option(..., "--arch", help="model name (facekd.models.list_models())"),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="backbone.pth"),
     data: str = typer.Option("default", "--data", help="SynthFaces preset, or a path for --kind"),
-    kind: str = typer.Option("synthfaces", "--kind", help="synthfaces | recordio | folder | list | arrays"),
-    split: str = typer.Option("train", "--split", help="SynthFaces split: train | test"),
+    kind: str = typer.Option(
+        "synthfaces", "--kind", help="synthfaces | recordio | folder | list | arrays | idx | market1501 | dukemtmc"
+    ),
+    split: str = typer.Option(
+        "train", "--split", help="train | test (synthfaces, idx) | query | gallery (re-ID); other kinds: train"
+    ),
     out: Path = typer.Option(..., "--out", help="EmbeddingCache directory"),
     flip: bool = typer.Option(False, "--flip", help="flip-sum, as insightface"),
     normalize: bool = typer.Option(True, "--normalize/--raw"),
     embedding_size: int | None = typer.Option(None, "--embedding-size"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Embed a dataset into an EmbeddingCache (resumable; reused when it matches)."""
+    """Embed a dataset into an EmbeddingCache (resumable; reused when it matches; `--out` is locked
+    while rows are written)."""
     from facekd import dist
-    from facekd.config import build_dataset
+    from facekd.build import build_dataset
     from facekd.embed import embed_dataset
-    from facekd.train import resolve_device
 
+    data_cfg = _data_config(data, kind, split)
+    _set_threads(threads)
     dist.init_from_env()  # under torchrun each rank embeds its shard and rank 0 assembles the cache
-    dataset = build_dataset(_data_config(data, kind, split))
-    model = _load_model(arch, checkpoint, embedding_size, dataset.image_size).to(resolve_device("auto"))
+    dataset = build_dataset(data_cfg)
+    model = _load_model(arch, checkpoint, embedding_size, dataset.image_size).to(dist.resolve_device("auto"))
     cache = embed_dataset(model, dataset, out, flip=flip, batch_size=batch_size, normalize=normalize, progress=progress)
     if dist.is_main():
         typer.echo(f"{cache.directory}: {cache.embeddings.shape[0]} × {cache.embeddings.shape[1]} float32")
@@ -172,7 +204,9 @@ def eval_(
     from facekd.evaluate.verification import evaluate_pairs, plot_roc
     from facekd.utils import save_json
 
-    data = make_synthfaces(SynthFacesConfig.preset(preset))
+    if preset not in _PRESETS:
+        raise typer.BadParameter(f"--preset must be one of {' / '.join(_PRESETS)}, got {preset!r}")
+    data = make_synthfaces(SynthFacesConfig.preset(cast(Preset, preset)))
     model = _load_model(arch, checkpoint, embedding_size, data.test.image_size)
     images = [data.test[i]["image"] for i in range(len(data.test))]
     emb = np.concatenate(
@@ -197,9 +231,9 @@ def _eval_bins(
     device: str,
     out: Path | None,
 ) -> None:
+    from facekd.dist import resolve_device
     from facekd.evaluate.model_eval import evaluate_bin
     from facekd.evaluate.verification import format_insightface_line
-    from facekd.train import resolve_device
     from facekd.utils import save_json
 
     for path in bins:

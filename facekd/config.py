@@ -14,7 +14,8 @@
     run_dir:  runs/my_run
 
 `load_config(path, overrides=["train.lr=0.05"])` returns a validated `RunConfig`; every problem is
-a one-line `ConfigError` naming the file and the key. `run_training(cfg)` builds and trains it.
+a one-line `ConfigError` naming the file and the key. `facekd.build.run_training(cfg)` builds and
+trains it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from facekd.models import embedding_dim
 from facekd.train import TrainConfig
 from facekd.utils import atomic_path, parse_angle
 
@@ -96,14 +96,16 @@ def _recordio_probe(path: Path) -> Path:
 
 class ModelConfig(_Strict):
     arch: str = "mbf_tiny"
-    embedding_size: int | None = Field(None, ge=1)
-    input_size: int | None = Field(None, ge=8, description="default: the dataset's image size")
+    embedding_size: int | None = Field(default=None, ge=1)
+    input_size: int | None = Field(default=None, ge=8, description="default: the dataset's image size")
 
 
 class HeadConfig(_Strict):
     name: Literal["arcface", "cosface", "softmax"] = "arcface"
-    s: float = Field(64.0, gt=0)
-    m: float | None = Field(None, description="radians; default 0.5 (arcface) / 0.4 (cosface); accepts '28.6deg'")
+    s: float = Field(default=64.0, gt=0)
+    m: float | None = Field(
+        default=None, description="radians; default 0.5 (arcface) / 0.4 (cosface); accepts '28.6deg'"
+    )
     options: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("m", mode="before")
@@ -120,33 +122,42 @@ class ClsLossConfig(_Strict):
 class DistillConfig(_Strict):
     loss: str = "l2"
     weighting: str = "uniform"
-    lam: float = Field(1.0, alias="lambda", ge=0)
+    lam: float = Field(default=1.0, alias="lambda", ge=0)
     normalize: bool = True
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class TeacherConfig(_Strict):
     """Either `cache` (an EmbeddingCache directory computed on the training data), or
-    `checkpoint` (backbone.pth) + `arch` (+ embedding_size) run online (`online: true`) or embedded
-    once into `run_dir/teacher_cache` (`online: false`)."""
+    `checkpoint` (backbone.pth) + `arch` run online (`online: true`) or embedded once, from the
+    un-augmented images, into `run_dir/teacher_cache` (`online: false`). The embedding width is
+    read from the checkpoint unless `embedding_size` is given. `head`: the
+    teacher's head.pth (written by `facekd train` beside backbone.pth), for logit losses (HKD) with
+    an online teacher: a margin head `head_name` (task face / metric) or a Linear classifier (task
+    classification), its number of classes read from the file."""
 
     cache: Path | None = None
     checkpoint: Path | None = None
     arch: str | None = None
-    embedding_size: int | None = None
+    embedding_size: int | None = Field(default=None, ge=1)
     online: bool = False
     flip: bool = False
+    head: Path | None = None
+    head_name: Literal["arcface", "cosface", "softmax"] = "arcface"
 
     @model_validator(mode="after")
     def _check(self):
         _existing(self.cache, "teacher cache")
         _existing(self.checkpoint, "teacher checkpoint")
+        _existing(self.head, "teacher head")
         if (self.cache is None) == (self.checkpoint is None):
             raise ValueError("give exactly one of cache or checkpoint")
         if self.checkpoint is not None and self.arch is None:
             raise ValueError("checkpoint needs arch")
         if self.online and self.checkpoint is None:
             raise ValueError("online needs checkpoint (a cache cannot run online)")
+        if self.head is not None and not self.online:
+            raise ValueError("head needs an online teacher (checkpoint + online: true)")
         return self
 
 
@@ -183,11 +194,11 @@ class MetricConfig(_Strict):
     """Options of `task: metric` (facekd.tasks.MetricTask; defaults = reid-strong-baseline):
     triplet on the feature before the BNNeck, ID loss (head) on the feature after it."""
 
-    triplet_margin: float | None = Field(0.3, gt=0, description="null: soft margin")
-    triplet_weight: float = Field(1.0, ge=0)
+    triplet_margin: float | None = Field(default=0.3, gt=0, description="null: soft margin")
+    triplet_weight: float = Field(default=1.0, ge=0)
     triplet_normalize: bool = False
-    center_weight: float = Field(0.0, ge=0, description="0: no center loss; RSB uses 5e-4")
-    label_smoothing: float = Field(0.1, ge=0, lt=1, description="for cls_loss ce")
+    center_weight: float = Field(default=0.0, ge=0, description="0: no center loss; RSB uses 5e-4")
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="for cls_loss ce")
     bnneck: bool = True
     distill_feat: Literal["after", "before"] = "after"
 
@@ -199,7 +210,7 @@ class RunConfig(_Strict):
 
     task: Literal["face", "classification", "metric"] = "face"
     metric: MetricConfig | None = None
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=lambda: DataConfig.model_validate({}))
     model: ModelConfig = Field(default_factory=ModelConfig)
     head: HeadConfig | None = Field(default_factory=HeadConfig)
     cls_loss: ClsLossConfig = Field(default_factory=ClsLossConfig)
@@ -317,7 +328,7 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# building and running
+# the dataset and the sampler a config describes (the rest of a run: facekd.build)
 # --------------------------------------------------------------------------------------------
 
 
@@ -371,31 +382,6 @@ def build_dataset(cfg: DataConfig):
         )
 
 
-def build_teacher(cfg: RunConfig, dataset):
-    """(provider module for FaceTask, teacher EmbeddingCache or None) from cfg.teacher."""
-    from facekd.embed import EmbeddingCache, embed_dataset
-    from facekd.models import get_model
-    from facekd.models.checkpoint import load_backbone
-    from facekd.tasks import CachedTeacher, OnlineTeacher
-    from facekd.train import resolve_device
-
-    t = cfg.teacher
-    if t.cache is not None:
-        cache = EmbeddingCache.open(t.cache)
-        return CachedTeacher(cache), cache
-    model = load_backbone(
-        t.checkpoint,
-        get_model(t.arch, embedding_size=t.embedding_size, input_size=cfg.model.input_size or dataset.image_size),
-    )
-    if t.online:
-        return OnlineTeacher(model), None
-    # under torchrun each rank embeds its shard on its own device; rank 0 assembles the cache
-    cache = embed_dataset(
-        model.to(resolve_device(cfg.train.device)), dataset, cfg.run_dir / "teacher_cache", flip=t.flip
-    )
-    return CachedTeacher(cache), cache
-
-
 def build_sampler(cfg: SamplerConfig, dataset, seed: int, cache=None):
     """None (uniform shuffle), an int64 array (file), an epoch → indices callable, or a PKSampler."""
     if cfg.name == "uniform" and not cfg.options:
@@ -420,98 +406,6 @@ def build_sampler(cfg: SamplerConfig, dataset, seed: int, cache=None):
     return epoch_fn(cfg.name, embeddings=embeddings, labels=dataset.labels, n=len(dataset), seed=seed, **opts)
 
 
-def build_task(cfg: RunConfig, dataset, teacher_provider=None):
-    """The task of `cfg.task` from the config (facekd.tasks):
-    face → FaceTask(student, head, cls_loss, distiller, teacher);
-    classification → ClassificationTask(student, Linear(d, C), distiller, teacher, cls_loss);
-    metric → MetricTask(student, head, cls_loss (None for ce: label-smoothed CE), triplet, center, ...)."""
-    from torch import nn
-
-    from facekd.losses.classification import get_cls_loss
-    from facekd.losses.distiller import Distiller
-    from facekd.losses.metric import CenterLoss
-    from facekd.models import get_model
-    from facekd.models.heads import get_head
-    from facekd.tasks import CachedTeacher, ClassificationTask, FaceTask, MetricTask
-
-    input_size = cfg.model.input_size or dataset.image_size
-    student = get_model(cfg.model.arch, embedding_size=cfg.model.embedding_size, input_size=input_size)
-    dim = embedding_dim(student, input_size)
-    head = loss = distiller = None
-    if cfg.head is not None:
-        head = (
-            nn.Linear(dim, dataset.num_classes)
-            if cfg.task == "classification"
-            else get_head(cfg.head.name, dim, dataset.num_classes, s=cfg.head.s, m=cfg.head.m, **cfg.head.options)
-        )
-        opts = dict(cfg.cls_loss.options)
-        if cfg.cls_loss.name in ("cb", "ldam"):
-            opts["class_counts"] = np.bincount(dataset.labels, minlength=dataset.num_classes)
-        loss = get_cls_loss(cfg.cls_loss.name, **opts)
-    if cfg.distill is not None:
-        t_dim = (
-            teacher_provider.dim
-            if isinstance(teacher_provider, CachedTeacher)
-            else embedding_dim(teacher_provider.model, input_size)
-        )
-        distiller = Distiller.from_config(
-            {
-                "loss": cfg.distill.loss,
-                "weighting": cfg.distill.weighting,
-                "lambda": cfg.distill.lam,
-                "normalize": cfg.distill.normalize,
-                "options": cfg.distill.options,
-            },
-            student_dim=dim,
-            teacher_dim=t_dim,
-            student=student,
-            teacher=getattr(teacher_provider, "model", None),
-            input_size=input_size,
-        )
-    teacher = teacher_provider if cfg.distill is not None else None
-    if cfg.task == "classification":
-        return ClassificationTask(student, head, distiller=distiller, teacher=teacher, cls_loss=loss)
-    if cfg.task == "metric":
-        m = cfg.metric or MetricConfig()
-        return MetricTask(
-            student,
-            head=head,
-            cls_loss=None if cfg.cls_loss.name == "ce" else loss,
-            label_smoothing=m.label_smoothing,
-            triplet_margin=m.triplet_margin,
-            triplet_weight=m.triplet_weight,
-            triplet_normalize=m.triplet_normalize,
-            center=CenterLoss(dataset.num_classes, dim) if m.center_weight > 0 else None,
-            center_weight=m.center_weight,
-            bnneck=m.bnneck,
-            distill_feat=m.distill_feat,
-            distiller=distiller,
-            teacher=teacher,
-        )
-    return FaceTask(student, head=head, cls_loss=loss, distiller=distiller, teacher=teacher)
-
-
-def run_training(cfg: RunConfig, resume: bool = True, progress: bool = True):
-    """Build everything from `cfg`, save run_dir/config.yaml, train; returns the trained task.
-
-    Under torchrun the process group is initialised first (NCCL on GPUs, gloo on CPU), so a teacher
-    cache computed here is embedded one shard per rank."""
-    from facekd import dist
-    from facekd.train import train
-    from facekd.utils import seed_everything
-
-    dist.init_from_env()  # before the teacher cache, so that it is embedded sharded under torchrun
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    if dist.is_main():
-        save_config(cfg, cfg.run_dir / "config.yaml")
-    dataset = build_dataset(cfg.data)
-    provider, cache = build_teacher(cfg, dataset) if cfg.teacher is not None else (None, None)
-    sampler = build_sampler(cfg.sampler, dataset, cfg.train.seed, cache)
-    seed_everything(cfg.train.seed)
-    task = build_task(cfg, dataset, provider)
-    return train(task, dataset, cfg.train, cfg.run_dir, sampler=sampler, resume=resume, progress=progress)
-
-
 __all__ = [
     "ClsLossConfig",
     "ConfigError",
@@ -526,10 +420,7 @@ __all__ = [
     "apply_overrides",
     "build_dataset",
     "build_sampler",
-    "build_task",
-    "build_teacher",
     "dump_config",
     "load_config",
-    "run_training",
     "save_config",
 ]

@@ -44,18 +44,48 @@ def init_from_env() -> bool:
     return True
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """ "auto" → the local CUDA device when available (LOCAL_RANK under torchrun), else CPU."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _collective_device() -> torch.device:
+    """Where a collective's tensors must live: the current CUDA device under NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def min_over_ranks(value: int) -> int:
+    """The smallest of `value` over all ranks (the value itself in a single process)."""
+    if not is_distributed():
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.long, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
+
+
+def all_true(flag: bool) -> bool:
+    """True when `flag` is true on every rank (so that all ranks take the same branch)."""
+    return bool(min_over_ranks(int(bool(flag))))
+
+
 def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
     """Concatenate `x` (first dim may differ per rank) from all ranks, in rank order."""
     if not is_distributed():
         return x
     sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world_size())]
     dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-    sizes = [int(s.item()) for s in sizes]
-    padded = torch.zeros((max(sizes),) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    rows = [int(s.item()) for s in sizes]
+    padded = torch.zeros((max(rows), *x.shape[1:]), dtype=x.dtype, device=x.device)
     padded[: x.shape[0]] = x
-    chunks = [torch.empty_like(padded) for _ in sizes]
+    chunks = [torch.empty_like(padded) for _ in rows]
     dist.all_gather(chunks, padded)
-    return torch.cat([c[:n] for c, n in zip(chunks, sizes)])
+    return torch.cat([c[:n] for c, n in zip(chunks, rows)])
 
 
 def shard_range(n: int, r: int | None = None, w: int | None = None) -> tuple[int, int]:

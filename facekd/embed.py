@@ -8,7 +8,9 @@ Directory layout (one cache = one directory):
 While being written, rows go into `.part{rank}of{world}.npy` (a preallocated .npy memmap) and a
 `.progress{rank}of{world}.json` records how many rows are finished, so an interrupted run
 continues from the last finished chunk. `meta.json` is written last: a directory without it is not
-a cache.
+a cache. `meta.json` holds the cache's record (`cache_record`); a cache is reused only when that
+record matches (`facekd.store.require_same`), and a directory being written is locked
+(`facekd.store.run_lock`), so two processes never write one cache.
 """
 
 from __future__ import annotations
@@ -25,13 +27,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from facekd import dist
+from facekd import dist, store
 from facekd.models import embedding_dim
 from facekd.utils import atomic_path, save_json, save_npy
 
 FORMAT_VERSION = 1
-# The keys of meta.json that must match for a cache to be reused.
-_MATCH_KEYS = ("model_sha256", "dataset_fingerprint", "n", "flip", "normalize")
 
 
 def model_checksum(model: nn.Module) -> str:
@@ -83,21 +83,21 @@ class EmbeddingCache:
         return self.embeddings.shape[0]
 
     def check_matches(self, expected: dict) -> None:
-        """Raise ValueError naming every meta key that differs from `expected`."""
-        _check_meta(self.directory, self.meta, expected)
-
-
-def _check_meta(directory: Path, meta: dict, expected: dict) -> None:
-    diffs = [
-        f"{k}: cache has {meta.get(k)!r}, requested {expected[k]!r}"
-        for k in _MATCH_KEYS
-        if k in expected and meta.get(k) != expected[k]
-    ]
-    if diffs:
-        raise ValueError(
-            f"embedding cache {directory} does not match the request ({'; '.join(diffs)}); "
-            "delete it or choose another output directory"
+        """Raise store.RecordMismatch naming every key of `expected` whose value differs in meta.json."""
+        store.require_same(
+            f"embedding cache {self.directory}", self.meta, expected, "delete it or choose another output directory"
         )
+
+
+def cache_record(model: nn.Module, dataset, flip: bool, normalize: bool) -> dict:
+    """What determines a cache's rows: the model's weights, the dataset's content and the preprocessing."""
+    return {
+        "model_sha256": model_checksum(model),
+        "dataset_fingerprint": str(dataset.fingerprint()),
+        "n": len(dataset),
+        "flip": bool(flip),
+        "normalize": bool(normalize),
+    }
 
 
 @torch.no_grad()
@@ -127,82 +127,104 @@ def embed_dataset(
 ) -> EmbeddingCache:
     """Run `model` over `dataset` into an EmbeddingCache at `out_dir` and return it.
 
-    A complete cache with the same model checksum, dataset fingerprint, N, flip and normalize is
-    reused; one that differs is refused (ValueError naming the differences). An interrupted run
-    resumes from its last finished chunk (`chunk_batches` batches). Under torchrun each rank embeds
-    its contiguous shard (`dist.shard_range`); rank 0 assembles the final file (the directory must
-    be on a filesystem all ranks share). The model is put in eval mode and restored afterwards.
+    A complete cache with the same `cache_record` (model checksum, dataset fingerprint, N, flip,
+    normalize) is reused; one that differs is refused (store.RecordMismatch naming the
+    differences). While rows are computed `out_dir` is locked (`store.run_lock`: a second process
+    is refused with the holder's pid). An interrupted run resumes from its last finished chunk
+    (`chunk_batches` batches). Under torchrun each rank embeds its contiguous shard
+    (`dist.shard_range`); rank 0 assembles the final file (the directory must be on a filesystem
+    all ranks share). The model is put in eval mode and restored afterwards.
     """
     out_dir = Path(out_dir)
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    expected = {
-        "model_sha256": model_checksum(model),
-        "dataset_fingerprint": str(dataset.fingerprint()),
-        "n": len(dataset),
-        "flip": bool(flip),
-        "normalize": bool(normalize),
-    }
-    if (out_dir / "meta.json").exists():
-        cache = EmbeddingCache.open(out_dir)
-        cache.check_matches(expected)
-        return cache
-    out_dir.mkdir(parents=True, exist_ok=True)
+    expected = cache_record(model, dataset, flip, normalize)
+    if dist.all_true((out_dir / "meta.json").exists()):
+        return _reuse(out_dir, expected)
+    with store.run_lock(out_dir):
+        if dist.all_true((out_dir / "meta.json").exists()):  # finished by another process meanwhile
+            return _reuse(out_dir, expected)
+        if device is None:
+            device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        was_training = model.training
+        model.eval()
+        try:
+            dim = embedding_dim(model, dataset.image_size)
+            loader_kw = {"batch_size": batch_size, "num_workers": num_workers}
+            _embed_shard(
+                model, dataset, out_dir, expected, dim, torch.device(device), loader_kw, chunk_batches, progress
+            )
+        finally:
+            model.train(was_training)
+        w = dist.world_size()
+        if w > 1:
+            torch.distributed.barrier()
+        if dist.rank() == 0:
+            _assemble(out_dir, dataset, expected, dim, w)
+        if w > 1:
+            torch.distributed.barrier()
+    return EmbeddingCache.open(out_dir)
+
+
+def _reuse(out_dir: Path, expected: dict) -> EmbeddingCache:
+    cache = EmbeddingCache.open(out_dir)
+    cache.check_matches(expected)
+    return cache
+
+
+def _resume_row(prog_path: Path, part: Path, record: dict) -> int:
+    """Rows of this shard already embedded by an interrupted run with the same record (else 0)."""
+    if not (prog_path.exists() and part.exists()):
+        return 0
+    prog = json.loads(prog_path.read_text())
+    return int(prog["done"]) if not store.differences(prog, record) else 0
+
+
+def _embed_shard(
+    model: nn.Module,
+    dataset,
+    out_dir: Path,
+    expected: dict,
+    dim: int,
+    device: torch.device,
+    loader_kw: dict,
+    chunk_batches: int,
+    progress: bool,
+) -> None:
+    """This rank's rows into `.part{r}of{w}.npy`, recording progress after every chunk of batches."""
     w, r = dist.world_size(), dist.rank()
     start, stop = dist.shard_range(len(dataset), r, w)
-    part = out_dir / f".part{r}of{w}.npy"
-    prog_path = out_dir / f".progress{r}of{w}.json"
+    part, prog_path = out_dir / f".part{r}of{w}.npy", out_dir / f".progress{r}of{w}.json"
+    record = {**expected, "embedding_size": dim}
+    done = _resume_row(prog_path, part, record)
+    if done == 0:
+        np.lib.format.open_memmap(part, mode="w+", dtype=np.float32, shape=(stop - start, dim)).flush()
+    out = np.lib.format.open_memmap(part, mode="r+")
+    loader = DataLoader(Subset(dataset, range(start + done, stop)), shuffle=False, **loader_kw)
+    bar = None
+    if progress and dist.is_main():
+        from tqdm.auto import tqdm
 
-    was_training = model.training
-    model.eval()
-    try:
-        dim = embedding_dim(model, dataset.image_size)
-        done = 0
-        if prog_path.exists() and part.exists():
-            prog = json.loads(prog_path.read_text())
-            if {k: prog.get(k) for k in expected} == expected and prog.get("embedding_size") == dim:
-                done = int(prog["done"])
-        if done == 0:
-            np.lib.format.open_memmap(part, mode="w+", dtype=np.float32, shape=(stop - start, dim)).flush()
-        out = np.lib.format.open_memmap(part, mode="r+")
-        rows = Subset(dataset, range(start + done, stop))
-        loader = DataLoader(rows, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        bar = None
-        if progress and dist.is_main():
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=stop - start, initial=done, unit="img", desc=f"embed {out_dir.name}", leave=False)
-        pos = done
-        for i, batch in enumerate(loader):
-            idx = batch["index"].numpy()
-            expect_idx = np.arange(start + pos, start + pos + idx.size)
-            if not np.array_equal(idx, expect_idx):
-                raise ValueError(
-                    f"dataset item {start + pos}: its 'index' field is {int(idx[0])}, expected the row "
-                    "number (datasets must return index == position)"
-                )
-            emb = embed_batch(model, batch["image"].to(device), flip, normalize)
-            out[pos : pos + idx.size] = emb.cpu().numpy()
-            pos += idx.size
-            if bar is not None:
-                bar.update(idx.size)
-            if (i + 1) % chunk_batches == 0 or pos == stop - start:
-                out.flush()
-                save_json(prog_path, {**expected, "embedding_size": dim, "done": pos})
+        bar = tqdm(total=stop - start, initial=done, unit="img", desc=f"embed {out_dir.name}", leave=False)
+    pos = done
+    for i, batch in enumerate(loader):
+        idx = batch["index"].numpy()
+        if not np.array_equal(idx, np.arange(start + pos, start + pos + idx.size)):
+            raise ValueError(
+                f"dataset item {start + pos}: its 'index' field is {int(idx[0])}, expected the row "
+                "number (datasets must return index == position)"
+            )
+        out[pos : pos + idx.size] = (
+            embed_batch(model, batch["image"].to(device), expected["flip"], expected["normalize"]).cpu().numpy()
+        )
+        pos += idx.size
         if bar is not None:
-            bar.close()
-        out.flush()
-        del out
-    finally:
-        model.train(was_training)
-
-    if w > 1:
-        torch.distributed.barrier()
-    if r == 0:
-        _assemble(out_dir, dataset, expected, dim, w)
-    if w > 1:
-        torch.distributed.barrier()
-    return EmbeddingCache.open(out_dir)
+            bar.update(idx.size)
+        if (i + 1) % chunk_batches == 0 or pos == stop - start:
+            out.flush()
+            save_json(prog_path, {**record, "done": pos})
+    if bar is not None:
+        bar.close()
+    out.flush()
+    del out
 
 
 def _assemble(out_dir: Path, dataset, expected: dict, dim: int, w: int) -> None:
@@ -233,4 +255,4 @@ def _assemble(out_dir: Path, dataset, expected: dict, dim: int, w: int) -> None:
     )
 
 
-__all__ = ["EmbeddingCache", "embed_batch", "embed_dataset", "model_checksum"]
+__all__ = ["EmbeddingCache", "cache_record", "embed_batch", "embed_dataset", "model_checksum"]

@@ -29,8 +29,17 @@ from torch import nn
 
 from facekd.losses.distiller import Features, _scale_grad
 from facekd.losses.metric import CenterLoss, batch_hard_triplet
+from facekd.models import embedding_dim
 
-__all__ = ["CachedTeacher", "ClassificationTask", "ClassifierTeacher", "FaceTask", "MetricTask", "OnlineTeacher"]
+__all__ = [
+    "CachedTeacher",
+    "ClassificationTask",
+    "ClassifierTeacher",
+    "FaceTask",
+    "MetricTask",
+    "OnlineTeacher",
+    "TeacherProvider",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -53,13 +62,19 @@ class CachedTeacher(nn.Module):
         self.cache = cache
         self.dim = int(cache.embeddings.shape[1])
 
+    def embedding_dim(self, input_size=None) -> int:
+        """Width d of the cached embeddings."""
+        return self.dim
+
     def check_dataset(self, dataset) -> None:
-        """Raise ValueError unless the cache was computed on `dataset` (fingerprint and size)."""
+        """Raise ValueError unless the cache was computed on the rows of `dataset` without its
+        augmentation (fingerprint and size)."""
         fp = self.cache.meta.get("dataset_fingerprint")
-        if fp != str(dataset.fingerprint()) or len(self.cache) != len(dataset):
+        content = str(dataset.without_augmentation().fingerprint())
+        if fp != content or len(self.cache) != len(dataset):
             raise ValueError(
                 f"teacher cache {self.cache.directory} was computed on dataset {fp} ({len(self.cache)} rows), "
-                f"not on the training dataset {dataset.fingerprint()} ({len(dataset)} rows)"
+                f"not on the training dataset {content} ({len(dataset)} rows)"
             )
 
     def forward(self, batch: dict, need_maps: bool = False, need_logits: bool = False) -> Features:
@@ -68,9 +83,10 @@ class CachedTeacher(nn.Module):
                 "a cached teacher has only embeddings: use an OnlineTeacher for feature-map or logit losses"
             )
         idx = batch["index"].cpu().numpy()
-        if idx.size and (idx.min() < 0 or idx.max() >= len(self.cache.embeddings)):
+        rows = len(self.cache.embeddings)
+        if idx.size and (idx.min() < 0 or idx.max() >= rows):
             raise ValueError(
-                f"teacher cache {self.cache.directory}: batch index {int(idx.max())} outside its {len(self.cache.embeddings)} rows"
+                f"teacher cache {self.cache.directory}: batch index {int(idx.max())} outside its {rows} rows"
             )
         emb = torch.from_numpy(np.ascontiguousarray(self.cache.embeddings[idx], dtype=np.float32))
         return Features(embedding=emb.to(batch["image"].device, non_blocking=True))
@@ -89,6 +105,10 @@ class _FrozenTeacher(nn.Module):
 
     def train(self, mode: bool = True):
         return super().train(False)
+
+    def embedding_dim(self, input_size: int | tuple[int, int]) -> int:
+        """Width d of the teacher's embedding for inputs of `input_size` (probed once)."""
+        return embedding_dim(self.model, input_size)
 
     def _embed(self, x: torch.Tensor, need_maps: bool):
         if need_maps:
@@ -123,7 +143,9 @@ class ClassifierTeacher(_FrozenTeacher):
     @torch.no_grad()
     def forward(self, batch: dict, need_maps: bool = False, need_logits: bool = False) -> Features:
         emb, maps = self._embed(batch["image"], need_maps)
-        return Features(embedding=emb, maps=maps, logits=self.head(emb).float())
+        head = self.head
+        assert head is not None  # a ClassifierTeacher always has its head
+        return Features(embedding=emb, maps=maps, logits=head(emb).float())
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,11 +157,14 @@ class _Task(nn.Module):
     """Shared parts: the student forward (with maps when the distiller reads them) and the
     distillation term."""
 
+    cls_loss: nn.Module | None  # set by each task
+
     def __init__(self, student: nn.Module, distiller: nn.Module | None, teacher: nn.Module | None):
         super().__init__()
         if distiller is not None and teacher is None:
             raise ValueError(
-                f"{type(self).__name__}: a distiller needs a teacher (CachedTeacher, OnlineTeacher or ClassifierTeacher)"
+                f"{type(self).__name__}: a distiller needs a teacher "
+                "(CachedTeacher, OnlineTeacher or ClassifierTeacher)"
             )
         self.student = student
         self.distiller = distiller
@@ -172,6 +197,7 @@ class _Task(nn.Module):
         self, batch: dict, emb: torch.Tensor, maps, logits, step: int
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """distiller(Features(student), teacher(batch), step) → (scalar, logs incl. "distill")."""
+        assert self.teacher is not None and self.distiller is not None  # checked in __init__
         need_maps, need_logits = self._need_maps, self._need_logits
         target = self.teacher(batch, need_maps, need_logits)
         if need_logits and target.logits is None:
@@ -389,3 +415,7 @@ class MetricTask(_Task):
             loss = loss + dl
             logs.update(dlogs)
         return loss, logs
+
+
+# What a task's `teacher` may be (each has `embedding_dim(input_size)`).
+TeacherProvider = CachedTeacher | OnlineTeacher | ClassifierTeacher

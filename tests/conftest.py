@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 class TinyFaces(torch.utils.data.Dataset):
     """n images (3, size, size) in [-1, 1]: a per-class template plus noise; follows the
     facekd dataset contract (items dict with image / label / index; labels, num_classes,
-    image_size, fingerprint(), groups)."""
+    image_size, fingerprint(), augmentation, without_augmentation(), groups)."""
 
     def __init__(self, n: int = 64, num_classes: int = 4, size: int = 8, seed: int = 0, delay: float = 0.0):
         g = np.random.default_rng(seed)
@@ -47,6 +47,14 @@ class TinyFaces(torch.utils.data.Dataset):
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.images.tobytes() + self.labels.tobytes()).hexdigest()[:16]
+
+    @property
+    def augmentation(self) -> dict:
+        """No random transform."""
+        return {}
+
+    def without_augmentation(self) -> TinyFaces:
+        return self
 
 
 class TinyNet(nn.Module):

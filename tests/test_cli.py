@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ def _arrays(tmp_path, n=32, classes=4, size=16):
 def test_config_errors_are_one_clean_line_exit_2(tmp_path, capsys):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump({"train": {"lrr": 1}}))
-    code, out, err = _invoke(["train", str(cfg)], capsys)
+    code, _, err = _invoke(["train", str(cfg)], capsys)
     assert code == 2 and err.strip() == f"error: {cfg}: train.lrr: unknown key"
     code, _, err = _invoke(["train", str(tmp_path / "missing.yaml")], capsys)
     assert code == 2 and "missing.yaml does not exist" in err and "Traceback" not in err
@@ -115,3 +116,96 @@ def test_console_entry_point_runs(tmp_path):
         timeout=120,
     )
     assert res.returncode == 0 and "demo" in res.stdout and "train" in res.stdout
+
+
+def _train_config(tmp_path, data, epochs=1, **train):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"kind": "arrays", "path": str(data)},
+                "model": {"arch": "iresnet_mini", "embedding_size": 8},
+                "train": {"epochs": epochs, "batch_size": 16, "log_every": 1, **train},
+                "run_dir": str(tmp_path / "run"),
+            }
+        )
+    )
+    return cfg
+
+
+def test_a_refused_train_leaves_config_yaml_untouched(tmp_path, capsys):
+    cfg = _train_config(tmp_path, _arrays(tmp_path))
+    code, _, err = _invoke(["train", str(cfg), "--no-progress"], capsys)
+    assert code == 0, err
+    saved = tmp_path / "run" / "config.yaml"
+    before = saved.read_bytes()
+    code, out, err = _invoke(["train", str(cfg), "train.lr=0.2", "--no-progress"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "lr" in err and "done" not in out
+    assert saved.read_bytes() == before, "the finished run's config.yaml must not be rewritten by a refused run"
+
+
+def test_two_train_processes_on_one_run_directory(tmp_path, capsys):
+    import time
+
+    cfg = _train_config(tmp_path, _arrays(tmp_path), epochs=3000)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "facekd.cli", "train", str(cfg), "--no-progress"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.time() + 180
+        while first.poll() is None and time.time() < deadline and not (metrics.exists() and metrics.stat().st_size):
+            time.sleep(0.1)
+        assert first.poll() is None, f"the first run ended early: {first.stderr.read()[-2000:]}"
+        code, out, err = _invoke(["train", str(cfg), "--no-progress"], capsys)
+        assert code == 2 and out == "" and err.count("\n") == 1
+        assert f"process {first.pid}" in err and str(tmp_path / "run") in err
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_two_embeds_into_one_out_directory(tmp_path, capsys):
+    import torch
+    from test_store import hold_lock, release
+
+    from facekd.models import get_model
+
+    data, out, ckpt = _arrays(tmp_path), tmp_path / "cache", tmp_path / "backbone.pth"
+    torch.save(get_model("iresnet_mini", embedding_size=8, input_size=16).state_dict(), ckpt)
+    holder = hold_lock(out)
+    try:
+        args = ["embed", "--arch", "iresnet_mini", "--checkpoint", str(ckpt), "--kind", "arrays", "--data", str(data)]
+        code, _, err = _invoke([*args, "--out", str(out), "--no-progress"], capsys)
+        assert code == 2 and err.count("\n") == 1 and f"process {holder.pid}" in err and str(out) in err
+        assert not (out / "meta.json").exists() and not list(out.glob(".part*"))
+    finally:
+        release(holder)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An IDX file as its format says: 0x00 0x00, type 0x08 (uint8), ndim, big-endian int32 dims, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_embed_split_is_honoured_for_every_kind(tmp_path, capsys):
+    g = np.random.default_rng(0)
+    root = tmp_path / "fmnist"
+    root.mkdir()
+    for prefix, n in (("train", 12), ("t10k", 5)):
+        _write_idx(root / f"{prefix}-images-idx3-ubyte", g.integers(0, 255, (n, 28, 28)))
+        _write_idx(root / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    args = ["embed", "--arch", "small_cnn", "--kind", "idx", "--data", str(root), "--no-progress"]
+    code, out, err = _invoke([*args, "--split", "test", "--out", str(tmp_path / "test")], capsys)
+    assert code == 0, err
+    assert "5 × " in out, "--split test must embed the test split"
+    code, out, err = _invoke([*args, "--out", str(tmp_path / "train")], capsys)
+    assert code == 0 and "12 × " in out, err
+    args = ["embed", "--arch", "iresnet_mini", "--kind", "arrays", "--data", str(_arrays(tmp_path))]
+    code, _, err = _invoke([*args, "--split", "test", "--out", str(tmp_path / "x")], capsys)
+    assert code == 2 and err.count("\n") == 1 and "kind arrays has split train, not test" in err

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from facekd.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config, run_training, save_config
+from facekd.build import run_training
+from facekd.config import ConfigError, RunConfig, apply_overrides, dump_config, load_config, save_config
 
 
 def _write(tmp_path, obj, name="run.yaml"):
@@ -80,7 +81,7 @@ def _arrays(tmp_path, n=48, classes=4, size=16):
 
 @pytest.mark.slow
 def test_run_training_from_config_with_cached_teacher(tmp_path):
-    from facekd.config import build_dataset
+    from facekd.build import build_dataset
     from facekd.embed import embed_dataset
     from facekd.models import get_model
 

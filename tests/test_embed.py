@@ -107,3 +107,20 @@ def test_open_errors(tmp_path):
     np.save(tmp_path / "c" / "embeddings.npy", np.zeros((7, 5), np.float32))
     with pytest.raises(ValueError, match=r"\(8, 5\)"):
         EmbeddingCache.open(tmp_path / "c")
+
+
+def test_a_cache_being_written_by_another_process_is_refused(tmp_path):
+    from test_store import hold_lock, release
+
+    from facekd.store import DirectoryLocked
+
+    out = tmp_path / "c"
+    holder = hold_lock(out)
+    try:
+        with pytest.raises(DirectoryLocked, match=f"process {holder.pid}"):
+            embed_dataset(_model(), TinyFaces(n=8), out, progress=False)
+        assert not list(out.glob(".part*")) and not (out / "meta.json").exists()
+    finally:
+        release(holder)
+    embed_dataset(_model(), TinyFaces(n=8), out, progress=False)
+    assert not list(out.glob(".*")), "the lock file goes with the lock"

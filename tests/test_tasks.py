@@ -13,7 +13,8 @@ import yaml
 from conftest import TinyNet
 from torch import nn
 
-from facekd.config import ConfigError, load_config, run_training
+from facekd.build import run_training
+from facekd.config import ConfigError, load_config
 from facekd.losses.metric import CenterLoss
 from facekd.models.reid_nets import ReIDNet
 from facekd.tasks import ClassificationTask, FaceTask, MetricTask
@@ -193,7 +194,8 @@ def test_classification_student_from_config_with_pad(tmp_path):
 
 
 def _write_market(root, n_ids=4, size=(32, 16), seed=0):
-    """Market-1501-style folders: per-id colour + noise, train on cams 1-2, query cam 1, gallery cam 2 (+ a distractor)."""
+    """Market-1501-style folders: per-id colour + noise, train on cams 1-2, query cam 1, gallery cam 2
+    (+ a distractor)."""
     from PIL import Image
 
     g = np.random.default_rng(seed)
@@ -212,7 +214,7 @@ def _write_market(root, n_ids=4, size=(32, 16), seed=0):
 
 
 def test_metric_student_on_reid_folders_with_pk_and_pad(tmp_path):
-    from facekd.config import build_dataset
+    from facekd.build import build_dataset
     from facekd.data.pk_sampler import PKSampler
     from facekd.embed import embed_dataset
     from facekd.evaluate.reid import evaluate_reid_features

@@ -265,3 +265,54 @@ def test_feature_only_task_ignores_labels(tmp_path):
     train(task, ds, cfg, tmp_path / "run", progress=False)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert "cls" not in lines[0] and lines[-1]["distill"] < lines[0]["distill"]
+
+
+class _CrashAt(TinyFaces):
+    """TinyFaces whose item `crash_at` raises: a run that dies in the middle of training."""
+
+    def __init__(self, crash_at: int, **kw):
+        super().__init__(**kw)
+        self.crash_at = crash_at
+
+    def __getitem__(self, i):
+        if i == self.crash_at:
+            raise RuntimeError("simulated kill")
+        return super().__getitem__(i)
+
+
+def test_a_killed_no_resume_run_never_reports_done_with_the_old_weights(tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, log_every=1)
+    old = train(_task(seed=1), TinyFaces(n=32), cfg, tmp_path, progress=False)
+    assert (tmp_path / "done").exists()
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train(_task(seed=2), _CrashAt(crash_at=5, n=32), cfg, tmp_path, resume=False, progress=False)
+    assert not (tmp_path / "done").exists(), "--no-resume must invalidate done before training"
+    assert not (tmp_path / "backbone.pth").exists() and not (tmp_path / "checkpoints" / "last.pt").exists()
+    # the next (resuming) call trains again instead of handing back the old weights
+    fresh = train(_task(seed=2), TinyFaces(n=32), cfg, tmp_path, progress=False)
+    reference = train(_task(seed=2), TinyFaces(n=32), cfg, tmp_path / "ref", progress=False)
+    for k, v in reference.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    assert any(not torch.equal(v, old.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
+def test_head_is_saved_beside_the_backbone(tmp_path):
+    task = train(_task(), TinyFaces(n=32), TrainConfig(epochs=1, batch_size=16), tmp_path, progress=False)
+    head = torch.load(tmp_path / "head.pth", weights_only=True)
+    assert set(head) == {"fc.weight"} and torch.equal(head["fc.weight"], task.head.fc.weight.detach())
+    backbone = torch.load(tmp_path / "backbone.pth", weights_only=True)
+    assert not any(k.startswith("head") for k in backbone), "backbone.pth stays the student alone"
+
+
+def test_train_refuses_a_locked_run_directory(tmp_path):
+    from test_store import hold_lock, release
+
+    from facekd.store import DirectoryLocked
+
+    holder = hold_lock(tmp_path)
+    try:
+        with pytest.raises(DirectoryLocked, match=f"process {holder.pid}"):
+            train(_task(), TinyFaces(n=32), TrainConfig(epochs=1, batch_size=16), tmp_path, progress=False)
+        assert not (tmp_path / "metrics.jsonl").exists()
+    finally:
+        release(holder)

@@ -101,6 +101,15 @@ class ArrayDataset(torch.utils.data.Dataset):
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
+    @property
+    def augmentation(self) -> dict:
+        """The random transforms as plain data: {"hflip": True} or {}."""
+        return {"hflip": True} if self.hflip else {}
+
+    def without_augmentation(self) -> ArrayDataset:
+        """The same rows, labels and order with no random transform."""
+        return self.with_hflip(False)
+
     def with_hflip(self, hflip: bool = True) -> ArrayDataset:
         """A shallow copy (same arrays, same class) with flip augmentation switched on or off."""
         out = copy.copy(self)
