@@ -154,9 +154,12 @@ def build_cls_loss(cfg: RunConfig, dataset) -> nn.Module | None:
 
 
 def build_distiller(
-    cfg: RunConfig, student: nn.Module, dim: int, teacher: TeacherProvider | None, input_size
+    cfg: RunConfig, student: nn.Module, dim: int, teacher: TeacherProvider | None, input_size, num_classes: int
 ) -> Distiller | None:
-    """`Distiller.from_config` of `cfg.distill` between the student (width `dim`) and the teacher."""
+    """`Distiller.from_config` of `cfg.distill` between the student (width `dim`) and the teacher.
+
+    The losses that live in a margin head get the training set's class count and, when the teacher
+    has a head with class centres (`teacher.head`), its (C, d) weight."""
     if cfg.distill is None:
         return None
     assert teacher is not None  # RunConfig: distill needs a teacher
@@ -168,7 +171,18 @@ def build_distiller(
         student=student,
         teacher=getattr(teacher, "model", None),
         input_size=input_size,
+        num_classes=num_classes,
+        class_centres=_class_centres(teacher),
     )
+
+
+def _class_centres(teacher: TeacherProvider) -> torch.Tensor | None:
+    """The (C, d) class centres of the teacher's margin head, or None (no head, or a Linear classifier)."""
+    head = getattr(teacher, "head", None)
+    weight = getattr(head, "weight", None)
+    if head is None or isinstance(head, nn.Linear) or not isinstance(weight, torch.Tensor):
+        return None
+    return weight.detach()
 
 
 def build_task(cfg: RunConfig, dataset, teacher: TeacherProvider | None = None) -> nn.Module:
@@ -183,7 +197,7 @@ def build_task(cfg: RunConfig, dataset, teacher: TeacherProvider | None = None) 
     dim = embedding_dim(student, input_size)
     head = build_head(cfg, dim, dataset.num_classes)
     loss = build_cls_loss(cfg, dataset)
-    distiller = build_distiller(cfg, student, dim, teacher, input_size)
+    distiller = build_distiller(cfg, student, dim, teacher, input_size, dataset.num_classes)
     teacher = teacher if distiller is not None else None
     if cfg.task == "classification":
         assert head is not None  # RunConfig: task classification needs a head

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facekd.losses.distiller import Features, _scale_grad
+from facekd.losses import scale_grad
+from facekd.losses.distiller import Features
 from facekd.losses.metric import CenterLoss, batch_hard_triplet
 from facekd.models import embedding_dim
 
@@ -209,6 +210,7 @@ class _Task(nn.Module):
             embedding=emb.float(),
             maps=[m.float() for m in maps] if maps is not None else None,
             logits=logits.float() if need_logits else None,
+            labels=batch["label"],
         )
         dl, dlogs = self.distiller(student, target, step)
         return dl, {"distill": float(dl.detach()), **{k: float(v) for k, v in dlogs.items()}}
@@ -404,7 +406,7 @@ class MetricTask(_Task):
         if self.center is not None:
             w = self.center_weight
             # value and feature gradient weighted by w; the centres get the unweighted gradient
-            c = self.center(_scale_grad(before, w), labels).mean()
+            c = self.center(scale_grad(before, w), labels).mean()
             loss = loss + c - (1.0 - w) * c.detach()
             logs["center"] = float(c.detach())
         if self.distiller is not None:

@@ -88,6 +88,30 @@ def test_teacher_head_gives_an_online_teacher_its_logits(tmp_path):
     assert "distill" in logs[-1]
 
 
+@pytest.mark.parametrize("loss", ["ekd", "adadistill", "margin_distillation", "gkd"])
+def test_face_baselines_train_from_a_run_config(tmp_path, loss):
+    """The builder hands the losses that read labels, the class count and the teacher's class
+    centres what they need: each face-specific baseline trains from its config block alone."""
+    _arrays(tmp_path)
+    teacher = run_training(_cfg(tmp_path, "teacher", model={"arch": "mbf_tiny", "embedding_size": 16}), progress=False)
+    blocks: dict = {
+        "distill": {"loss": loss},
+        "teacher": {
+            "checkpoint": str(tmp_path / "teacher" / "backbone.pth"),
+            "arch": "mbf_tiny",
+            "head": str(tmp_path / "teacher" / "head.pth"),
+            "online": True,
+        },
+    }
+    if loss in ("adadistill", "margin_distillation"):
+        blocks["head"] = None  # these losses are the margin head
+    task = run_training(_cfg(tmp_path, loss, **blocks), progress=False)
+    if loss == "margin_distillation":
+        assert torch.equal(task.distiller.loss.centres.cpu(), teacher.head.weight.detach().cpu())
+    logs = [json.loads(x) for x in (tmp_path / loss / "metrics.jsonl").read_text().splitlines()]
+    assert np.isfinite(logs[-1]["distill"])
+
+
 def test_teacher_head_of_the_wrong_width_is_one_clear_line(tmp_path):
     _arrays(tmp_path)
     ckpt = _teacher_checkpoint(tmp_path, dim=64)

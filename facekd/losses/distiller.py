@@ -38,9 +38,6 @@ __all__ = ["LOSSES", "Distiller", "Features", "probe_feature_shapes"]
 # class count, the teacher's class centres), which `from_config` can fill in from the networks.
 DISTILLER_OPTIONS = ("warmup_steps", "student_shapes", "teacher_shapes", "num_classes", "class_centres")
 
-# The name facekd.tasks imported before `scale_grad` became public; remove once it imports that.
-_scale_grad = scale_grad
-
 
 def probe_feature_shapes(
     model: nn.Module, input_size: int | tuple[int, int], in_channels: int = 3
