@@ -146,7 +146,7 @@ def streaming_tar_at_far(
         raise ValueError(f"need both genuine and impostor pairs, got {gen.size} genuine, {n_imp} impostor")
     tail = np.cumsum(hist_np[::-1])[::-1]  # tail[b] = #impostors in bins ≥ b
 
-    ks = [int(math.floor(round(far * n_imp, 9))) for far in fars]
+    ks = [math.floor(round(far * n_imp, 9)) for far in fars]
     # bin holding the (k+1)-th largest impostor: the last b with tail[b] > k
     bins = [int(np.count_nonzero(tail > k)) - 1 if k < n_imp else -1 for k in ks]
     wanted = sorted({bb for bb in bins if bb >= 0})
