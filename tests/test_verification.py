@@ -113,6 +113,13 @@ def test_one_sort_roc_equals_sklearn(ties, dtype):
     # the same object serves both conventions, as the per-call function does
     for conv in ("strict", "insightface"):
         assert ranked.tar_at_far(FARS, conv) == tar_at_far(s, y, FARS, conv)
+    # nearest-vertex search: targets on vertices and exactly between two (ties) as eval_ijbc resolves them
+    vertices = np.unique(fpr[fpr > 0])[:200]
+    fars = np.concatenate([vertices, (vertices[1:] + vertices[:-1]) / 2])
+    for t, (tpr_ref, fpr_ref, thr_ref) in zip(
+        ranked.tar_at_far(fars, "insightface"), insightface_reference(s, y, fars)
+    ):
+        assert (t.tar, t.achieved_far, t.threshold) == (tpr_ref, fpr_ref, thr_ref)
 
 
 def test_tar_at_far_errors():

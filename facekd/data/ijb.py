@@ -19,6 +19,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import cast
 
 import cv2
 import numpy as np
@@ -265,7 +266,7 @@ class IJBDataset(EncodedImageDataset):
     def load_image(self, i: int) -> np.ndarray:
         """Row i's loose crop, aligned by its 5 landmarks: uint8 (S, S, 3)."""
         data, where = self._encoded(i)
-        return norm_crop(decode_image(data, where), self.meta.landmarks[i], self.image_size)
+        return norm_crop(decode_image(data, where), self.meta.landmarks[i], cast(int, self.image_size))
 
     def _item(self, i: int, img: np.ndarray) -> dict:
         item = super()._item(i, img)

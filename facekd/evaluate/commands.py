@@ -56,6 +56,7 @@ def eval_ijb(
         if features_flip is not None or halves:
             raise typer.BadParameter("--features-flip / --halves apply to --features, not --checkpoint")
         features, features_flip = _embed_ijb_to(out, checkpoint, arch, meta, target, batch_size, num_workers, device)
+    assert features is not None  # one of --features / --checkpoint, checked above
     x = _load_npy(features, "features")
     xf = _load_npy(features_flip, "features_flip") if features_flip is not None else None
     if halves:

@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import auc
@@ -145,12 +146,20 @@ class RankedScores:
                 above_g, above_i = self._count_above(tau)
                 tar, thr, achieved = above_g / ng, tau, above_i / ni
             else:
-                r = self.roc
-                fpr, tpr, thresholds = r.fpr[::-1], r.tpr[::-1], r.thresholds[::-1]
-                i = int(np.argmin(np.abs(fpr - far)))
-                tar, thr, achieved = float(tpr[i]), float(thresholds[i]), float(fpr[i])
+                r, i = self.roc, self._nearest_vertex(far)
+                tar, thr, achieved = float(r.tpr[i]), float(r.thresholds[i]), float(r.fpr[i])
             out.append(TarAtFar(float(far), float(tar), thr, float(achieved), ng, ni, float(far) * ni, convention))
         return out
+
+    def _nearest_vertex(self, far: float) -> int:
+        """eval_ijbc's argmin |fpr − far| over the flipped ROC, by binary search: of equally near
+        vertices the one latest in ROC order (larger FPR, then larger TPR) wins, as the flip makes it."""
+        fpr = self.roc.fpr
+        below = int(np.searchsorted(fpr, far, "right")) - 1  # last vertex with fpr ≤ far (≥ 0: fpr[0] = 0)
+        if below + 1 == fpr.size:
+            return below
+        above = int(np.searchsorted(fpr, fpr[below + 1], "right")) - 1  # last vertex of the next FPR
+        return above if abs(fpr[above] - far) <= abs(fpr[below] - far) else below
 
     @property
     def roc(self) -> Roc:
@@ -162,7 +171,8 @@ class RankedScores:
 
 def _roc_from_sorted(gen: np.ndarray, imp: np.ndarray) -> Roc:
     """sklearn's roc_curve (drop_intermediate=True) and roc_auc_score from ascending genuine and
-    impostor scores: the two runs are merged by position (O(n), no sort), then sklearn's steps."""
+    impostor scores: the two runs are merged by position (O(n), no sort), then sklearn's steps on
+    integer counts (exact, and converted to float64 as sklearn's are)."""
     ng, n = gen.size, gen.size + imp.size
     pos = np.searchsorted(imp, gen, "left") + np.arange(ng)  # genuine slots in the ascending merge
     is_gen = np.zeros(n, dtype=bool)
@@ -172,16 +182,15 @@ def _roc_from_sorted(gen: np.ndarray, imp: np.ndarray) -> Roc:
     merged[~is_gen] = imp
     desc, gen_desc = merged[::-1], is_gen[::-1]
     # one vertex per distinct score: cumulative counts at the last index of each run of equal scores
-    last = np.r_[np.flatnonzero(np.diff(desc)), n - 1]
-    tps = np.cumsum(gen_desc, dtype=np.float64)[last]
-    fps = 1 + last - tps
-    thresholds = desc[last].astype(np.float64)
+    last = np.flatnonzero(np.r_[desc[1:] != desc[:-1], True])
+    tps = np.cumsum(gen_desc, dtype=np.int64)[last]
+    fps = last + 1 - tps
     if fps.size > 2:  # drop the vertices collinear with their neighbours, as sklearn does
-        keep = np.flatnonzero(np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True])
-        tps, fps, thresholds = tps[keep], fps[keep], thresholds[keep]
-    fpr = np.r_[0.0, fps] / fps[-1]
-    tpr = np.r_[0.0, tps] / tps[-1]
-    return Roc(fpr, tpr, np.r_[np.inf, thresholds], float(auc(fpr, tpr)))
+        corner = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+        last, tps, fps = last[corner], tps[corner], fps[corner]
+    fpr = np.r_[0.0, fps] / float(fps[-1])
+    tpr = np.r_[0.0, tps] / float(tps[-1])
+    return Roc(fpr, tpr, np.r_[np.inf, desc[last].astype(np.float64)], float(auc(fpr, tpr)))
 
 
 def tar_at_far(scores, issame, fars: Sequence[float] = DEFAULT_FARS, convention: str = "strict") -> list[TarAtFar]:
@@ -197,6 +206,17 @@ def tar_at_far(scores, issame, fars: Sequence[float] = DEFAULT_FARS, convention:
 def roc(scores, issame) -> Roc:
     """ROC of similarity `scores` (n,) against boolean `issame` (n,)."""
     return RankedScores(scores, issame).roc
+
+
+def _polyline(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC's vertices minus those inside a horizontal or vertical run: the same drawn line
+    with at most ~4 points per genuine score (float32 ties can leave millions of vertices)."""
+    if fpr.size < 3:
+        return fpr, tpr
+    inner_h = (tpr[1:-1] == tpr[:-2]) & (tpr[1:-1] == tpr[2:])
+    inner_v = (fpr[1:-1] == fpr[:-2]) & (fpr[1:-1] == fpr[2:])
+    keep = np.r_[True, ~(inner_h | inner_v), True]
+    return fpr[keep], tpr[keep]
 
 
 def plot_roc(
@@ -219,10 +239,11 @@ def plot_roc(
     low = min(fars)
     for name, curve in curves.items():
         r = curve if isinstance(curve, Roc) else curve.roc if isinstance(curve, RankedScores) else roc(*curve)
-        keep = r.fpr > 0
+        fpr, tpr = _polyline(r.fpr, r.tpr)
+        keep = fpr > 0
         if keep.any():
-            low = min(low, float(r.fpr[keep].min()))
-        ax.plot(r.fpr[keep], r.tpr[keep], label=f"{name} (AUC {r.auc:.4f})")
+            low = min(low, float(fpr[keep].min()))
+        ax.plot(fpr[keep], tpr[keep], label=f"{name} (AUC {r.auc:.4f})")
     ax.set_xscale("log")
     ax.set_xlim(low, 1.0)
     ax.set_ylim(0.0, 1.0)
@@ -290,12 +311,12 @@ def verification_accuracy(emb_a, emb_b, issame, nfolds: int = 10) -> Verificatio
     splits = (
         KFold(n_splits=nfolds, shuffle=False).split(np.arange(y.size)) if nfolds > 1 else [(np.arange(y.size),) * 2]
     )
-    accs, best = [], []
+    fold_accs, best = [], []
     for train, test in splits:
         t = int(np.argmax(_accuracy_per_threshold(dist[train], y[train], INSIGHTFACE_THRESHOLDS)))
         best.append(INSIGHTFACE_THRESHOLDS[t])
-        accs.append(_accuracy_per_threshold(dist[test], y[test], INSIGHTFACE_THRESHOLDS[t : t + 1])[0])
-    accs = np.asarray(accs)
+        fold_accs.append(_accuracy_per_threshold(dist[test], y[test], INSIGHTFACE_THRESHOLDS[t : t + 1])[0])
+    accs = np.asarray(fold_accs)
     return VerificationAccuracy(float(accs.mean()), float(accs.std()), np.asarray(best), accs)
 
 
@@ -390,7 +411,7 @@ def evaluate_pairs(embeddings, pairs, groups=None, fars: Sequence[float] = DEFAU
     if hard is not None:
         h = np.asarray(hard, dtype=bool)
         hg = scores[h & y]
-        res = {"n_genuine": int(hg.size), "n_impostor": int((h & ~y).sum())}
+        res: dict[str, Any] = {"n_genuine": int(hg.size), "n_impostor": int((h & ~y).sum())}
         if hg.size:
             res["tar_at_global_threshold"] = [
                 {"far": t.far, "threshold": t.threshold, "tar": float(np.mean(hg > t.threshold))} for t in strict
@@ -402,7 +423,7 @@ def evaluate_pairs(embeddings, pairs, groups=None, fars: Sequence[float] = DEFAU
         g = np.asarray(groups, dtype=np.int64)
         if g.shape != (e.shape[0],):
             raise ValueError(f"groups: shape {g.shape}, expected ({e.shape[0]},) (one group per embedding row)")
-        per = {}
+        per: dict[str, Any] = {}
         for grp in np.unique(g):
             gen_m = y & (g[a] == grp)
             imp_m = ~y & (g[a] == grp) & (g[b] == grp)
