@@ -71,15 +71,58 @@ def slow_warp(img, m, shape):
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def test_warp_matches_slow_loop_and_border_zero():
+def numpy_warp(img, m, out_shape):
+    """The float64 numpy warp facekd aligned with before cv2.warpAffine (kept as the reference)."""
+    a_inv = np.linalg.inv(m[:, :2])
+    h, w = out_shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    pts = np.stack([xs.ravel(), ys.ravel()], axis=1) - m[:, 2]
+    sx, sy = (pts @ a_inv.T).T
+    x0, y0 = np.floor(sx).astype(np.int64), np.floor(sy).astype(np.int64)
+    fx, fy = sx - x0, sy - y0
+    src = img.astype(np.float64).reshape(img.shape[0], img.shape[1], -1)
+    out = np.zeros((h * w, src.shape[2]))
+    for dy, dx, wgt in ((0, 0, (1 - fx) * (1 - fy)), (0, 1, fx * (1 - fy)), (1, 0, (1 - fx) * fy), (1, 1, fx * fy)):
+        xx, yy = x0 + dx, y0 + dy
+        ok = (xx >= 0) & (xx < img.shape[1]) & (yy >= 0) & (yy < img.shape[0])
+        out[ok] += wgt[ok, None] * src[yy[ok], xx[ok]]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8).reshape(h, w, *img.shape[2:])
+
+
+def test_numpy_reference_is_the_slow_loop():
     rng = np.random.default_rng(1)
     img = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
     m = similarity(1.3, 0.5, 2.0, -3.0)
-    np.testing.assert_array_equal(warp_affine(img, m, (10, 12)), slow_warp(img.astype(float), m, (10, 12)))
+    np.testing.assert_array_equal(numpy_warp(img, m, (10, 12)), slow_warp(img.astype(float), m, (10, 12)))
+
+
+@pytest.mark.parametrize("kind", ["noise", "smooth"])
+def test_cv2_warp_within_one_grey_level_of_numpy(kind):
+    """Alignments of 250 × 230 loose crops to 112 × 112, faces partly outside the crop included."""
+    rng = np.random.default_rng(2)
+    if kind == "noise":  # the hardest case for interpolation: independent pixels
+        img = rng.integers(0, 256, (250, 230, 3), dtype=np.uint8)
+    else:
+        img = np.asarray(Image.fromarray(smooth_face(250)).resize((230, 250)))
+    for _ in range(10):
+        src = ARCFACE_DST * rng.uniform(0.8, 2.2) + rng.uniform(-40, 150, 2) + rng.normal(0, 2, (5, 2))
+        m = similarity_transform(src, arcface_template(112))
+        got, want = warp_affine(img, m, (112, 112)), numpy_warp(img, m, (112, 112))
+        assert got.shape == want.shape == (112, 112, 3) and got.dtype == np.uint8
+        assert np.abs(got.astype(int) - want).max() <= 1
+
+
+def test_warp_border_zero_and_exact_shifts():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 256, (9, 11, 3), dtype=np.uint8)
     np.testing.assert_array_equal(warp_affine(img, similarity(1, 0, 0, 0), (9, 11)), img)
     shifted = warp_affine(img, similarity(1, 0, 2, 1), (9, 11))
     np.testing.assert_array_equal(shifted[1:, 2:], img[:-1, :-2])
     assert (shifted[0] == 0).all() and (shifted[:, :2] == 0).all()
+    far = warp_affine(img, similarity(1, 0, 50, 50), (9, 11))
+    assert (far == 0).all()
+    grey = warp_affine(img[..., :1], similarity(1, 0, 0, 0), (9, 11))
+    assert grey.shape == (9, 11, 1)
 
 
 def smooth_face(size=112):
@@ -125,7 +168,7 @@ def test_readers(tmp_path):
     assert mids.dtype == np.int64 and mids.tolist() == [10, 11, 30]
     t1, t2, lab = read_template_pair_label(tmp_path / "meta" / "ijbc_template_pair_label.txt")
     assert t1.tolist() == [1, 1] and t2.tolist() == [2, 3] and lab.tolist() == [1, 0]
-    n5, landmarks, score = read_5pts_score(tmp_path / "meta" / "ijbc_name_5pts_score.txt")
+    _names, landmarks, score = read_5pts_score(tmp_path / "meta" / "ijbc_name_5pts_score.txt")
     assert landmarks.shape == (3, 5, 2) and landmarks.dtype == np.float32
     np.testing.assert_allclose(landmarks[0], lm, atol=1e-4)
     np.testing.assert_allclose(score, [0.5, 0.6, 0.7], atol=1e-6)
@@ -146,6 +189,13 @@ def test_reader_errors(tmp_path):
     write_release(root, names=("a/1.jpg", "a/9.jpg", "b/3.jpg"))
     with pytest.raises(ValueError, match=r"ijbc_name_5pts_score.txt:2: image 'a/9.jpg'"):
         read_ijb_meta(root)
+    for bad in ("../outside.jpg", "/etc/passwd", "a/../../b.jpg", "C:\\faces\\x.jpg", "a\\..\\..\\x.jpg"):
+        p.write_text(f"ok/1.jpg 1 2\n{bad} 1 2\n")
+        with pytest.raises(ValueError, match=r"x.txt:2: image name .* points outside loose_crop/"):
+            read_face_tid_mid(p)
+        p.write_text(f"{bad} " + " ".join(["1.0"] * 11) + "\n")
+        with pytest.raises(ValueError, match=r"x.txt:1: image name .* points outside loose_crop/"):
+            read_5pts_score(p)
     root2 = tmp_path / "rel2"
     write_release(root2, pair_lines="1 7 1\n")
     with pytest.raises(ValueError, match=r"template ids \[7\] do not occur"):
@@ -199,7 +249,7 @@ def test_export_synthfaces_roundtrip(tmp_path):
     ijb = IJBDataset(tmp_path / "IJBC", image_size=32)
     assert len(ijb) == len(data.test) == s["ijb_images"] and s["ijb_templates"] == 8
     assert ijb.meta.pairs_label.sum() == 4 and (ijb.meta.faceness == 1).all()
-    t_ident = {int(t): int(l) for t, l in zip(ijb.meta.templates, data.test.labels)}
+    t_ident = {int(t): int(lab) for t, lab in zip(ijb.meta.templates, data.test.labels)}
     same = [t_ident[a] == t_ident[b] for a, b in zip(ijb.meta.pairs_t1, ijb.meta.pairs_t2)]
     assert same == ijb.meta.pairs_label.astype(bool).tolist()
     for row in range(3):  # alignment undoes the random loose crop

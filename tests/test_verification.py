@@ -4,11 +4,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_curve
+from sklearn.metrics import roc_auc_score, roc_curve
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
 from facekd.evaluate.verification import (
+    RankedScores,
     accuracy_flip,
     evaluate_pairs,
     format_insightface_line,
@@ -38,7 +39,7 @@ def slow_strict(scores, issame, far):
     imp = [s for s, y in zip(scores, issame) if not y]
     k = math.floor(round(far * len(imp), 9))
     best = None
-    for tau in sorted(set(scores.tolist())) + [-math.inf]:
+    for tau in [*sorted(set(scores.tolist())), -math.inf]:
         if sum(1 for s in imp if s > tau) <= k:
             tar = sum(1 for s in gen if s > tau) / len(gen)
             if best is None or tar > best[0] or (tar == best[0] and tau < best[1]):
@@ -62,7 +63,7 @@ def test_strict_matches_slow(ties):
     rng = np.random.default_rng(0 if not ties else 1)
     s, y = _scores(rng, 60, 200, ties)
     for t in tar_at_far(s, y, FARS, "strict"):
-        tar, tau = slow_strict(s, y, t.far)
+        tar, _ = slow_strict(s, y, t.far)
         assert t.tar == pytest.approx(tar, abs=0)
         # several τ may give the same TAR; ours must be feasible and give that TAR
         imp = s[~y]
@@ -93,6 +94,32 @@ def test_insightface_matches_eval_ijbc(ties):
         if np.isfinite(t.threshold):  # the vertex is the (≥ τ) operating point, counted directly
             assert t.tar == np.mean(s[y] >= t.threshold)
             assert t.achieved_far == np.mean(s[~y] >= t.threshold)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_sort_roc_equals_sklearn(ties, dtype):
+    """The ROC merged from the two sorted classes is sklearn's roc_curve / roc_auc_score, bit for bit."""
+    rng = np.random.default_rng(4 if not ties else 5)
+    s, y = _scores(rng, 300, 5000, ties)
+    s = s.astype(dtype)
+    ranked = RankedScores(s, y)
+    fpr, tpr, thr = roc_curve(y, s)
+    r = ranked.roc
+    np.testing.assert_array_equal(r.fpr, fpr)
+    np.testing.assert_array_equal(r.tpr, tpr)
+    np.testing.assert_array_equal(r.thresholds, thr)
+    assert r.auc == roc_auc_score(y, s)
+    # the same object serves both conventions, as the per-call function does
+    for conv in ("strict", "insightface"):
+        assert ranked.tar_at_far(FARS, conv) == tar_at_far(s, y, FARS, conv)
+    # nearest-vertex search: targets on vertices and exactly between two (ties) as eval_ijbc resolves them
+    vertices = np.unique(fpr[fpr > 0])[:200]
+    fars = np.concatenate([vertices, (vertices[1:] + vertices[:-1]) / 2])
+    for t, (tpr_ref, fpr_ref, thr_ref) in zip(
+        ranked.tar_at_far(fars, "insightface"), insightface_reference(s, y, fars)
+    ):
+        assert (t.tar, t.achieved_far, t.threshold) == (tpr_ref, fpr_ref, thr_ref)
 
 
 def test_tar_at_far_errors():

@@ -1,13 +1,17 @@
 """Evaluation: 1:1 verification (TAR@FAR in the strict and insightface conventions, insightface's
 10-fold `.bin` accuracy, ROC plots, per-group TAR), IJB-B/C templates, re-ID CMC / mAP / mINP and
-Recall@K, and streaming TAR@FAR over all-to-all pair sets (ICCV21-MFR style).
+Recall@K, classification top-k / per-class accuracy, and streaming TAR@FAR over all-to-all pair
+sets (ICCV21-MFR style).
 
-Import the submodules directly (`facekd.evaluate.verification`, `.ijb`, `.reid`, `.streaming`);
-the most used names are re-exported here.
+Import the submodules directly (`facekd.evaluate.verification`, `.ijb`, `.reid`, `.classification`,
+`.streaming`, `.model_eval`); the most used names are re-exported here.
 """
 
+from facekd.evaluate.classification import ClassificationResult, classification_accuracy
 from facekd.evaluate.reid import ReidResult, compute_distance, evaluate_reid, evaluate_reid_features, recall_at_k
 from facekd.evaluate.verification import (
+    RankedScores,
+    Roc,
     TarAtFar,
     VerificationAccuracy,
     accuracy_flip,
@@ -20,10 +24,14 @@ from facekd.evaluate.verification import (
 )
 
 __all__ = [
+    "ClassificationResult",
+    "RankedScores",
     "ReidResult",
+    "Roc",
     "TarAtFar",
     "VerificationAccuracy",
     "accuracy_flip",
+    "classification_accuracy",
     "compute_distance",
     "evaluate_pairs",
     "evaluate_reid",

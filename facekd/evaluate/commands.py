@@ -1,4 +1,5 @@
-"""CLI commands of the evaluation area: `facekd eval-ijb` and `facekd eval-reid` (thin wrappers)."""
+"""CLI commands of the evaluation area (thin wrappers): `facekd eval-ijb`, `facekd eval-reid` and
+`facekd eval-retrieval`."""
 
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ def _load_npy(path: Path, what: str):
 
 
 def eval_ijb(
-    features: Path | None = typer.Option(
-        None, help="Raw per-image features .npy, rows in <t>_face_tid_mid.txt order."
-    ),
+    features: Path | None = typer.Option(None, help="Raw per-image features .npy, rows in <t>_face_tid_mid.txt order."),
     checkpoint: Path | None = typer.Option(
         None, help="Instead of --features: embed the release with this backbone (file or run dir)."
     ),
@@ -57,6 +56,7 @@ def eval_ijb(
         if features_flip is not None or halves:
             raise typer.BadParameter("--features-flip / --halves apply to --features, not --checkpoint")
         features, features_flip = _embed_ijb_to(out, checkpoint, arch, meta, target, batch_size, num_workers, device)
+    assert features is not None  # one of --features / --checkpoint, checked above
     x = _load_npy(features, "features")
     xf = _load_npy(features_flip, "features_flip") if features_flip is not None else None
     if halves:
@@ -143,7 +143,37 @@ def eval_reid(
         save_json(out, d | {"cmc": res.cmc.tolist(), "metric_name": metric})
 
 
+def _parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--ks: expected comma-separated integers like 1,2,4,8, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise typer.BadParameter(f"--ks: every K must be >= 1, got {text!r}")
+    return ks
+
+
+def eval_retrieval(
+    cache: Path = typer.Argument(..., help="Embedding cache directory (facekd embed): embeddings.npy + labels.npy."),
+    ks: str = typer.Option("1,2,4,8", help="Comma-separated K values of Recall@K."),
+    out: Path | None = typer.Option(None, help="Also write the metrics as JSON here."),
+) -> None:
+    """Leave-one-out Recall@K (CUB-200 protocol): each image queries all the others by cosine
+    similarity; a hit is an image of its class among the K nearest."""
+    from facekd.embed import EmbeddingCache
+    from facekd.evaluate.reid import recall_at_k
+    from facekd.utils import save_json
+
+    k_values = _parse_ks(ks)
+    c = EmbeddingCache.open(cache)
+    res = recall_at_k(c.embeddings, c.labels, k_values)
+    typer.echo("  ".join(f"R@{k} {100 * v:.2f}" for k, v in res.items()) + f"  ({len(c)} images, {cache})")
+    if out is not None:
+        save_json(out, {"n": len(c), "cache": str(cache), **{f"recall@{k}": v for k, v in res.items()}})
+
+
 def register(app: typer.Typer) -> None:
-    """Add `eval-ijb` and `eval-reid` to the facekd app."""
+    """Add `eval-ijb`, `eval-reid` and `eval-retrieval` to the facekd app."""
     app.command("eval-ijb")(eval_ijb)
     app.command("eval-reid")(eval_reid)
+    app.command("eval-retrieval")(eval_retrieval)

@@ -1,10 +1,16 @@
-"""Run a backbone over the real-data evaluation sets: insightface `.bin` sets and IJB-B/C releases.
+"""Run a backbone over evaluation data: insightface `.bin` sets, IJB-B/C releases, and any facekd
+dataset for classification and retrieval students.
 
 `evaluate_bin(model, path)` is insightface's `CallBackVerification` for one `.bin` (Accuracy-Flip
 with XNorm, 10 folds); `embed_ijb(model, root, target)` gives the raw per-image features (and those
 of the mirrored images) of an IJB release in its `<t>_face_tid_mid.txt` row order, which
-`facekd.evaluate.ijb.evaluate_ijb` pools and scores. The model sees images at its own input size
-(`model.input_size`, else 112).
+`facekd.evaluate.ijb.evaluate_ijb` pools and scores. The model sees `.bin` and IJB images at its
+own input size (`model.input_size`, else 112).
+
+`evaluate_classifier(model, head, dataset)` gives top-k and per-class accuracy of a backbone +
+linear head (`facekd.evaluate.classification`); `evaluate_retrieval(model, dataset)` gives
+leave-one-out Recall@K of a metric-learning student (`facekd.evaluate.reid.recall_at_k`). Both take
+the dataset as given: pass one without random augmentation.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from facekd.data.binset import load_bin
+from facekd.evaluate.classification import ClassificationResult, classification_accuracy
+from facekd.evaluate.reid import recall_at_k
 from facekd.evaluate.verification import accuracy_flip
 
 
@@ -113,4 +121,65 @@ def embed_ijb(
     return _embed_pairs(model, ((b["image"], b["image_flip"]) for b in loader))
 
 
-__all__ = ["embed_ijb", "embed_raw_flip", "evaluate_bin", "model_image_size"]
+@torch.no_grad()
+def predict_dataset(
+    model: nn.Module, dataset, head: nn.Module | None = None, batch_size: int = 256, num_workers: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Outputs of `model` (or of `head(model(x))`) for every item of `dataset`, in order, and the
+    items' labels → (float32 (N, k), int64 (N,)). Model and head run in eval mode on the model's
+    device and get their modes back afterwards."""
+    modules = [m for m in (model, head) if m is not None]
+    modes, dev = [m.training for m in modules], _device(model)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    outputs, labels = [], []
+    try:
+        for m in modules:
+            m.eval()
+        for batch in loader:
+            out = model(batch["image"].to(dev))
+            outputs.append((out if head is None else head(out)).float().cpu())
+            labels.append(batch["label"].reshape(-1).long())
+    finally:
+        for m, was in zip(modules, modes):
+            m.train(was)
+    if not outputs:
+        raise ValueError("predict_dataset: the dataset is empty")
+    return torch.cat(outputs).numpy(), torch.cat(labels).numpy()
+
+
+def evaluate_classifier(
+    model: nn.Module,
+    head: nn.Module,
+    dataset,
+    ks: tuple[int, ...] = (1, 5),
+    batch_size: int = 256,
+    num_workers: int = 0,
+) -> ClassificationResult:
+    """Top-k and per-class accuracy of backbone `model` + linear `head` (`head(embedding) -> logits`,
+    as `ClassificationTask` trains it) on `dataset` (labels in [0, number of logits))."""
+    logits, labels = predict_dataset(model, dataset, head, batch_size, num_workers)
+    return classification_accuracy(logits, labels, ks)
+
+
+def evaluate_retrieval(
+    model: nn.Module,
+    dataset,
+    ks: tuple[int, ...] = (1, 2, 4, 8),
+    batch_size: int = 256,
+    num_workers: int = 0,
+) -> dict[int, float]:
+    """Leave-one-out Recall@K of `model`'s embeddings on `dataset` (CUB-200 style: every item queries
+    all the others by cosine similarity; a hit is one of its class among the K nearest)."""
+    features, labels = predict_dataset(model, dataset, None, batch_size, num_workers)
+    return recall_at_k(features, labels, ks)
+
+
+__all__ = [
+    "embed_ijb",
+    "embed_raw_flip",
+    "evaluate_bin",
+    "evaluate_classifier",
+    "evaluate_retrieval",
+    "model_image_size",
+    "predict_dataset",
+]

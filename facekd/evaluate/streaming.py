@@ -22,6 +22,7 @@ mask→non-mask protocol).
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -88,6 +89,76 @@ def _gather(parts: list[torch.Tensor], device, dtype=torch.float32) -> torch.Ten
     return x
 
 
+def _inputs(embeddings, labels, other, other_labels, device):
+    """(a, ya, b, yb, symmetric) on `device`: the set, and the set it is scored against."""
+    a, ya = _prepare(embeddings, labels, "embeddings", device)
+    if other is None:
+        return a, ya, a, ya, True
+    if other_labels is None:
+        raise ValueError("other_labels is required with other")
+    b, yb = _prepare(other, other_labels, "other", device)
+    if b.shape[1] != a.shape[1]:
+        raise ValueError(f"other is {b.shape[1]}-d but embeddings are {a.shape[1]}-d")
+    return a, ya, b, yb, False
+
+
+def _to_bin(s: torch.Tensor, nbins: int) -> torch.Tensor:
+    return ((s + 1.0) * (nbins / 2.0)).long().clamp_(0, nbins - 1)
+
+
+def _pass1(scan: Callable, nbins: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: (genuine scores float64 (G,), impostor histogram int64 (nbins,)), all ranks combined."""
+    hist = torch.zeros(nbins, dtype=torch.int64, device=device)
+    genuine: list[torch.Tensor] = []
+
+    def visit(s, same):
+        g = s[same]
+        genuine.append(g.cpu())
+        # impostor histogram = all scores minus the (few) genuine ones: avoids gathering s[~same]
+        hist.add_(torch.bincount(_to_bin(s, nbins), minlength=nbins)).sub_(
+            torch.bincount(_to_bin(g, nbins), minlength=nbins)
+        )
+
+    scan(visit)
+    gen = _gather(genuine, device).double().numpy()
+    if dist.is_distributed():
+        torch.distributed.all_reduce(hist)
+    return gen, hist.cpu().numpy()
+
+
+def _pass2(scan: Callable, wanted: list[int], nbins: int, device) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 2: the impostor scores that fall in the `wanted` bins → (values float64, their bins int64)."""
+    kept_vals: list[torch.Tensor] = []
+    kept_bins: list[torch.Tensor] = []
+    if wanted:
+        wanted_t = torch.tensor(wanted, device=device)
+        floor = wanted[0] / (nbins / 2.0) - 1.0 - 1e-6  # below the lowest wanted bin: a cheap pre-filter
+
+        def visit(s, same):
+            imp = s[(s >= floor) & ~same]
+            bi = _to_bin(imp, nbins)
+            sel = torch.isin(bi, wanted_t)
+            kept_vals.append(imp[sel].cpu())
+            kept_bins.append(bi[sel].cpu())
+
+        scan(visit)
+    return _gather(kept_vals, device).double().numpy(), _gather(kept_bins, device, torch.int64).numpy()
+
+
+def _threshold_in_bin(kv, kb, hist, tail, k: int, bb: int) -> tuple[float, int]:
+    """(τ = the (k+1)-th largest impostor, #impostors > τ) from the scores kept in bin bb."""
+    vals = kv[kb == bb]
+    if vals.size != hist[bb]:
+        raise RuntimeError(
+            f"bin {bb}: pass 2 saw {vals.size} scores, pass 1 counted {hist[bb]} "
+            "(non-deterministic matmul on this device?)"
+        )
+    above = int(tail[bb + 1]) if bb + 1 < hist.size else 0
+    r = k - above  # 0-based rank of τ inside the bin, descending
+    tau = float(np.partition(vals, vals.size - 1 - r)[vals.size - 1 - r])
+    return tau, above + int(np.count_nonzero(vals > tau))
+
+
 def streaming_tar_at_far(
     embeddings,
     labels,
@@ -112,59 +183,18 @@ def streaming_tar_at_far(
         if not 0.0 < far <= 1.0:
             raise ValueError(f"target FAR must be in (0, 1], got {far}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    a, ya = _prepare(embeddings, labels, "embeddings", device)
-    symmetric = other is None
-    if symmetric:
-        b, yb = a, ya
-    else:
-        if other_labels is None:
-            raise ValueError("other_labels is required with other")
-        b, yb = _prepare(other, other_labels, "other", device)
-        if b.shape[1] != a.shape[1]:
-            raise ValueError(f"other is {b.shape[1]}-d but embeddings are {a.shape[1]}-d")
+    a, ya, b, yb, symmetric = _inputs(embeddings, labels, other, other_labels, device)
+    scan = functools.partial(_scan, a, ya, b, yb, symmetric, chunk)  # scan(fn): fn on every pair block
     t0 = time.perf_counter()
-
-    hist = torch.zeros(nbins, dtype=torch.int64, device=device)
-    genuine: list[torch.Tensor] = []
-
-    def to_bin(s: torch.Tensor) -> torch.Tensor:
-        return ((s + 1.0) * (nbins / 2.0)).long().clamp_(0, nbins - 1)
-
-    def pass1(s, same):
-        g = s[same]
-        genuine.append(g.cpu())
-        # impostor histogram = all scores minus the (few) genuine ones: avoids gathering s[~same]
-        hist.add_(torch.bincount(to_bin(s), minlength=nbins)).sub_(torch.bincount(to_bin(g), minlength=nbins))
-
-    _scan(a, ya, b, yb, symmetric, chunk, pass1)
-    gen = _gather(genuine, device).double().numpy()
-    if dist.is_distributed():
-        torch.distributed.all_reduce(hist)
-    hist_np = hist.cpu().numpy()
-    n_imp = int(hist_np.sum())
+    gen, hist = _pass1(scan, nbins, device)
+    n_imp = int(hist.sum())
     if gen.size == 0 or n_imp == 0:
         raise ValueError(f"need both genuine and impostor pairs, got {gen.size} genuine, {n_imp} impostor")
-    tail = np.cumsum(hist_np[::-1])[::-1]  # tail[b] = #impostors in bins ≥ b
-
-    ks = [int(math.floor(round(far * n_imp, 9))) for far in fars]
+    tail = np.cumsum(hist[::-1])[::-1]  # tail[b] = #impostors in bins ≥ b
+    ks = [math.floor(round(far * n_imp, 9)) for far in fars]
     # bin holding the (k+1)-th largest impostor: the last b with tail[b] > k
     bins = [int(np.count_nonzero(tail > k)) - 1 if k < n_imp else -1 for k in ks]
-    wanted = sorted({bb for bb in bins if bb >= 0})
-    kept_vals: list[torch.Tensor] = []
-    kept_bins: list[torch.Tensor] = []
-    if wanted:
-        wanted_t = torch.tensor(wanted, device=device)
-        floor = wanted[0] / (nbins / 2.0) - 1.0 - 1e-6  # below the lowest wanted bin: a cheap pre-filter
-
-        def pass2(s, same):
-            imp = s[(s >= floor) & ~same]
-            bi = to_bin(imp)
-            sel = torch.isin(bi, wanted_t)
-            kept_vals.append(imp[sel].cpu())
-            kept_bins.append(bi[sel].cpu())
-
-        _scan(a, ya, b, yb, symmetric, chunk, pass2)
-    kv, kb = _gather(kept_vals, device).double().numpy(), _gather(kept_bins, device, torch.int64).numpy()
+    kv, kb = _pass2(scan, sorted({bb for bb in bins if bb >= 0}), nbins, device)
     seconds = time.perf_counter() - t0
 
     out, counts = [], []
@@ -172,28 +202,9 @@ def streaming_tar_at_far(
         if bb < 0:  # k ≥ |I|: everything accepted
             tau, n_above = -math.inf, n_imp
         else:
-            vals = kv[kb == bb]
-            if vals.size != hist_np[bb]:
-                raise RuntimeError(
-                    f"bin {bb}: pass 2 saw {vals.size} scores, pass 1 counted {hist_np[bb]} "
-                    "(non-deterministic matmul on this device?)"
-                )
-            above = int(tail[bb + 1]) if bb + 1 < nbins else 0
-            r = k - above  # 0-based rank of τ inside the bin, descending
-            tau = float(np.partition(vals, vals.size - 1 - r)[vals.size - 1 - r])
-            n_above = above + int(np.count_nonzero(vals > tau))
-            counts.append(int(vals.size))
-        out.append(
-            TarAtFar(
-                float(far),
-                float(np.mean(gen > tau)),
-                tau,
-                n_above / n_imp,
-                int(gen.size),
-                n_imp,
-                float(far) * n_imp,
-                "strict",
-            )
-        )
+            tau, n_above = _threshold_in_bin(kv, kb, hist, tail, k, bb)
+            counts.append(int(hist[bb]))
+        tar = float(np.mean(gen > tau))
+        out.append(TarAtFar(float(far), tar, tau, n_above / n_imp, int(gen.size), n_imp, float(far) * n_imp, "strict"))
     n_pairs = gen.size + n_imp
     return StreamingResult(out, int(gen.size), n_imp, seconds, 2 * n_pairs / max(seconds, 1e-12), nbins, counts)

@@ -19,9 +19,10 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import auc
 from sklearn.model_selection import KFold
 from sklearn.preprocessing import normalize
 
@@ -49,8 +50,13 @@ class TarAtFar:
 
 
 def split_scores(scores, issame, name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
-    """Validate (n,) scores and (n,) booleans; return (genuine, impostor) float64 score arrays."""
-    s = np.asarray(scores, dtype=np.float64).ravel()
+    """Validate (n,) scores and (n,) booleans; return (genuine, impostor) score arrays.
+
+    Float32 scores stay float32 (the order, and so every metric, is that of the float32 values);
+    any other type becomes float64.
+    """
+    s = np.asarray(scores)
+    s = (s if s.dtype in (np.float32, np.float64) else s.astype(np.float64)).ravel()
     y = np.asarray(issame)
     if y.shape != (s.size,):
         raise ValueError(f"{name}: issame has shape {y.shape}, expected ({s.size},) like the scores")
@@ -67,63 +73,13 @@ def split_scores(scores, issame, name: str = "scores") -> tuple[np.ndarray, np.n
     return gen, imp
 
 
-def strict_threshold(impostor: np.ndarray, far: float) -> tuple[float, int]:
-    """τ for FAR ≤ `far`: the (k+1)-th largest impostor score, k = floor(far·|I|). Returns (τ, k).
-
-    When k ≥ |I| (far = 1), τ = -inf (everything accepted).
-    """
-    n = impostor.size
-    # round() guards against 1e-3 * 3000 = 2.9999999999999996 style products
-    k = int(math.floor(round(far * n, 9)))
-    if k >= n:
-        return -math.inf, k
-    return float(np.partition(impostor, n - 1 - k)[n - 1 - k]), k
-
-
-def tar_at_far(scores, issame, fars: Sequence[float] = DEFAULT_FARS, convention: str = "strict") -> list[TarAtFar]:
-    """TAR at each target FAR for similarity `scores` (n,) and boolean `issame` (n,).
-
-    convention: "strict" (FAR ≤ target, accept s > τ) or "insightface" (nearest ROC vertex,
-    accept s ≥ τ). See the module docstring.
-    """
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    for far in fars:
-        if not 0.0 < far <= 1.0:
-            raise ValueError(f"target FAR must be in (0, 1], got {far}")
-    gen, imp = split_scores(scores, issame)
-    ng, ni = gen.size, imp.size
-    out = []
-    if convention == "strict":
-        for far in fars:
-            tau, _ = strict_threshold(imp, far)
-            out.append(
-                TarAtFar(
-                    float(far),
-                    float(np.mean(gen > tau)),
-                    tau,
-                    float(np.mean(imp > tau)),
-                    ng,
-                    ni,
-                    float(far) * ni,
-                    convention,
-                )
-            )
-        return out
-    y = np.concatenate([np.ones(ng, bool), np.zeros(ni, bool)])
-    fpr, tpr, thr = roc_curve(y, np.concatenate([gen, imp]))
-    fpr, tpr, thr = np.flipud(fpr), np.flipud(tpr), np.flipud(thr)
-    for far in fars:
-        i = int(np.argmin(np.abs(fpr - far)))
-        out.append(
-            TarAtFar(float(far), float(tpr[i]), float(thr[i]), float(fpr[i]), ng, ni, float(far) * ni, convention)
-        )
-    return out
-
-
 @dataclass(frozen=True)
 class Roc:
-    """ROC vertices (sklearn.metrics.roc_curve, drop_intermediate=True) and the AUC."""
+    """ROC vertices (as sklearn.metrics.roc_curve with drop_intermediate=True) and the AUC.
+
+    fpr, tpr: (m,) float64, non-decreasing, starting at (0, 0); thresholds: (m,) float64,
+    decreasing, thresholds[0] = inf; a vertex counts the scores ≥ its threshold.
+    """
 
     fpr: np.ndarray
     tpr: np.ndarray
@@ -131,22 +87,146 @@ class Roc:
     auc: float
 
 
+def _check_fars(fars: Sequence[float]) -> None:
+    for far in fars:
+        if not 0.0 < far <= 1.0:
+            raise ValueError(f"target FAR must be in (0, 1], got {far}")
+
+
+class RankedScores:
+    """Genuine and impostor scores, each sorted once; every metric is read from this one sort.
+
+    `tar_at_far` (both conventions), `roc` (vertices + AUC, identical to sklearn's `roc_curve` /
+    `roc_auc_score`) and `plot_roc` all use the same sorted arrays, so a 15.7M-pair IJB-C result is
+    sorted once instead of once per metric.
+    """
+
+    def __init__(self, scores, issame, name: str = "scores"):
+        gen, imp = split_scores(scores, issame, name)
+        gen.sort()
+        imp.sort()
+        self.genuine, self.impostor = gen, imp  # ascending, (G,) and (I,)
+        self._roc: Roc | None = None
+
+    @property
+    def n_genuine(self) -> int:
+        return int(self.genuine.size)
+
+    @property
+    def n_impostor(self) -> int:
+        return int(self.impostor.size)
+
+    def _count_above(self, tau: float) -> tuple[int, int]:
+        """(#genuine > τ, #impostor > τ)."""
+        return (
+            self.n_genuine - int(np.searchsorted(self.genuine, tau, "right")),
+            self.n_impostor - int(np.searchsorted(self.impostor, tau, "right")),
+        )
+
+    def strict_threshold(self, far: float) -> tuple[float, int]:
+        """τ for FAR ≤ `far`: the (k+1)-th largest impostor score, k = floor(far·|I|). Returns (τ, k).
+
+        When k ≥ |I| (far = 1), τ = -inf (everything accepted).
+        """
+        n = self.n_impostor
+        # round() guards against 1e-3 * 3000 = 2.9999999999999996 style products
+        k = math.floor(round(far * n, 9))
+        return (-math.inf if k >= n else float(self.impostor[n - 1 - k])), k
+
+    def tar_at_far(self, fars: Sequence[float] = DEFAULT_FARS, convention: str = "strict") -> list[TarAtFar]:
+        """TAR at each target FAR in `convention` ("strict" or "insightface", module docstring)."""
+        if convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
+        _check_fars(fars)
+        ng, ni = self.n_genuine, self.n_impostor
+        out = []
+        for far in fars:
+            if convention == "strict":
+                tau = self.strict_threshold(far)[0]
+                above_g, above_i = self._count_above(tau)
+                tar, thr, achieved = above_g / ng, tau, above_i / ni
+            else:
+                r, i = self.roc, self._nearest_vertex(far)
+                tar, thr, achieved = float(r.tpr[i]), float(r.thresholds[i]), float(r.fpr[i])
+            out.append(TarAtFar(float(far), float(tar), thr, float(achieved), ng, ni, float(far) * ni, convention))
+        return out
+
+    def _nearest_vertex(self, far: float) -> int:
+        """eval_ijbc's argmin |fpr − far| over the flipped ROC, by binary search: of equally near
+        vertices the one latest in ROC order (larger FPR, then larger TPR) wins, as the flip makes it."""
+        fpr = self.roc.fpr
+        below = int(np.searchsorted(fpr, far, "right")) - 1  # last vertex with fpr ≤ far (≥ 0: fpr[0] = 0)
+        if below + 1 == fpr.size:
+            return below
+        above = int(np.searchsorted(fpr, fpr[below + 1], "right")) - 1  # last vertex of the next FPR
+        return above if abs(fpr[above] - far) <= abs(fpr[below] - far) else below
+
+    @property
+    def roc(self) -> Roc:
+        """The ROC, computed on first use from the two sorted arrays (no further sort)."""
+        if self._roc is None:
+            self._roc = _roc_from_sorted(self.genuine, self.impostor)
+        return self._roc
+
+
+def _roc_from_sorted(gen: np.ndarray, imp: np.ndarray) -> Roc:
+    """sklearn's roc_curve (drop_intermediate=True) and roc_auc_score from ascending genuine and
+    impostor scores: the two runs are merged by position (O(n), no sort), then sklearn's steps on
+    integer counts (exact, and converted to float64 as sklearn's are)."""
+    ng, n = gen.size, gen.size + imp.size
+    pos = np.searchsorted(imp, gen, "left") + np.arange(ng)  # genuine slots in the ascending merge
+    is_gen = np.zeros(n, dtype=bool)
+    is_gen[pos] = True
+    merged = np.empty(n, dtype=np.result_type(gen, imp))
+    merged[pos] = gen
+    merged[~is_gen] = imp
+    desc, gen_desc = merged[::-1], is_gen[::-1]
+    # one vertex per distinct score: cumulative counts at the last index of each run of equal scores
+    last = np.flatnonzero(np.r_[desc[1:] != desc[:-1], True])
+    tps = np.cumsum(gen_desc, dtype=np.int64)[last]
+    fps = last + 1 - tps
+    if fps.size > 2:  # drop the vertices collinear with their neighbours, as sklearn does
+        corner = np.r_[True, (np.diff(fps, 2) != 0) | (np.diff(tps, 2) != 0), True]
+        last, tps, fps = last[corner], tps[corner], fps[corner]
+    fpr = np.r_[0.0, fps] / float(fps[-1])
+    tpr = np.r_[0.0, tps] / float(tps[-1])
+    return Roc(fpr, tpr, np.r_[np.inf, desc[last].astype(np.float64)], float(auc(fpr, tpr)))
+
+
+def tar_at_far(scores, issame, fars: Sequence[float] = DEFAULT_FARS, convention: str = "strict") -> list[TarAtFar]:
+    """TAR at each target FAR for similarity `scores` (n,) and boolean `issame` (n,).
+
+    convention: "strict" (FAR ≤ target, accept s > τ) or "insightface" (nearest ROC vertex,
+    accept s ≥ τ). See the module docstring. To get several metrics of one score set, build one
+    `RankedScores` and ask it (one sort instead of one per call).
+    """
+    return RankedScores(scores, issame).tar_at_far(fars, convention)
+
+
 def roc(scores, issame) -> Roc:
     """ROC of similarity `scores` (n,) against boolean `issame` (n,)."""
-    gen, imp = split_scores(scores, issame)
-    y = np.concatenate([np.ones(gen.size, bool), np.zeros(imp.size, bool)])
-    s = np.concatenate([gen, imp])
-    fpr, tpr, thr = roc_curve(y, s)
-    return Roc(fpr, tpr, thr, float(roc_auc_score(y, s)))
+    return RankedScores(scores, issame).roc
+
+
+def _polyline(fpr: np.ndarray, tpr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC's vertices minus those inside a horizontal or vertical run: the same drawn line
+    with at most ~4 points per genuine score (float32 ties can leave millions of vertices)."""
+    if fpr.size < 3:
+        return fpr, tpr
+    inner_h = (tpr[1:-1] == tpr[:-2]) & (tpr[1:-1] == tpr[2:])
+    inner_v = (fpr[1:-1] == fpr[:-2]) & (fpr[1:-1] == fpr[2:])
+    keep = np.r_[True, ~(inner_h | inner_v), True]
+    return fpr[keep], tpr[keep]
 
 
 def plot_roc(
-    curves: Mapping[str, tuple],
+    curves: Mapping[str, Roc | RankedScores | tuple],
     path: str | os.PathLike,
     title: str = "ROC",
     fars: Sequence[float] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1),
 ) -> None:
-    """Write a PNG (or any matplotlib suffix) of TAR vs log-FAR for each named (scores, issame).
+    """Write a PNG (or any matplotlib suffix) of TAR vs log-FAR for each named curve, given as a
+    `Roc`, a `RankedScores` or a (scores, issame) pair (sorted here).
 
     The x-axis starts at the smallest positive FAR any curve reaches (or min(fars)).
     """
@@ -157,12 +237,13 @@ def plot_roc(
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     low = min(fars)
-    for name, (scores, issame) in curves.items():
-        r = roc(scores, issame)
-        keep = r.fpr > 0
+    for name, curve in curves.items():
+        r = curve if isinstance(curve, Roc) else curve.roc if isinstance(curve, RankedScores) else roc(*curve)
+        fpr, tpr = _polyline(r.fpr, r.tpr)
+        keep = fpr > 0
         if keep.any():
-            low = min(low, float(r.fpr[keep].min()))
-        ax.plot(r.fpr[keep], r.tpr[keep], label=f"{name} (AUC {r.auc:.4f})")
+            low = min(low, float(fpr[keep].min()))
+        ax.plot(fpr[keep], tpr[keep], label=f"{name} (AUC {r.auc:.4f})")
     ax.set_xscale("log")
     ax.set_xlim(low, 1.0)
     ax.set_ylim(0.0, 1.0)
@@ -230,12 +311,12 @@ def verification_accuracy(emb_a, emb_b, issame, nfolds: int = 10) -> Verificatio
     splits = (
         KFold(n_splits=nfolds, shuffle=False).split(np.arange(y.size)) if nfolds > 1 else [(np.arange(y.size),) * 2]
     )
-    accs, best = [], []
+    fold_accs, best = [], []
     for train, test in splits:
         t = int(np.argmax(_accuracy_per_threshold(dist[train], y[train], INSIGHTFACE_THRESHOLDS)))
         best.append(INSIGHTFACE_THRESHOLDS[t])
-        accs.append(_accuracy_per_threshold(dist[test], y[test], INSIGHTFACE_THRESHOLDS[t : t + 1])[0])
-    accs = np.asarray(accs)
+        fold_accs.append(_accuracy_per_threshold(dist[test], y[test], INSIGHTFACE_THRESHOLDS[t : t + 1])[0])
+    accs = np.asarray(fold_accs)
     return VerificationAccuracy(float(accs.mean()), float(accs.std()), np.asarray(best), accs)
 
 
@@ -275,10 +356,10 @@ def format_insightface_line(
     """
     lines = []
     if xnorm is not None:
-        lines.append("[%s][%d]XNorm: %f" % (name, step, xnorm))
-    lines.append("[%s][%d]Accuracy-Flip: %1.5f+-%1.5f" % (name, step, acc, std))
+        lines.append(f"[{name}][{step:d}]XNorm: {xnorm:f}")
+    lines.append(f"[{name}][{step:d}]Accuracy-Flip: {acc:1.5f}+-{std:1.5f}")
     if highest is not None:
-        lines.append("[%s][%d]Accuracy-Highest: %1.5f" % (name, step, highest))
+        lines.append(f"[{name}][{step:d}]Accuracy-Highest: {highest:1.5f}")
     return "\n".join(lines)
 
 
@@ -315,21 +396,22 @@ def evaluate_pairs(embeddings, pairs, groups=None, fars: Sequence[float] = DEFAU
         if idx.size and (idx.min() < 0 or idx.max() >= e.shape[0]):
             raise ValueError(f"pairs.{name}: index out of range [0, {e.shape[0]}) (got {idx.min()}..{idx.max()})")
     scores = np.einsum("ij,ij->i", e[a], e[b]).astype(np.float64)
-    strict = tar_at_far(scores, y, fars, "strict")
+    ranked = RankedScores(scores, y)
+    strict = ranked.tar_at_far(fars, "strict")
     out = {
         "n_pairs": int(y.size),
         "n_genuine": int(y.sum()),
         "n_impostor": int((~y).sum()),
-        "auc": roc(scores, y).auc,
+        "auc": ranked.roc.auc,
         "tar_at_far": [t.to_dict() for t in strict],
-        "tar_at_far_insightface": _tars(scores, y, fars, "insightface"),
+        "tar_at_far_insightface": [t.to_dict() for t in ranked.tar_at_far(fars, "insightface")],
         "accuracy": verification_accuracy(e[a], e[b], y, nfolds).to_dict(),
     }
     hard = getattr(pairs, "hard", None)
     if hard is not None:
         h = np.asarray(hard, dtype=bool)
         hg = scores[h & y]
-        res = {"n_genuine": int(hg.size), "n_impostor": int((h & ~y).sum())}
+        res: dict[str, Any] = {"n_genuine": int(hg.size), "n_impostor": int((h & ~y).sum())}
         if hg.size:
             res["tar_at_global_threshold"] = [
                 {"far": t.far, "threshold": t.threshold, "tar": float(np.mean(hg > t.threshold))} for t in strict
@@ -341,7 +423,7 @@ def evaluate_pairs(embeddings, pairs, groups=None, fars: Sequence[float] = DEFAU
         g = np.asarray(groups, dtype=np.int64)
         if g.shape != (e.shape[0],):
             raise ValueError(f"groups: shape {g.shape}, expected ({e.shape[0]},) (one group per embedding row)")
-        per = {}
+        per: dict[str, Any] = {}
         for grp in np.unique(g):
             gen_m = y & (g[a] == grp)
             imp_m = ~y & (g[a] == grp) & (g[b] == grp)
