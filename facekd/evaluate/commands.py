@@ -92,7 +92,7 @@ def _embed_ijb_to(
     """Embed the release with the checkpoint; write raw features (+ flip) as .npy in `out`; return their paths."""
     from facekd.evaluate.model_eval import embed_ijb
     from facekd.models.checkpoint import load_backbone
-    from facekd.train import resolve_device
+    from facekd.dist import resolve_device
     from facekd.utils import save_npy
 
     model = load_backbone(checkpoint, arch).to(resolve_device(device))
