@@ -87,8 +87,8 @@ def export_synth(
 ) -> None:
     """Render SynthFaces and write it as RecordIO + a verification .bin + an IJB-C-style release."""
     from facekd.config import ConfigError, apply_overrides
-    from facekd.data.export_synth import export_synthfaces
-    from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
+    from facekd.synthfaces.export import export_synthfaces
+    from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 
     try:
         overrides = apply_overrides({}, set_)

@@ -1,47 +1,19 @@
-"""SynthFaces: procedurally rendered face-like RGB images, biased the way MS1MV3 is.
+"""The SynthFaces renderer: identity parameters, per-image nuisances, vectorised numpy rendering.
 
-The data-bias paper (papers/data-bias-uniformity-sampling.txt, §1 and §3.1) describes MS1MV3:
-identity sizes range from 2 to more than 200 images, and "clear front face images dominate the
-dataset while images with large pose are rare". SynthFaces reproduces both biases, small enough to
-train on two CPU cores:
-
-* identities: a parameter vector each (face ellipse and chin taper, skin tone from a demographic
-  group, hair colour / hairline / length, eye spacing, size and iris colour, brows, nose, mouth,
-  beard, marks); identity sizes follow a truncated power law (Zipf-like) between
-  `min_images_per_identity` and `max_images_per_identity`;
-* groups: four skin-tone groups in unequal proportions (default 0.55 / 0.25 / 0.12 / 0.08),
-  stored per image (`dataset.groups`);
-* nuisances per image: yaw (head rotation on a cylinder model: features shift and foreshorten,
-  one side shaded), illumination (directional gradient and global gain), expression (mouth opens
-  and curves, eyes squint, brows rise), Gaussian blur, occlusion (a mask band over the lower
-  face), plus small alignment jitter, random background and pixel noise. A fraction
-  `hard_fraction` (default 0.2) of images is "hard": at least one of the five factors is strong;
-  the rest are near-frontal and clean;
-* a train split and a disjoint set of test identities, with a verification protocol of genuine
-  and impostor pairs (`VerificationPairs`), a stated fraction of which involve a hard image.
-
-Everything is deterministic from `SynthFacesConfig.seed`. Rendering is vectorised numpy
-(10k images of 32×32 in a few seconds on one core).
+See the package docstring for what is rendered and why.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import math
-import os
-from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.ndimage
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from facekd.data.arrays import ArrayDataset
-from facekd.utils import atomic_path, parse_angle
+if TYPE_CHECKING:
+    from facekd.synthfaces.config import SynthFacesConfig
 
-NUISANCES = ("yaw", "light", "expression", "blur", "occlusion")
 
 # Base skin tones (RGB in [0, 1]) of the four groups, light to dark.
 _SKIN = np.array([[0.93, 0.78, 0.66], [0.80, 0.60, 0.46], [0.62, 0.45, 0.32], [0.40, 0.28, 0.20]], np.float32)
@@ -61,155 +33,7 @@ _IRIS = np.array(
     [[0.10, 0.06, 0.03], [0.35, 0.20, 0.08], [0.20, 0.40, 0.70], [0.25, 0.50, 0.30], [0.45, 0.45, 0.50]], np.float32
 )
 _MASKS = np.array([[0.95, 0.95, 0.95], [0.55, 0.75, 0.90], [0.10, 0.10, 0.12], [0.50, 0.50, 0.50]], np.float32)
-
-
-class SynthFacesConfig(BaseModel):
-    """Sizes, biases and difficulty of SynthFaces. `SynthFacesConfig.preset(name)` gives the
-    "quick" / "default" / "full" sizes; any field can be overridden."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    seed: int = 0
-    image_size: int = Field(32, ge=16, le=112, description="square side in pixels")
-    num_train_identities: int = Field(400, ge=2)
-    num_test_identities: int = Field(150, ge=2)
-    min_images_per_identity: int = Field(2, ge=2)
-    max_images_per_identity: int = Field(200, ge=2)
-    size_exponent: float = Field(1.4, gt=0, description="train identity size n has density ∝ n^-size_exponent")
-    test_images_per_identity: int = Field(20, ge=2)
-    group_proportions: tuple[float, ...] = (0.55, 0.25, 0.12, 0.08)
-    hard_fraction: float = Field(0.2, ge=0, le=1, description="fraction of images with a strong nuisance")
-    max_yaw: float = Field(math.radians(75), gt=0, le=math.pi / 2, description="radians; accepts '75deg'")
-    hard_yaw: float = Field(math.radians(25), gt=0, description="radians; |yaw| of a hard pose is ≥ this")
-    nuisance_strength: float = Field(1.0, ge=0, description="scales every strong nuisance's magnitude")
-    noise_std: float = Field(0.025, ge=0, description="pixel noise std, fraction of the 0..255 range")
-    num_genuine_pairs: int = Field(5000, ge=1)
-    num_impostor_pairs: int = Field(100_000, ge=1)
-    hard_pair_fraction: float | None = Field(
-        0.3, ge=0, le=1, description="fraction of each pair kind involving a hard image; None: as drawn"
-    )
-
-    @field_validator("max_yaw", "hard_yaw", mode="before")
-    @classmethod
-    def _angle(cls, v):
-        return parse_angle(v) if isinstance(v, str) else v
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.max_images_per_identity < self.min_images_per_identity:
-            raise ValueError("max_images_per_identity must be >= min_images_per_identity")
-        p = np.asarray(self.group_proportions, float)
-        if p.size < 1 or (p <= 0).any() or abs(p.sum() - 1) > 1e-6:
-            raise ValueError(f"group_proportions must be positive and sum to 1, got {self.group_proportions}")
-        if p.size > len(_SKIN):
-            raise ValueError(f"at most {len(_SKIN)} groups (skin tones) are defined, got {p.size}")
-        if self.hard_yaw >= self.max_yaw:
-            raise ValueError("hard_yaw must be < max_yaw")
-        return self
-
-    @classmethod
-    def preset(cls, name: Literal["quick", "default", "full"], **overrides) -> SynthFacesConfig:
-        """quick: 371 train images of 40 identities, renders in < 1 s (tests, smoke runs);
-        default: 32 px, ~9.2k train images of 400 identities, 150 test identities × 20 images,
-        5k genuine / 100k impostor pairs; full: 48 px, ~35k train images of 1500 identities,
-        400 test identities, 20k genuine / 1M impostor pairs."""
-        presets = {
-            "quick": dict(
-                num_train_identities=40,
-                num_test_identities=16,
-                max_images_per_identity=40,
-                test_images_per_identity=8,
-                num_genuine_pairs=200,
-                num_impostor_pairs=4000,
-            ),
-            "default": {},
-            "full": dict(
-                image_size=48,
-                num_train_identities=1500,
-                num_test_identities=400,
-                num_genuine_pairs=20_000,
-                num_impostor_pairs=1_000_000,
-            ),
-        }
-        if name not in presets:
-            raise ValueError(f"unknown SynthFaces preset {name!r}; expected one of {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
-
-    def fingerprint(self) -> str:
-        """16-hex-digit hash of every field (and the renderer version)."""
-        payload = json.dumps({"v": _RENDER_VERSION, **self.model_dump()}, sort_keys=True)
-        return hashlib.sha1(payload.encode()).hexdigest()[:16]
-
-
-_RENDER_VERSION = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class VerificationPairs:
-    """Pairs of rows of the test dataset. All arrays have shape (P,).
-
-    a, b: int64 row indices; issame: bool, True for genuine pairs; hard: bool, True when either
-    image has a strong nuisance (`SynthFacesDataset.hard`)."""
-
-    a: np.ndarray
-    b: np.ndarray
-    issame: np.ndarray
-    hard: np.ndarray
-
-    def __post_init__(self):
-        n = len(self.a)
-        for name in ("b", "issame", "hard"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"VerificationPairs: {name} has {len(getattr(self, name))} entries, a has {n}")
-
-    def __len__(self) -> int:
-        return len(self.a)
-
-    @property
-    def num_genuine(self) -> int:
-        return int(self.issame.sum())
-
-    @property
-    def num_impostor(self) -> int:
-        return int((~self.issame).sum())
-
-
-class SynthFacesDataset(ArrayDataset):
-    """One SynthFaces split: `ArrayDataset` plus per-image nuisances and identities.
-
-    Extra attributes: `nuisance` dict of float32 (N,) arrays — yaw (radians, signed), light
-    (directional-light strength 0..1), expression (0..1), blur (Gaussian sigma in pixels at
-    `image_size`), occlusion (fraction of the lower face covered, 0 = none); `hard` bool (N,);
-    `identity_ids` int64 (N,) global identity ids (train and test ids never overlap).
-    """
-
-    def __init__(
-        self, images, labels, groups, nuisance: dict, hard, identity_ids, config_fp: str, split: str, hflip=False
-    ):
-        super().__init__(images, labels, groups, hflip=hflip, name=f"synthfaces/{split}")
-        self.nuisance = {k: np.asarray(nuisance[k], np.float32) for k in NUISANCES}
-        self.hard = np.asarray(hard, bool)
-        self.identity_ids = np.asarray(identity_ids, np.int64)
-        self.split = split
-        self._config_fp = config_fp
-
-    def fingerprint(self) -> str:
-        """Config hash + split + flip setting (the content is a function of these)."""
-        return hashlib.sha1(f"{self._config_fp}/{self.split}/{self.hflip}".encode()).hexdigest()[:16]
-
-
-@dataclasses.dataclass
-class SynthFacesData:
-    """`train` and `test` datasets, the verification `pairs` (rows of `test`), the `config`."""
-
-    train: SynthFacesDataset
-    test: SynthFacesDataset
-    pairs: VerificationPairs
-    config: SynthFacesConfig
-
-
-# ---------------------------------------------------------------------------------------------
-# sizes, groups, parameters
+NUM_SKIN_TONES = len(_SKIN)
 
 
 def identity_sizes(n_ids: int, lo: int, hi: int, exponent: float) -> np.ndarray:
@@ -235,7 +59,7 @@ def allocate_groups(n: int, proportions, rng: np.random.Generator) -> np.ndarray
     return rng.permutation(np.repeat(np.arange(p.size), counts)).astype(np.int64)
 
 
-def _identity_params(rng: np.random.Generator, groups: np.ndarray) -> dict[str, np.ndarray]:
+def identity_params(rng: np.random.Generator, groups: np.ndarray) -> dict[str, np.ndarray]:
     n = groups.size
     U = lambda lo, hi: rng.uniform(lo, hi, n).astype(np.float32)  # noqa: E731
     skin = _SKIN[groups] * rng.uniform(0.92, 1.08, (n, 1)) + rng.normal(0, 0.02, (n, 3))
@@ -274,7 +98,7 @@ def _identity_params(rng: np.random.Generator, groups: np.ndarray) -> dict[str, 
     )
 
 
-def _nuisance_params(rng: np.random.Generator, n: int, cfg: SynthFacesConfig) -> dict[str, np.ndarray]:
+def nuisance_params(rng: np.random.Generator, n: int, cfg: SynthFacesConfig) -> dict[str, np.ndarray]:
     """Per-image nuisances. Easy images: |yaw| ~ 5°, faint light, neutral expression, no blur or
     occlusion. Hard images (probability `hard_fraction`): each factor is strong with probability
     yaw .5, light .35, expression .3, blur .3, occlusion .25 (at least one)."""
@@ -449,165 +273,3 @@ def render_faces(ident: dict, nuis: dict, size: int, rng: np.random.Generator) -
         img[rows] = scipy.ndimage.gaussian_filter(img[rows], sigma=(0, s, s, 0), mode="nearest")
     img += rng.standard_normal(img.shape, dtype=np.float32) * nuis["noise"][:, None, None, None]
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-
-
-# ---------------------------------------------------------------------------------------------
-# splits and pairs
-
-
-def _make_split(cfg: SynthFacesConfig, split: str, sizes: np.ndarray, id_offset: int, stream: int) -> SynthFacesDataset:
-    rng_id = np.random.default_rng([cfg.seed, stream, 0])
-    rng_nu = np.random.default_rng([cfg.seed, stream, 1])
-    groups_id = allocate_groups(sizes.size, cfg.group_proportions, rng_id)
-    ident = _identity_params(rng_id, groups_id)
-    labels = np.repeat(np.arange(sizes.size, dtype=np.int64), sizes)
-    nuis = _nuisance_params(rng_nu, labels.size, cfg)
-    chunk = 2048
-    images = np.empty((labels.size, cfg.image_size, cfg.image_size, 3), np.uint8)
-    for k, s in enumerate(range(0, labels.size, chunk)):
-        rows = slice(s, s + chunk)
-        lab = labels[rows]
-        images[rows] = render_faces(
-            {key: val[lab] for key, val in ident.items()},
-            {key: val[rows] for key, val in nuis.items()},
-            cfg.image_size,
-            np.random.default_rng([cfg.seed, stream, 2, k]),
-        )
-    return SynthFacesDataset(
-        images,
-        labels,
-        groups_id[labels],
-        {k: nuis[k] for k in NUISANCES},
-        nuis["hard"],
-        labels + id_offset,
-        cfg.fingerprint(),
-        split,
-    )
-
-
-def _choose(rng, pool_hard, pool_easy, n, hard_frac, what):
-    """Pick n rows of candidate pairs: round(hard_frac·n) from the hard pool, the rest easy."""
-    if hard_frac is None:
-        pool = np.concatenate([pool_hard, pool_easy])
-        if pool.shape[0] < n:
-            raise ValueError(f"SynthFaces: only {pool.shape[0]} {what} pairs exist, {n} requested")
-        return pool[rng.choice(pool.shape[0], n, replace=False)]
-    nh = int(round(hard_frac * n))
-    ne = n - nh
-    if pool_hard.shape[0] < nh or pool_easy.shape[0] < ne:
-        raise ValueError(
-            f"SynthFaces: {what} pairs: need {nh} hard and {ne} easy, have {pool_hard.shape[0]} and "
-            f"{pool_easy.shape[0]}; raise test identities / images per identity or lower the pair count"
-        )
-    return np.concatenate(
-        [
-            pool_hard[rng.choice(pool_hard.shape[0], nh, replace=False)],
-            pool_easy[rng.choice(pool_easy.shape[0], ne, replace=False)],
-        ]
-    )
-
-
-def make_pairs(test: SynthFacesDataset, cfg: SynthFacesConfig) -> VerificationPairs:
-    """Verification protocol on `test`: `num_genuine_pairs` same-identity pairs and
-    `num_impostor_pairs` different-identity pairs, each without repeats (a < b), a fraction
-    `hard_pair_fraction` of each kind involving at least one hard image; shuffled."""
-    rng = np.random.default_rng([cfg.seed, 99])
-    labels, hard = test.labels, test.hard
-    ia, ib = np.triu_indices(cfg.test_images_per_identity, 1)
-    starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
-    gen = np.stack([(starts[:, None] + ia).ravel(), (starts[:, None] + ib).ravel()], 1)
-    gh = hard[gen[:, 0]] | hard[gen[:, 1]]
-    genuine = _choose(rng, gen[gh], gen[~gh], cfg.num_genuine_pairs, cfg.hard_pair_fraction, "genuine")
-    # impostors: rejection-sample distinct (a < b) pairs of different identities until both
-    # strata have enough candidates
-    n = labels.size
-    want = 3 * cfg.num_impostor_pairs
-    codes = np.empty(0, np.int64)
-    for _ in range(50):
-        a, b = rng.integers(0, n, want), rng.integers(0, n, want)
-        a, b = np.minimum(a, b), np.maximum(a, b)
-        keep = labels[a] != labels[b]
-        codes = np.unique(np.concatenate([codes, a[keep] * n + b[keep]]))
-        imp = np.stack([codes // n, codes % n], 1)
-        ih = hard[imp[:, 0]] | hard[imp[:, 1]]
-        f = 0.0 if cfg.hard_pair_fraction is None else cfg.hard_pair_fraction
-        if (
-            ih.sum() >= f * cfg.num_impostor_pairs
-            and (~ih).sum() >= (1 - f) * cfg.num_impostor_pairs + 1
-            and codes.size >= cfg.num_impostor_pairs
-        ):
-            break
-    impostor = _choose(rng, imp[ih], imp[~ih], cfg.num_impostor_pairs, cfg.hard_pair_fraction, "impostor")
-    pairs = np.concatenate([genuine, impostor])
-    issame = np.r_[np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]
-    order = rng.permutation(len(pairs))
-    pairs, issame = pairs[order], issame[order]
-    return VerificationPairs(pairs[:, 0].copy(), pairs[:, 1].copy(), issame, hard[pairs[:, 0]] | hard[pairs[:, 1]])
-
-
-def make_synthfaces(cfg: SynthFacesConfig | None = None, cache_dir: str | os.PathLike | None = None) -> SynthFacesData:
-    """Render SynthFaces for `cfg` (default config when None).
-
-    With `cache_dir`, the arrays are stored in `cache_dir/synthfaces-<fingerprint>.npz` (written
-    atomically) and reused on later calls with the same config.
-    """
-    cfg = cfg or SynthFacesConfig()
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"synthfaces-{cfg.fingerprint()}.npz"
-        if path.exists():
-            return _load_cache(path, cfg)
-    sizes = identity_sizes(
-        cfg.num_train_identities, cfg.min_images_per_identity, cfg.max_images_per_identity, cfg.size_exponent
-    )
-    sizes = np.random.default_rng([cfg.seed, 7]).permutation(sizes)
-    train = _make_split(cfg, "train", sizes, 0, stream=1)
-    test_sizes = np.full(cfg.num_test_identities, cfg.test_images_per_identity, np.int64)
-    test = _make_split(cfg, "test", test_sizes, cfg.num_train_identities, stream=2)
-    data = SynthFacesData(train, test, make_pairs(test, cfg), cfg)
-    if cache_dir is not None:
-        _save_cache(path, data)
-    return data
-
-
-def _save_cache(path: Path, data: SynthFacesData) -> None:
-    arrays = {"config": np.array(data.config.model_dump_json())}
-    for split in ("train", "test"):
-        ds = getattr(data, split)
-        arrays.update(
-            {
-                f"{split}/images": ds.images,
-                f"{split}/labels": ds.labels,
-                f"{split}/groups": ds.groups,
-                f"{split}/hard": ds.hard,
-                f"{split}/identity_ids": ds.identity_ids,
-            }
-        )
-        arrays.update({f"{split}/nuisance/{k}": v for k, v in ds.nuisance.items()})
-    arrays.update({f"pairs/{f.name}": getattr(data.pairs, f.name) for f in dataclasses.fields(VerificationPairs)})
-    with atomic_path(path) as tmp:
-        np.savez(tmp, **arrays)
-
-
-def _load_cache(path: Path, cfg: SynthFacesConfig) -> SynthFacesData:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: unreadable SynthFaces cache ({e}); delete it to re-render") from e
-    if "config" not in arrays or SynthFacesConfig.model_validate_json(str(arrays["config"])) != cfg:
-        raise ValueError(f"{path}: SynthFaces cache was made with a different config; delete it to re-render")
-    splits = {}
-    for split in ("train", "test"):
-        g = lambda k: arrays[f"{split}/{k}"]  # noqa: E731
-        splits[split] = SynthFacesDataset(
-            g("images"),
-            g("labels"),
-            g("groups"),
-            {k: g(f"nuisance/{k}") for k in NUISANCES},
-            g("hard"),
-            g("identity_ids"),
-            cfg.fingerprint(),
-            split,
-        )
-    pairs = VerificationPairs(**{f.name: arrays[f"pairs/{f.name}"] for f in dataclasses.fields(VerificationPairs)})
-    return SynthFacesData(splits["train"], splits["test"], pairs, cfg)
