@@ -145,6 +145,8 @@ def read_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
         if not isinstance(v, (bool, np.bool_)):
             raise ValueError(f"{path}: issame_list[{j}] is {_short(v)} ({type(v).__name__}), expected a bool")
     issame = np.asarray(issame, dtype=bool).reshape(-1)
+    if len(issame) == 0:
+        raise ValueError(f"{path}: issame_list is empty; expected at least one pair")
     if not isinstance(bins, (list, tuple)) or len(bins) != 2 * len(issame):
         n = len(bins) if isinstance(bins, (list, tuple)) else type(bins).__name__
         raise ValueError(f"{path}: expected 2 x {len(issame)} = {2 * len(issame)} images in bins, got {n}")

@@ -43,7 +43,9 @@ def pack_rec(
 
 def inspect_rec(
     prefix: str = typer.Argument(..., help="Dataset folder (train.rec/.idx/property) or path stem."),
-    verify: bool = typer.Option(False, help="Also decode every image and list the bad ones."),
+    verify: bool = typer.Option(
+        False, help="Also decode every image strictly (corrupt JPEG data included) and list the bad ones."
+    ),
     preset: str | None = typer.Option(None, help="Compare with a preset: ms1mv2, ms1mv3, glint360k, webface42m."),
     skip_bad: bool = typer.Option(
         False, help="on_error='skip': count malformed records instead of stopping at the first."
@@ -69,7 +71,10 @@ def inspect_rec(
         typer.echo(f"  preset {preset}: " + ("matches" if not problems else "; ".join(problems)))
     if verify:
         bad = ds.verify()
-        typer.echo(f"  verify: {len(bad)} undecodable image(s)")
+        typer.echo(
+            f"  verify: {len(bad)} undecodable or corrupt image(s) of {len(ds)} (each decoded in full; JPEGs "
+            "also by libjpeg-turbo in strict mode. Damage that still forms a valid JPEG stream cannot be detected)"
+        )
         for key, off, why in bad[:20]:
             typer.echo(f"    key {key} offset {off}: {why}")
         if bad:

@@ -12,6 +12,7 @@ decoder; see docs/data-formats.md for the measured rate.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -26,8 +27,10 @@ def _open(data: bytes, where: str, max_pixels: int) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ValueError(f"{where}: image header declares {_too_many(max_pixels)}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own, larger limit
+        declared = re.search(r"\((\d+) pixels\)", str(e))
+        count = f"{declared.group(1)} pixels" if declared else "an image size"
+        raise ValueError(f"{where}: image header declares {count}, {_too_many(max_pixels)}") from None
     except Exception as e:  # PIL raises many types for hostile headers; all mean "not an image"
         raise ValueError(f"{where}: cannot decode image ({len(data)} bytes): {_reason(e)}") from None
     w, h = im.size

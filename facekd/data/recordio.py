@@ -362,7 +362,10 @@ def class_labels(heads: RecordHeads, rows: np.ndarray, path, keys, offsets) -> t
         r = int(rows[j])
         if r not in errors:
             errors[r] = RecordIOError(
-                path, int(keys[r]), int(offsets[r]), f"label {lab[j]!r} is not a class id (an integer in [0, 2^24))"
+                path,
+                int(keys[r]),
+                int(offsets[r]),
+                f"label {float(lab[j])!r} is not a class id (an integer in [0, 2^24))",
             )
     return labels, errors
 
@@ -404,7 +407,7 @@ class _Layout:
             raise RecordIOError(*where, f"header record has {heads.flag[r0]} label; expected [A, B]")
         if not (np.isfinite(a) and np.isfinite(b) and a == int(a) and b == int(b) and 1 <= a <= b < FLOAT32_EXACT):
             raise RecordIOError(
-                *where, f"header record label [A, B] = [{a!r}, {b!r}] needs integers 1 <= A <= B < 2^24"
+                *where, f"header record label [A, B] = [{float(a)!r}, {float(b)!r}] needs integers 1 <= A <= B < 2^24"
             )
         a, b = int(a), int(b)
         rows = _rows_of(keys, 1, a, idx_path, f"header record 0 = [{a}, {b}] says images are keys 1..{a - 1}")
@@ -432,7 +435,7 @@ class _Layout:
                 self.rec_path,
                 a + int(j),
                 int(offsets[r]),
-                f"identity record of class {int(j)} has label {[start[j], end[j]]!r}; expected a key range [start, end) "
+                f"identity record of class {int(j)} has label {[float(start[j]), float(end[j])]!r}; expected a key range [start, end) "
                 f"with 1 <= start <= end <= {a}",
             )
         start, end = start.astype(np.int64), end.astype(np.int64)
