@@ -264,17 +264,23 @@ CASES = [
         ("kind recordio has split train", "not test"),
     ),
     Case("train-rec-val-without-fraction", train_on_recordio(recordio, split="val"), "run.yaml", ("val_fraction",)),
-    Case("train-rec-missing", lambda d: train_config(d, {"kind": "recordio", "path": str(d / "no")}), "run.yaml", ("no",)),
+    Case(
+        "train-rec-missing", lambda d: train_config(d, {"kind": "recordio", "path": str(d / "no")}), "run.yaml", ("no",)
+    ),
     # image folders and list files
     Case("pack-png-bomb", pack_folder(extra={"bob/2.png": png_bomb()}), "bob/2.png", ("declares 3600000000 pixels",)),
     Case("pack-empty-identity", pack_folder(empty=("carol",)), "carol", ("holds no image",)),
     Case("pack-not-a-jpeg", pack_folder(extra={"bob/2.jpg": b"GIF89a not really"}), "bob/2.jpg", ("cannot decode",)),
     Case("pack-truncated-jpeg", pack_folder(extra={"bob/2.jpg": jpeg(9)[:200]}), "bob/2.jpg", ("decode",)),
-    Case("pack-first-image-bomb", pack_folder(extra={"alice/0.png": png_bomb()}), "alice/0.png", ("3600000000 pixels",)),
+    Case(
+        "pack-first-image-bomb", pack_folder(extra={"alice/0.png": png_bomb()}), "alice/0.png", ("3600000000 pixels",)
+    ),
     Case("pack-list-not-utf8", list_file(b"alice/1.jpg 0\n\xffbob/1.jpg 1\n"), "list.txt", (":2:", "not UTF-8")),
     Case("pack-list-fraction", list_file(b"alice/1.jpg 0\nbob/1.jpg 1.5\n"), "list.txt", (":2:", "non-negative")),
     Case("train-folder-empty-identity", train_on_folder(empty=("carol",)), "carol", ("holds no image",)),
-    Case("train-folder-bomb", train_on_folder(extra={"alice/0.png": png_bomb()}), "alice/0.png", ("3600000000 pixels",)),
+    Case(
+        "train-folder-bomb", train_on_folder(extra={"alice/0.png": png_bomb()}), "alice/0.png", ("3600000000 pixels",)
+    ),
     # .bin verification sets
     Case(
         "bin-length-2-60",

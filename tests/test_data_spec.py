@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 from facekd.config import ConfigError, load_config
+from facekd.data.recordio import write_recordio
 from facekd.data.registry import kind_names
 from facekd.data.spec import DataConfig, build_dataset
 from facekd.data.split import holdout_rows
-from facekd.data.recordio import write_recordio
 
 SIZE = 8
 
@@ -130,7 +130,9 @@ def test_every_kind_is_registered_and_unused_keys_are_refused(rec):
 )
 def test_a_split_the_kind_lacks_is_an_error_naming_kind_and_splits(tmp_path, kind, split, splits):
     path = {} if kind == "synthfaces" else {"path": str(tmp_path)}
-    with pytest.raises(ConfigError, match=rf"data: kind {kind} has split {splits} \(and val with val_fraction\), not {split}"):
+    with pytest.raises(
+        ConfigError, match=rf"data: kind {kind} has split {splits} \(and val with val_fraction\), not {split}"
+    ):
         load_config(None, [f"data.kind={kind}", f"data.split={split}"] + [f"data.{k}={v}" for k, v in path.items()])
 
 

@@ -129,7 +129,7 @@ def test_property_mismatch_is_an_error(tmp_path):
 
 
 def corrupt(tmp_path, at_key: int, how: str):
-    recs, imgs, _ = insightface_layout(tmp_path)
+    recs, _imgs, _ = insightface_layout(tmp_path)
     offsets = write_files(tmp_path, recs, prop="2,8,8\n")
     rec = bytearray((tmp_path / "train.rec").read_bytes())
     off = offsets[at_key]

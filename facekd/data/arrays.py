@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,7 @@ def _int_column(values, n: int, what: str, name: str) -> np.ndarray:
 # IDX files (http://yann.lecun.com/exdb/mnist/): 2 zero bytes, a type code, the number of
 # dimensions, then each dimension as a big-endian uint32, then the data, big-endian, row-major.
 
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -152,13 +153,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise ValueError(f"{path}: truncated IDX header: {ndim} dimensions need {header} bytes, file has {len(raw)}")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    count = math.prod(shape)  # Python ints: a crafted shape cannot wrap around
+    expected = count * dtype.itemsize
     got = len(raw) - header
     if got < expected:
         raise ValueError(f"{path}: truncated IDX data: shape {shape} needs {expected} bytes, file has {got}")
     if got > expected:
         raise ValueError(f"{path}: {got - expected} unexpected trailing bytes after IDX data of shape {shape}")
-    data = np.frombuffer(raw, dtype=dtype, offset=header, count=int(np.prod(shape, dtype=np.int64)))
+    data = np.frombuffer(raw, dtype=dtype, offset=header, count=count)
     return data.reshape(shape).astype(dtype.newbyteorder("="))
 
 

@@ -31,7 +31,7 @@ class Augmentation(BaseModel):
     hflip: bool = False
 
     @classmethod
-    def parse(cls, spec: Augmentation | dict[str, Any] | None) -> Augmentation:
+    def parse(cls, spec: object) -> Augmentation:
         """An Augmentation from itself, a mapping or None (no augmentation); ValueError on
         anything else (a callable transform is not data)."""
         if spec is None:

@@ -45,7 +45,8 @@ class EncodedImageDataset(Augmentable, torch.utils.data.Dataset):
         image_size: square side H = W in pixels. A decoded image of another size is a ValueError
             naming the image, unless `resize=True` (then PIL bilinear to image_size × image_size).
         augment: the training augmentation as data (`facekd.data.augment.Augmentation`, a mapping
-            such as {"hflip": True}, or None), applied to the float (3, H, W) tensor in [-1, 1].
+            such as {"hflip": True}, or None), applied to the float (3, H, W) tensor in [-1, 1];
+            anything else (e.g. a callable transform) is a ValueError.
     """
 
     labels: np.ndarray
@@ -54,7 +55,7 @@ class EncodedImageDataset(Augmentable, torch.utils.data.Dataset):
     def __init__(
         self,
         image_size: int | tuple[int, int],
-        augment: Augmentation | dict[str, Any] | None = None,
+        augment: object = None,
         resize: bool = False,
     ):
         self.image_size = image_size
@@ -64,7 +65,7 @@ class EncodedImageDataset(Augmentable, torch.utils.data.Dataset):
     @property
     def _shape(self) -> tuple[int, int]:
         s = self.image_size
-        return (s, s) if isinstance(s, int) else tuple(s)
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
     def _encoded(self, i: int) -> tuple[bytes, str]:
         raise NotImplementedError

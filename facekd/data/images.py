@@ -88,7 +88,7 @@ def resize_rgb(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 (H, W, 3) → uint8 (size[0], size[1], 3), PIL bilinear (no-op when already that size)."""
     if img.shape[:2] == tuple(size):
         return img
-    return np.array(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
+    return np.array(Image.fromarray(img).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 95) -> bytes:

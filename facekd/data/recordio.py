@@ -22,7 +22,7 @@ import hashlib
 import os
 import struct
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +78,12 @@ def unpack_payload(payload: bytes, where: str = "record") -> tuple[IRHeader, byt
     return IRHeader(0, np.array([label], dtype=np.float32), id1, id2), payload[IR_SIZE:]
 
 
-def pack_payload(label: float | Iterable[float], image: bytes = b"", id: int = 0, id2: int = 0) -> bytes:
+def pack_payload(label: float | Sequence[float], image: bytes = b"", id: int = 0, id2: int = 0) -> bytes:
     """IRHeader + labels + image bytes, as mxnet `recordio.pack`: a scalar label gives flag 0."""
-    if np.ndim(label) == 0:
-        return struct.pack(IR_FORMAT, 0, float(label), id, id2) + image
-    labels = np.asarray(label, dtype="<f4").ravel()
+    array = np.asarray(label, dtype="<f4")
+    if array.ndim == 0:
+        return struct.pack(IR_FORMAT, 0, float(array), id, id2) + image
+    labels = array.ravel()
     return struct.pack(IR_FORMAT, labels.size, 0.0, id, id2) + labels.tobytes() + image
 
 
@@ -208,7 +209,8 @@ class RecordIOReader:
 
     def read_extent(self, offset: int, key="?") -> tuple[bytes, int]:
         """(payload, end): the record at `offset` and the byte just after its last part (padded)."""
-        fd, parts, pos = self._handle(), [], int(offset)
+        fd, pos = self._handle(), int(offset)
+        parts: list[bytes] = []
         while True:
             head = os.pread(fd, 8, pos) if 0 <= pos < self.size else b""
             if len(head) < 8:
@@ -435,8 +437,8 @@ class _Layout:
                 self.rec_path,
                 a + int(j),
                 int(offsets[r]),
-                f"identity record of class {int(j)} has label {[float(start[j]), float(end[j])]!r}; expected a key range [start, end) "
-                f"with 1 <= start <= end <= {a}",
+                f"identity record of class {int(j)} has label {[float(start[j]), float(end[j])]!r}; "
+                f"expected a key range [start, end) with 1 <= start <= end <= {a}",
             )
         start, end = start.astype(np.int64), end.astype(np.int64)
         order = np.argsort(start, kind="stable")
@@ -451,7 +453,7 @@ class _Layout:
         owner = np.full(a - 1, -1, dtype=np.int64)
         lengths = end[nonempty] - start[nonempty]
         owner[np.repeat(start[nonempty] - 1, lengths) + _ranks(lengths)] = np.repeat(nonempty, lengths)
-        out = {}
+        out: dict[int, ValueError] = {}
         for j in np.flatnonzero(owner != labels).tolist():
             r = int(self.image_rows[j])
             if r not in errors:
@@ -544,7 +546,8 @@ class RecordIODataset(EncodedImageDataset):
                 raise errors[min(errors)]
             for row in sorted(errors):
                 self.skipped.append((int(all_keys[row]), int(all_offsets[row]), str(errors[row])))
-            warnings.warn(f"{rec_path}: skipped {len(errors)} malformed record(s); first: {self.skipped[0][2]}")
+            first = self.skipped[0][2]
+            warnings.warn(f"{rec_path}: skipped {len(errors)} malformed record(s); first: {first}", stacklevel=2)
         rows = layout.image_rows[keep]
         if rows.size == 0:
             raise ValueError(f"{rec_path}: no usable image record (expected at least one; see {idx_path})")
@@ -599,7 +602,7 @@ class RecordIODataset(EncodedImageDataset):
         )
         if self.on_error == "raise":
             raise ValueError(msg)
-        warnings.warn(msg)
+        warnings.warn(msg, stacklevel=2)
 
     def _check_property(self) -> None:
         if self.property is None:
@@ -653,7 +656,7 @@ class RecordIODataset(EncodedImageDataset):
                 return self._item(j, self.load_image(j))
             except ValueError as e:
                 self.skipped.append((int(self.keys[j]), int(self.offsets[j]), str(e)))
-                warnings.warn(f"skipped (total {len(self.skipped)} in this process): {e}")
+                warnings.warn(f"skipped (total {len(self.skipped)} in this process): {e}", stacklevel=2)
         raise ValueError(f"{self.rec_path}: no decodable image left")
 
     def verify(self) -> list[tuple[int, int, str]]:
@@ -699,76 +702,94 @@ def write_recordio(
     "height", "width", "rec", "idx", "property"}.
     """
     rec_path, idx_path, prop_path = _output_paths(prefix)
-    header_payload_size = len(pack_payload([0.0, 0.0]))
-    index: list[tuple[int, int]] = []
-    runs: dict[int, tuple[int, int]] = {}
-    shape = None
     with atomic_path(rec_path) as rec_tmp, atomic_path(idx_path) as idx_tmp, atomic_path(prop_path) as prop_tmp:
         with open(rec_tmp, "wb") as f:
-            key = 0
-            if with_header:
-                f.write(b"\0" * (8 + header_payload_size))  # record 0 is written last, in place
-                key = 1
-            last, max_label = None, -1
+            writer = _RecordWriter(f, with_header, quality)
             for n, (image, label) in enumerate(items):
-                label = int(label)
-                if not 0 <= label < FLOAT32_EXACT:
-                    raise ValueError(f"item {n}: label {label} must be in [0, 2^24) (float32 labels)")
-                if isinstance(image, (bytes, bytearray, memoryview)):
-                    data = bytes(image)
-                    hw = image_size(data, f"item {n} (label {label})")
-                else:
-                    data = encode_jpeg(image, quality)
-                    hw = tuple(np.asarray(image).shape[:2])
-                if shape is None:
-                    shape = hw
-                elif hw != shape:
-                    raise ValueError(f"item {n}: image is {hw[0]}x{hw[1]}, earlier images are {shape[0]}x{shape[1]}")
-                max_label = max(max_label, label)
-                if with_header and label != last:
-                    if label in runs:
-                        raise ValueError(
-                            f"item {n}: label {label} appears again after other labels; with_header=True "
-                            "needs the items grouped by label (sort them, or pass with_header=False)"
-                        )
-                    runs[label] = (key, key)
-                    last = label
-                if with_header:
-                    runs[label] = (runs[label][0], key + 1)
-                index.append((key, f.tell()))
-                f.write(frame_record(pack_payload(float(label), data)))
-                key += 1
-            if shape is None:
+                writer.add(n, image, int(label))
+            if writer.shape is None:
                 raise ValueError(f"{rec_path}: no items to write")
-            n_images = len(index)
-            num_classes = max_label + 1 if num_classes is None else int(num_classes)
-            if max_label >= num_classes:
-                raise ValueError(f"label {max_label} >= num_classes={num_classes}")
+            n_images = len(writer.index)
+            num_classes = writer.max_label + 1 if num_classes is None else int(num_classes)
+            if writer.max_label >= num_classes:
+                raise ValueError(f"label {writer.max_label} >= num_classes={num_classes}")
             if with_header:
-                a = key
-                b = a + num_classes
-                if b >= FLOAT32_EXACT:
-                    raise ValueError(f"header keys up to {b} are not exact in float32; use with_header=False")
-                for c in range(num_classes):
-                    start, end = runs.get(c, (a, a))
-                    index.append((a + c, f.tell()))
-                    f.write(frame_record(pack_payload([float(start), float(end)])))
-                head = frame_record(pack_payload([float(a), float(b)]))
-                assert len(head) == 8 + header_payload_size
-                f.seek(0)
-                f.write(head)
-                index.insert(0, (0, 0))
-        idx_tmp.write_text("".join(f"{k}\t{o}\n" for k, o in index))
-        prop_tmp.write_text(f"{num_classes},{shape[0]},{shape[1]}\n{n_images}\n")
+                writer.finish_header(num_classes)
+        idx_tmp.write_text("".join(f"{k}\t{o}\n" for k, o in writer.index))
+        h, w = writer.shape
+        prop_tmp.write_text(f"{num_classes},{h},{w}\n{n_images}\n")
     return {
         "num_images": n_images,
         "num_classes": int(num_classes),
-        "height": shape[0],
-        "width": shape[1],
+        "height": h,
+        "width": w,
         "rec": str(rec_path),
         "idx": str(idx_path),
         "property": str(prop_path),
     }
+
+
+class _RecordWriter:
+    """Appends image records to an open `.rec`; with the header layout, tracks each label's key run
+    and writes the identity records and record 0 (reserved first, filled in last)."""
+
+    HEADER_SIZE = 8 + len(pack_payload([0.0, 0.0]))
+
+    def __init__(self, f, with_header: bool, quality: int):
+        self.f, self.with_header, self.quality = f, with_header, quality
+        self.index: list[tuple[int, int]] = []
+        self.runs: dict[int, tuple[int, int]] = {}
+        self.shape: tuple[int, int] | None = None
+        self.last: int | None = None
+        self.max_label = -1
+        self.key = 0
+        if with_header:
+            f.write(b"\0" * self.HEADER_SIZE)  # record 0 is written last, in place
+            self.key = 1
+
+    def add(self, n: int, image: np.ndarray | bytes, label: int) -> None:
+        if not 0 <= label < FLOAT32_EXACT:
+            raise ValueError(f"item {n}: label {label} must be in [0, 2^24) (float32 labels)")
+        if isinstance(image, (bytes, bytearray, memoryview)):
+            data = bytes(image)
+            hw = image_size(data, f"item {n} (label {label})")
+        else:
+            data = encode_jpeg(image, self.quality)
+            hw = (int(np.asarray(image).shape[0]), int(np.asarray(image).shape[1]))
+        if self.shape is None:
+            self.shape = hw
+        elif hw != self.shape:
+            raise ValueError(f"item {n}: image is {hw[0]}x{hw[1]}, earlier images are {self.shape[0]}x{self.shape[1]}")
+        self.max_label = max(self.max_label, label)
+        if self.with_header:
+            if label != self.last:
+                if label in self.runs:
+                    raise ValueError(
+                        f"item {n}: label {label} appears again after other labels; with_header=True "
+                        "needs the items grouped by label (sort them, or pass with_header=False)"
+                    )
+                self.runs[label] = (self.key, self.key)
+                self.last = label
+            self.runs[label] = (self.runs[label][0], self.key + 1)
+        self.index.append((self.key, self.f.tell()))
+        self.f.write(frame_record(pack_payload(float(label), data)))
+        self.key += 1
+
+    def finish_header(self, num_classes: int) -> None:
+        """Identity records at keys A..B-1 (A = the next key), then record 0 = [A, B]."""
+        a = self.key
+        b = a + num_classes
+        if b >= FLOAT32_EXACT:
+            raise ValueError(f"header keys up to {b} are not exact in float32; use with_header=False")
+        for c in range(num_classes):
+            start, end = self.runs.get(c, (a, a))
+            self.index.append((a + c, self.f.tell()))
+            self.f.write(frame_record(pack_payload([float(start), float(end)])))
+        head = frame_record(pack_payload([float(a), float(b)]))
+        assert len(head) == self.HEADER_SIZE
+        self.f.seek(0)
+        self.f.write(head)
+        self.index.insert(0, (0, 0))
 
 
 def _output_paths(prefix: str | os.PathLike) -> tuple[Path, Path, Path]:

@@ -33,7 +33,7 @@ class DataKind:
     build: Callable[[DataConfig, str], Any]
     splits: tuple[str, ...] = ("train",)
     options: tuple[str, ...] = ("path",)
-    check: Callable[[DataConfig], None] | None = None
+    check: Callable[[DataConfig], object] | None = None
 
 
 _KINDS: dict[str, DataKind] = {}

@@ -133,7 +133,7 @@ class ReIDDataset(_FileListDataset):
             self.num_classes = int(self.pids.max()) + 1
         self.dataset, self.split, self.normalize = dataset, split, normalize
         self.base_dir = folder
-        super().__init__(tuple(image_size), augment, resize=True)
+        super().__init__((int(image_size[0]), int(image_size[1])), augment, resize=True)
 
     def _to_tensor(self, img: np.ndarray) -> torch.Tensor:
         if self.normalize == "face":
@@ -147,4 +147,4 @@ class ReIDDataset(_FileListDataset):
         return item
 
     def _fingerprint_parts(self) -> list[str]:
-        return [self.dataset, self.split, self.normalize] + super()._fingerprint_parts()
+        return [self.dataset, self.split, self.normalize, *super()._fingerprint_parts()]

@@ -31,7 +31,7 @@ def holdout_rows(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     want = fraction * counts
     take = np.minimum(np.floor(want).astype(np.int64), counts - 1)
     room = take < counts - 1
-    extra = int(round(fraction * labels.size)) - int(take.sum())
+    extra = round(fraction * labels.size) - int(take.sum())
     if extra > 0:
         tie_break = rng.random(classes.size)
         order = np.lexsort((tie_break, -(want - np.floor(want))))

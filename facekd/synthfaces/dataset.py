@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -84,7 +85,7 @@ def make_synthfaces(cfg: SynthFacesConfig | None = None, cache_dir: str | os.Pat
     With `cache_dir`, the arrays are stored in `cache_dir/synthfaces-<fingerprint>.npz` (written
     atomically) and reused on later calls with the same config.
     """
-    cfg = cfg or SynthFacesConfig()
+    cfg = cfg or SynthFacesConfig.preset("default")
     if cache_dir is not None:
         path = Path(cache_dir) / f"synthfaces-{cfg.fingerprint()}.npz"
         if path.exists():
@@ -118,7 +119,7 @@ def _save_cache(path: Path, data: SynthFacesData) -> None:
         arrays.update({f"{split}/nuisance/{k}": v for k, v in ds.nuisance.items()})
     arrays.update({f"pairs/{f.name}": getattr(data.pairs, f.name) for f in dataclasses.fields(VerificationPairs)})
     with atomic_path(path) as tmp:
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **cast(dict[str, Any], arrays))
 
 
 def _load_cache(path: Path, cfg: SynthFacesConfig) -> SynthFacesData:
@@ -131,7 +132,10 @@ def _load_cache(path: Path, cfg: SynthFacesConfig) -> SynthFacesData:
         raise ValueError(f"{path}: SynthFaces cache was made with a different config; delete it to re-render")
     splits = {}
     for split in ("train", "test"):
-        g = lambda k: arrays[f"{split}/{k}"]  # noqa: E731
+
+        def g(k: str, split: str = split) -> np.ndarray:
+            return arrays[f"{split}/{k}"]
+
         splits[split] = SynthFacesDataset(
             g("images"),
             g("labels"),

@@ -49,7 +49,7 @@ def _choose(rng, pool_hard, pool_easy, n, hard_frac, what):
         if pool.shape[0] < n:
             raise ValueError(f"SynthFaces: only {pool.shape[0]} {what} pairs exist, {n} requested")
         return pool[rng.choice(pool.shape[0], n, replace=False)]
-    nh = int(round(hard_frac * n))
+    nh = round(hard_frac * n)
     ne = n - nh
     if pool_hard.shape[0] < nh or pool_easy.shape[0] < ne:
         raise ValueError(

@@ -5,6 +5,7 @@ See the package docstring for what is rendered and why.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -166,34 +167,62 @@ def _over(img, alpha, color):
     img += a * color[:, None, None, :]
 
 
+def _c(x: np.ndarray) -> np.ndarray:
+    """(n,) → (n, 1, 1): one value per image, broadcast over its pixels."""
+    return x[:, None, None]
+
+
+@dataclasses.dataclass
+class _Frame:
+    """Pixel grid (x, y) and face coordinates (u right, v down; vf from the face centre) of n images,
+    with the face geometry the drawing steps share."""
+
+    x: np.ndarray
+    y: np.ndarray
+    u: np.ndarray
+    vf: np.ndarray
+    pxf: float
+    a: np.ndarray
+    b: np.ndarray
+    a_v: np.ndarray | None = None
+    uf: np.ndarray | None = None
+    inside: np.ndarray | None = None
+    pxu: np.ndarray | None = None
+
+
 def render_faces(ident: dict, nuis: dict, size: int, rng: np.random.Generator) -> np.ndarray:
     """Render n faces: identity parameters `ident` and nuisances `nuis` (one row per image) →
     uint8 (n, size, size, 3). `rng` draws the pixel noise."""
-    n = nuis["yaw"].shape[0]
-    c = lambda x: x[:, None, None]  # noqa: E731  (n,) -> (n, 1, 1)
     px = 2.0 / size
     g = (np.arange(size, dtype=np.float32) + 0.5) * px - 1.0
     y, x = np.meshgrid(g, g, indexing="ij")
     x, y = x[None], y[None]
     # alignment jitter: pixel → face coordinates (u right, v down, face centre near the origin)
-    cr, sr, sc = c(np.cos(nuis["roll"])), c(np.sin(nuis["roll"])), c(nuis["scale"])
-    xs, ys = x - c(nuis["shift"][:, 0]), y - c(nuis["shift"][:, 1])
+    cr, sr, sc = _c(np.cos(nuis["roll"])), _c(np.sin(nuis["roll"])), _c(nuis["scale"])
+    xs, ys = x - _c(nuis["shift"][:, 0]), y - _c(nuis["shift"][:, 1])
     u, v = (cr * xs + sr * ys) / sc, (-sr * xs + cr * ys) / sc
     pxf = px / float(nuis["scale"].min())
 
-    img = (nuis["bg"][:, None, None, :] * (1.0 + c(nuis["bg_grad"]) * y)[..., None]).astype(np.float32)
+    img = (nuis["bg"][:, None, None, :] * (1.0 + _c(nuis["bg_grad"]) * y)[..., None]).astype(np.float32)
+    a, b = _c(ident["face_a"]), _c(ident["face_b"])
+    f = _Frame(x, y, u, v - _c(ident["face_v"]), pxf, a, b)
+    _draw_head(img, ident, nuis, f)
+    ev = _draw_features(img, ident, nuis, f)
+    return _apply_conditions(img, nuis, f, ev, rng)
 
-    a, b, fv = c(ident["face_a"]), c(ident["face_b"]), c(ident["face_v"])
-    vf = v - fv
+
+def _draw_head(img: np.ndarray, ident: dict, nuis: dict, f: _Frame) -> None:
+    """Back hair, the face (cylinder model under yaw, one side shaded), fringe, beard and marks."""
+    u, vf, pxf, a, b = f.u, f.vf, f.pxf, f.a, f.b
     # back hair: a head ellipse plus, for long hair, a band down the sides
     head = _ellipse(u, vf, 0, -0.08, a + 0.08, b + 0.06, pxf)
-    long_hair = _soft(np.maximum(np.abs(u) - (a + 0.12), vf - c(ident["hair_len"])), pxf)
-    _over(img, np.maximum(head * _soft(vf - (c(ident["hairline"]) + 0.35), pxf), long_hair), ident["hair"])
+    long_hair = _soft(np.maximum(np.abs(u) - (a + 0.12), vf - _c(ident["hair_len"])), pxf)
+    _over(img, np.maximum(head * _soft(vf - (_c(ident["hairline"]) + 0.35), pxf), long_hair), ident["hair"])
 
     # face: ellipse with a tapered chin
-    a_v = a * (1.0 - c(ident["taper"]) * np.clip(vf, 0, None) / b)
+    a_v = a * (1.0 - _c(ident["taper"]) * np.clip(vf, 0, None) / b)
     face = _soft((np.sqrt((u / a_v) ** 2 + (vf / b) ** 2) - 1.0) * a_v, pxf)
-    yaw = c(nuis["yaw"])
+    yaw = _c(nuis["yaw"])
     sy, cy = np.sin(yaw), np.cos(yaw)
     # cylinder model: screen u = a_v sin(φ + yaw); face-frame coordinate uf = a_v sin φ
     phi = np.arcsin(np.clip(u / a_v, -1, 1)) - yaw
@@ -206,48 +235,58 @@ def render_faces(ident: dict, nuis: dict, size: int, rng: np.random.Generator) -
     img += a3 * skin
     inside = face * front
     pxu = pxf / np.maximum(cy, 0.3)  # foreshortened features: wider antialiasing in uf
+    f.a_v, f.uf, f.inside, f.pxu = a_v, uf, inside, pxu
 
     # fringe (front hair) along a tilted hairline
     _over(
         img,
-        np.maximum(face, head) * _soft(vf - (c(ident["hairline"]) + c(ident["hair_tilt"]) * uf), pxf),
+        np.maximum(face, head) * _soft(vf - (_c(ident["hairline"]) + _c(ident["hair_tilt"]) * uf), pxf),
         ident["hair"],
     )
     # beard
-    _over(img, inside * c(ident["beard"]) * _soft(c(ident["mouth_v"]) - 0.06 - vf, 2 * pxf), ident["hair"] * 0.7)
+    _over(img, inside * _c(ident["beard"]) * _soft(_c(ident["mouth_v"]) - 0.06 - vf, 2 * pxf), ident["hair"] * 0.7)
     # marks
     for k in range(ident["mark_u"].shape[1]):
-        r = np.maximum(c(ident["mark_r"][:, k]), 1e-3)
-        m = _ellipse(uf, vf, c(ident["mark_u"][:, k]) * a, c(ident["mark_v"][:, k]), r, r, pxu)
-        _over(img, inside * m * c((ident["mark_r"][:, k] > 0).astype(np.float32)), ident["skin"] * 0.55)
+        r = np.maximum(_c(ident["mark_r"][:, k]), 1e-3)
+        m = _ellipse(uf, vf, _c(ident["mark_u"][:, k]) * a, _c(ident["mark_v"][:, k]), r, r, pxu)
+        _over(img, inside * m * _c((ident["mark_r"][:, k] > 0).astype(np.float32)), ident["skin"] * 0.55)
 
-    e = c(nuis["expression"])
-    ex, ev, erx = c(ident["eye_x"]), c(ident["eye_v"]), c(ident["eye_rx"])
-    ery = c(ident["eye_ry"]) * (1.0 - 0.6 * e)
+
+def _draw_features(img: np.ndarray, ident: dict, nuis: dict, f: _Frame) -> np.ndarray:
+    """Brows, eyes and irises, nose, mouth (expression squints, raises, opens and curves them);
+    returns the eye line `ev` (n, 1, 1)."""
+    assert f.uf is not None and f.inside is not None and f.pxu is not None
+    n = nuis["yaw"].shape[0]
+    uf, vf, inside, pxu, a = f.uf, f.vf, f.inside, f.pxu, f.a
+    e = _c(nuis["expression"])
+    ex, ev, erx = _c(ident["eye_x"]), _c(ident["eye_v"]), _c(ident["eye_rx"])
+    ery = _c(ident["eye_ry"]) * (1.0 - 0.6 * e)
     for side in (-1.0, 1.0):
         bu = side * ex
         brow = _ellipse(
             uf,
             vf,
             bu,
-            ev - c(ident["brow_dv"]) - 0.05 * e,
-            erx * c(ident["brow_len"]),
-            c(ident["brow_th"]),
+            ev - _c(ident["brow_dv"]) - 0.05 * e,
+            erx * _c(ident["brow_len"]),
+            _c(ident["brow_th"]),
             pxu,
-            angle=side * c(ident["brow_tilt"]),
+            angle=side * _c(ident["brow_tilt"]),
         )
         _over(img, inside * brow, ident["hair"] * 0.6)
         _over(img, inside * _ellipse(uf, vf, bu, ev, erx, ery, pxu), np.full((n, 3), 0.95, np.float32))
         iris = _ellipse(uf, vf, bu, ev, 0.55 * erx, np.minimum(0.55 * erx, ery), pxu)
         _over(img, inside * iris, ident["iris"])
     # nose: a shadow from the eye line down to a tip that protrudes (shifts further under yaw)
+    yaw = _c(nuis["yaw"])
+    sy, cy = np.sin(yaw), np.cos(yaw)
     tip = a * np.sin(np.arcsin(np.clip(1.25 * sy, -1, 1)) - yaw) / np.maximum(cy, 0.3)
-    nl = c(ident["nose_len"])
-    nose = _ellipse(uf, vf, 0.5 * tip, ev + 0.5 * nl + 0.04, c(ident["nose_w"]) + 0.5 * np.abs(tip), 0.5 * nl, pxu)
+    nl = _c(ident["nose_len"])
+    nose = _ellipse(uf, vf, 0.5 * tip, ev + 0.5 * nl + 0.04, _c(ident["nose_w"]) + 0.5 * np.abs(tip), 0.5 * nl, pxu)
     _over(img, inside * nose * 0.55, ident["skin"] * 0.6)
     # mouth: curved ellipse; expression opens it (dark inside) and curves it
-    mv, mw, mh = c(ident["mouth_v"]), c(ident["mouth_w"]), c(ident["mouth_h"])
-    curv = c(ident["mouth_curv"]) + 0.08 * e * c(nuis["smile"])
+    mv, mw, mh = _c(ident["mouth_v"]), _c(ident["mouth_w"]), _c(ident["mouth_h"])
+    curv = _c(ident["mouth_curv"]) + 0.08 * e * _c(nuis["smile"])
     dv = vf - mv + curv * (uf / mw) ** 2
     _over(img, inside * _ellipse(uf, dv, 0, 0, mw, mh * (1 + 2.5 * e), pxu), ident["lip"])
     _over(
@@ -255,16 +294,22 @@ def render_faces(ident: dict, nuis: dict, size: int, rng: np.random.Generator) -
         inside * _ellipse(uf, dv, 0, 0, 0.8 * mw, np.maximum(mh * 2.2 * e, 1e-3), pxu) * (e > 0.05),
         np.full((n, 3), 0.12, np.float32),
     )
+    return ev
 
+
+def _apply_conditions(img: np.ndarray, nuis: dict, f: _Frame, ev: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Occlusion, illumination, blur and pixel noise; the image as uint8."""
+    assert f.a_v is not None
+    u, vf, pxf, a, b, a_v, x, y = f.u, f.vf, f.pxf, f.a, f.b, f.a_v, f.x, f.y
     # occlusion: a mask band over the lower face from a line between the eyes and the chin
-    occ = c(nuis["occlusion"])
+    occ = _c(nuis["occlusion"])
     top = b - occ * (b - (ev + 0.1))
     band = _soft(np.maximum(top - vf, (np.sqrt((u / (a_v + 0.05)) ** 2 + (vf / (b + 0.04)) ** 2) - 1.0) * a), pxf)
     _over(img, band * (occ > 0), nuis["mask_color"])
 
     # illumination: directional gradient and gain
-    ld = c(nuis["light_dir"])
-    light = c(nuis["gain"]) * (1.0 + c(nuis["light"]) * (np.cos(ld) * x + np.sin(ld) * y))
+    ld = _c(nuis["light_dir"])
+    light = _c(nuis["gain"]) * (1.0 + _c(nuis["light"]) * (np.cos(ld) * x + np.sin(ld) * y))
     img *= np.clip(light, 0.1, 2.0)[..., None]
     # blur, grouped by sigma (rounded to 0.05 px)
     sig = np.round(nuis["blur"] / 0.05) * 0.05
