@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import stat
 import struct
 
 import numpy as np
@@ -370,3 +372,13 @@ def test_verify_reports_corrupt_jpeg_entropy_data_that_pil_decodes(tmp_path):
     ds = RecordIODataset(tmp_path)
     assert ds.load_image(1).shape == (64, 64, 3)  # training reads it
     assert [(key, "corrupt JPEG data" in why) for key, _, why in ds.verify()] == [(1, True)]
+
+
+def test_packed_files_get_the_mode_the_umask_gives(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_recordio([(jpeg(1), 0)], f"{tmp_path}/rec/")
+    finally:
+        os.umask(old)
+    for name in ("train.rec", "train.idx", "property"):
+        assert stat.S_IMODE((tmp_path / "rec" / name).stat().st_mode) == 0o644  # group and others can read
