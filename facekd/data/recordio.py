@@ -309,35 +309,49 @@ def scan_heads(rec: RecordIOReader, keys: np.ndarray, offsets: np.ndarray, chunk
     return out
 
 
+_HEAD_PROBLEMS = (
+    "",
+    "offset is not 4-byte aligned (RecordIO records start on 4-byte boundaries)",
+    "truncated record: offset + 8-byte head lies past the end of the file",
+    "bad magic",
+    "cflag above 3 in lrecord (expected 0 for a whole record, 1 for a first part)",
+    "record starts with a continuation part (cflag 2/3)",
+    "truncated record: payload runs past the end of the file",
+    "payload shorter than its IRHeader and labels",
+)
+
+
 def _scan_chunk(rec: RecordIOReader, mm: np.ndarray, keys: np.ndarray, off: np.ndarray, s: int, out: RecordHeads):
-    nwords = mm.shape[0]
+    last = mm.shape[0] - 1
+    base = off // 4
 
-    def word(k: int) -> np.ndarray:
-        return mm[np.clip(off // 4 + k, 0, nwords - 1)].astype(np.int64)
+    def word(k: int | np.ndarray, at: np.ndarray | slice = slice(None)) -> np.ndarray:
+        return mm[np.minimum(base[at] + k, last)].astype(np.int64)
 
-    bad = np.full(len(off), "", dtype=object)
-    bad[off % 4 != 0] = "offset is not 4-byte aligned (RecordIO records start on 4-byte boundaries)"
-    bad[off + 8 > rec.size] = "truncated record: offset + 8-byte head lies past the end of the file"
+    problem = np.zeros(len(off), dtype=np.int8)  # an index into _HEAD_PROBLEMS; the first one found wins
+
+    def flag_rows(mask: np.ndarray, code: int) -> None:
+        problem[(problem == 0) & mask] = code
+
+    flag_rows(off + 8 > rec.size, 2)
+    flag_rows(off % 4 != 0, 1)
     magic, lrec = word(0), word(1)
-    bad[(bad == "") & (magic != MAGIC)] = "bad magic"
+    flag_rows(magic != MAGIC, 3)
     cflag, length = (lrec >> 29) & 7, lrec & LENGTH_MASK
-    bad[(bad == "") & (cflag > 3)] = "cflag above 3 in lrecord (expected 0 for a whole record, 1 for a first part)"
-    bad[(bad == "") & ((cflag == 2) | (cflag == 3))] = "record starts with a continuation part (cflag 2/3)"
-    bad[(bad == "") & (cflag == 0) & (off + 8 + length > rec.size)] = (
-        "truncated record: payload runs past the end of the file"
-    )
+    flag_rows(cflag > 3, 4)
+    flag_rows((cflag == 2) | (cflag == 3), 5)
+    flag_rows((cflag == 0) & (off + 8 + length > rec.size), 6)
     flag = word(2)
     nlab = np.where(flag > 0, np.minimum(flag, 2), 0)
-    whole = (bad == "") & (cflag == 0)
-    bad[whole & (length < IR_SIZE + 4 * nlab)] = "payload shorter than its IRHeader and labels"
-    ok = (bad == "") & (cflag == 0)
-    rows = np.flatnonzero(ok)
+    flag_rows((cflag == 0) & (length < IR_SIZE + 4 * nlab), 7)
+    rows = np.flatnonzero((problem == 0) & (cflag == 0))
     out.flag[s + rows] = flag[rows]
     f32 = lambda w: w.astype(np.uint32).view(np.float32).astype(np.float64)  # noqa: E731
-    out.label[s + rows] = np.where(flag > 0, f32(word(8)), f32(word(3)))[rows]
-    out.label2[s + rows] = np.where(flag > 1, f32(word(9)), np.nan)[rows]
+    out.label[s + rows] = f32(word(np.where(flag[rows] > 0, 8, 3), rows))  # the first vector label, or the scalar
+    pairs = rows[flag[rows] > 1]
+    out.label2[s + pairs] = f32(word(9, pairs))
     out.end[s + rows] = (off + 8 + length + (-length % 4))[rows]
-    for r in np.flatnonzero((bad == "") & (cflag == 1)):  # multi-part: read it whole
+    for r in np.flatnonzero((problem == 0) & (cflag == 1)):  # multi-part: read it whole
         where = f"{rec.path}: key {int(keys[r])} at byte offset {int(off[r])}"
         try:
             payload, end = rec.read_extent(int(off[r]), int(keys[r]))
@@ -347,8 +361,8 @@ def _scan_chunk(rec: RecordIOReader, mm: np.ndarray, keys: np.ndarray, off: np.n
             continue
         out.flag[s + r], out.label[s + r], out.end[s + r] = header.flag, float(header.labels[0]), end
         out.label2[s + r] = float(header.labels[1]) if header.labels.size > 1 else np.nan
-    for r in np.flatnonzero(bad != ""):
-        what = _bad_magic(int(magic[r])) if bad[r] == "bad magic" else str(bad[r])
+    for r in np.flatnonzero(problem):
+        what = _bad_magic(int(magic[r])) if problem[r] == 3 else _HEAD_PROBLEMS[problem[r]]
         out.errors[s + int(r)] = RecordIOError(rec.path, int(keys[r]), int(off[r]), what)
 
 
@@ -356,7 +370,8 @@ def class_labels(heads: RecordHeads, rows: np.ndarray, path, keys, offsets) -> t
     """Class ids (int64) of the image records at `rows` of `heads`, and errors row → RecordIOError
     for the records whose head is malformed or whose label is not a class id (NaN, inf, negative,
     fractional, or >= 2^24, beyond which float32 labels are not exact); their label is -1."""
-    errors = {int(r): heads.errors[int(r)] for r in rows if int(r) in heads.errors}
+    bad_heads = np.fromiter(heads.errors, dtype=np.int64, count=len(heads.errors))
+    errors = {int(r): heads.errors[int(r)] for r in rows[np.isin(rows, bad_heads)]}
     lab = heads.label[rows]
     good = np.isfinite(lab) & (lab >= 0) & (lab < FLOAT32_EXACT) & (lab == np.floor(np.where(np.isfinite(lab), lab, 0)))
     labels = np.where(good, lab, -1).astype(np.int64)
@@ -537,10 +552,9 @@ class RecordIODataset(EncodedImageDataset):
         layout = _Layout.of(heads, all_keys, all_offsets, rec_path, idx_path)
         self.header = layout.header
         labels, errors = class_labels(heads, layout.image_rows, rec_path, all_keys, all_offsets)
-        errors = {r: errors[r] for r in layout.image_rows.tolist() if r in errors}
         errors.update(layout.check_identities(heads, labels, errors))
         self._check_coverage(heads, all_keys, all_offsets, errors)
-        keep = np.asarray([r not in errors for r in layout.image_rows.tolist()], dtype=bool)
+        keep = ~np.isin(layout.image_rows, np.fromiter(errors, dtype=np.int64, count=len(errors)))
         if errors:
             if on_error == "raise":
                 raise errors[min(errors)]
@@ -574,7 +588,8 @@ class RecordIODataset(EncodedImageDataset):
     def _check_coverage(self, heads: RecordHeads, keys, offsets, errors: dict[int, ValueError]) -> None:
         """Every byte of the `.rec` belongs to an indexed record: overlapping records are errors of
         the record that runs over; unindexed bytes (a cut `.idx`) raise, or warn with on_error=skip."""
-        rows = np.asarray([r for r in np.argsort(offsets, kind="stable") if r not in heads.errors], dtype=np.int64)
+        rows = np.argsort(offsets, kind="stable")
+        rows = rows[~np.isin(rows, np.fromiter(heads.errors, dtype=np.int64, count=len(heads.errors)))]
         if rows.size == 0:
             return
         start, end = offsets[rows], heads.end[rows]
