@@ -291,7 +291,7 @@ def check_recordio(folder: Path, files: dict[str, bytes], skip: bool) -> tuple[s
     walked = _reference_records(rec)
     if walked is not None and not caught:  # with on_error=skip a warning reports what was dropped
         idx_offsets = set()
-        for line in files["train.idx"].decode("ascii", "replace").splitlines():
+        for line in files["train.idx"].decode("ascii", "replace").split("\n"):  # lines end at \n only
             fields = line.split()
             if len(fields) == 2 and fields[1].lstrip("-").isdigit():
                 idx_offsets.add(int(fields[1]))
