@@ -356,10 +356,9 @@ def test_bad_input_is_one_line_exit_2(case: Case, tmp_path: Path, capsys):
     assert not [k for k in after if k not in before and not k.startswith("run/")]  # nothing new but a run dir
 
 
-@pytest.mark.parametrize("name", ["rec-header-3e38", "bin-length-2-60", "pack-png-bomb"])
-def test_bad_input_in_a_real_process(name: str, tmp_path: Path):
+def test_bad_input_in_a_real_process(tmp_path: Path):
     """The same as a user sees it: a separate `facekd` process, its stderr and its exit code."""
-    case = next(c for c in CASES if c.name == name)
+    case = next(c for c in CASES if c.name == "rec-header-3e38")
     args = case.build(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("FACEKD_DEBUG", None)
