@@ -107,6 +107,10 @@ class ArrayDataset(torch.utils.data.Dataset):
         out.hflip, out._fingerprint = bool(hflip), None
         return out
 
+    def without_augmentation(self) -> ArrayDataset:
+        """The same rows, labels and order with no random transform."""
+        return self.with_hflip(False)
+
 
 def _int_column(values, n: int, what: str, name: str) -> np.ndarray:
     arr = np.asarray(values)

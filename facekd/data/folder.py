@@ -7,6 +7,7 @@ Also home of the pieces every encoded-image reader in `facekd.data` shares: `dec
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import os
@@ -122,6 +123,12 @@ class EncodedImageDataset(torch.utils.data.Dataset):
         if not 0 <= i < len(self):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} images")
         return self._item(i, self.load_image(i))
+
+    def without_augmentation(self) -> EncodedImageDataset:
+        """The same rows, labels and order with no random transform."""
+        out = copy.copy(self)
+        out.transform = None
+        return out
 
     def fingerprint(self) -> str:
         """sha1 (16 hex) of the content description, the labels, the size and the preprocessing."""
