@@ -47,7 +47,7 @@ app = _App(
 # Modules of other areas that add commands with `register(app)`; the lead keeps this list.
 COMMAND_MODULES: list[str] = [
     "facekd.bias.commands",  # density, uniformity, resample
-    "facekd.refo_commands",  # intrinsic-dim, refo
+    "facekd.refo.commands",  # intrinsic-dim, refo
     "facekd.evaluate.commands",  # eval-ijb, eval-reid
     "facekd.models.commands",  # export, check-onnx
     "facekd.data.commands",  # pack-rec, inspect-rec, export-synth
