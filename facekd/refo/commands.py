@@ -64,9 +64,9 @@ class RefoRunFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     run_dir: str = "runs/refo"
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=lambda: DataConfig.model_validate({}))
     distill_data: DataConfig | None = None
-    refo: RefoConfig = Field(default_factory=RefoConfig)
+    refo: RefoConfig = Field(default_factory=lambda: RefoConfig.model_validate({}))
 
 
 def load_refo_file(path: Path, overrides: Sequence[str] = ()) -> RefoRunFile:

@@ -41,11 +41,11 @@ class RefoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     variant: Literal["refo", "refo_plus"] = "refo"
-    teacher: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="iresnet_tiny"))
-    student: ModelConfig = Field(default_factory=lambda: ModelConfig(arch="mbf_tiny"))
+    teacher: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate({"arch": "iresnet_tiny"}))
+    student: ModelConfig = Field(default_factory=lambda: ModelConfig.model_validate({"arch": "mbf_tiny"}))
     proxy: ModelConfig | None = None
-    head: HeadConfig = Field(default_factory=HeadConfig)
-    cls_loss: ClsLossConfig = Field(default_factory=ClsLossConfig)
+    head: HeadConfig = Field(default_factory=lambda: HeadConfig.model_validate({}))
+    cls_loss: ClsLossConfig = Field(default_factory=lambda: ClsLossConfig.model_validate({}))
     emb_loss: str = "l2"
     normalize: bool = True
     beta1: float | None = Field(None, ge=0)
@@ -53,9 +53,9 @@ class RefoConfig(BaseModel):
     proxy_lambda: float = Field(1.0, ge=0)
     original_teacher: ModelConfig | None = None
     original_checkpoint: Path | None = None
-    proxy_train: TrainConfig = Field(default_factory=TrainConfig)
-    teacher_train: TrainConfig = Field(default_factory=TrainConfig)
-    student_train: TrainConfig = Field(default_factory=TrainConfig)
+    proxy_train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
+    teacher_train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
+    student_train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
     flip: bool = False
     embed_batch_size: int = Field(256, ge=1)
 

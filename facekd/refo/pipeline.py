@@ -55,7 +55,9 @@ STAGES = ("original_embed", "proxy", "proxy_embed", "reverse", "teacher_embed", 
 
 def _embedding_loss(cfg: RefoConfig, lam: float) -> DistillConfig:
     """λ · L_emb(f_trained, f_target) (a projection is added by the Distiller when sizes differ)."""
-    return DistillConfig(loss=cfg.emb_loss, weighting="uniform", lam=lam, normalize=cfg.normalize)
+    return DistillConfig.model_validate(
+        {"loss": cfg.emb_loss, "weighting": "uniform", "lambda": lam, "normalize": cfg.normalize}
+    )
 
 
 def proxy_config(cfg: RefoConfig, data: DataConfig, original_cache: EmbeddingCache | None = None) -> RunConfig:
