@@ -69,7 +69,9 @@ class DemoContext:
 
     # ---- data and configs
     def data_config(self, hflip: bool = False) -> DataConfig:
-        """The tier's SynthFaces training split as a run config's `data` block."""
+        """The tier's SynthFaces training split as a run config's `data` block (the arrays are
+        rendered into run_dir/data by `data` first, so that runs load them from there)."""
+        _ = self.data
         return DataConfig.model_validate(
             {
                 "kind": "synthfaces",
