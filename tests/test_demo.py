@@ -114,7 +114,7 @@ def test_students_differing_only_in_the_is_bandwidth_are_different_runs(tiny_ctx
 
 
 def test_runs_shared_between_papers_are_one_directory(tiny_ctx):
-    from facekd.demo.spine import kd, scratch
+    from facekd.demo.spine import kd, kd_baseline, scratch
     from facekd.refo import student_config
 
     ctx = tiny_ctx
@@ -125,6 +125,8 @@ def test_runs_shared_between_papers_are_one_directory(tiny_ctx):
     key = ctx.store.run_key(kd(ctx, 0).config)
     assert "cache_dir" not in key["data"] and key["data"]["fingerprint"] == ctx.data.train.fingerprint()
     assert key["teacher"]["cache"]["model_sha256"] == ctx.teacher_cache().meta["model_sha256"]
+    online = ctx.store.run_key(ctx.student_config(0, distill=kd_baseline(ctx), teacher="online"))
+    assert online["teacher"]["online"] and online["teacher"]["checkpoint"].startswith("sha256:")
     index = json.loads((ctx.run_dir / "runs.json").read_text())
     assert index["students/scratch/seed0"] == f"runs/{a.digest}" and index["teacher"].startswith("runs/")
     # the demo's FO students go through the ReFO pipeline's step-5 config
