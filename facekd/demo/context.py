@@ -140,8 +140,9 @@ class DemoContext:
         return self.store.embed(self.teacher().model, self.data.train)
 
     def teacher_block(self, source: str = "cache") -> dict:
-        """`teacher` block: "cache" (the teacher's EmbeddingCache) or "online" (its checkpoint, run on
-        each batch, for feature-map losses)."""
+        """`teacher` block: "cache" (the teacher's EmbeddingCache), "online" (its checkpoint, run on
+        each batch, for feature-map losses) or "online_logits" (online with its ArcFace head, whose
+        logits logit losses such as HKD read)."""
         if source == "cache":
             return {"cache": self.teacher_cache().directory}
         if source not in TEACHER_SOURCES:
@@ -149,7 +150,7 @@ class DemoContext:
         net, run = self.settings.teacher, self.teacher()
         block = {"checkpoint": run.directory / "backbone.pth", "online": True, **self.model_config(net)}
         if source == "online_logits":
-            raise ValueError("teacher source online_logits needs the teacher's head in the run config")
+            block["head"] = run.directory / "head.pth"
         return block
 
     def student_config(
