@@ -90,9 +90,9 @@ def _embed_ijb_to(
     out: Path, checkpoint: Path, arch: str, meta: Path, target: str, batch_size: int, num_workers: int, device: str
 ) -> tuple[Path, Path]:
     """Embed the release with the checkpoint; write raw features (+ flip) as .npy in `out`; return their paths."""
+    from facekd.dist import resolve_device
     from facekd.evaluate.model_eval import embed_ijb
     from facekd.models.checkpoint import load_backbone
-    from facekd.dist import resolve_device
     from facekd.utils import save_npy
 
     model = load_backbone(checkpoint, arch).to(resolve_device(device))
