@@ -130,7 +130,7 @@ def _channels_last(module: nn.Module) -> None:
     module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # valid, missing from the stubs
 
 
-def _set_up_device(task: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
+def set_up_device(task: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
     """The task on `device`; on CUDA channels_last networks and cudnn.benchmark; `compile`: the
     student compiled in place (torch.compile; its state_dict keys are unchanged)."""
     task.to(device)
@@ -151,7 +151,7 @@ def _prepare(task: nn.Module, dataset, sampler, cfg: TrainConfig, run_dir: Path,
     if check_dataset is not None:
         check_dataset(dataset)
     _check_sharding(task, cfg)
-    _set_up_device(task, cfg, device)
+    set_up_device(task, cfg, device)
     base_sampler: Sampler = make_sampler(dataset, sampler, cfg.seed)
     steps_per_epoch = _steps_per_epoch(samples_per_epoch(base_sampler), cfg)
     batches = EpochBatches(base_sampler, cfg.batch_size, cfg.drop_last, limit=steps_per_epoch * cfg.accumulate)
@@ -407,4 +407,4 @@ def train(
     return task.eval()
 
 
-__all__ = ["RUN_ARTIFACTS", "Position", "run_identity", "train"]
+__all__ = ["RUN_ARTIFACTS", "Position", "run_identity", "set_up_device", "train"]
