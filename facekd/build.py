@@ -243,7 +243,8 @@ def build_task(cfg: RunConfig, dataset, teacher: TeacherProvider | None = None) 
     student = get_model(cfg.model.arch, embedding_size=cfg.model.embedding_size, input_size=input_size)
     dim = embedding_dim(student, input_size)
     head = build_head(cfg, dim, dataset.num_classes)
-    loss = build_cls_loss(cfg, dataset)
+    # a sharded head computes its cross-entropy itself (head_sharding allows it only with ce)
+    loss = None if getattr(head, "returns_loss", False) else build_cls_loss(cfg, dataset)
     distiller = build_distiller(cfg, student, dim, teacher, input_size, dataset.num_classes)
     teacher = teacher if distiller is not None else None
     if cfg.task == "classification":

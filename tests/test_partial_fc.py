@@ -271,3 +271,47 @@ def test_a_run_of_two_processes_resumes_in_one_and_the_reverse(tmp_path):
         rows = torch.tensor(probe["rows"])
         assert torch.equal(rows, saved[probe["start"] : probe["start"] + len(rows)])
     assert (one / "done").exists()
+
+
+def _run_config(tmp_path, **head):
+    import numpy as np
+
+    from facekd.config import RunConfig
+
+    g = np.random.default_rng(0)
+    labels = np.arange(48) % 4
+    np.savez(tmp_path / "data.npz", images=g.integers(0, 255, (48, 16, 16, 3)).astype(np.uint8), labels=labels)
+    return RunConfig.model_validate(
+        {
+            "data": {"kind": "arrays", "path": str(tmp_path / "data.npz")},
+            "model": {"arch": "mbf_tiny", "embedding_size": 16},
+            "head": {"name": "arcface", **head},
+            "train": {"epochs": 1, "batch_size": 16, "lr": 0.05},
+            "run_dir": str(tmp_path / "run"),
+        }
+    )
+
+
+def test_run_config_chooses_the_head(tmp_path):
+    from facekd.build import build_head, head_sharding, run_training
+
+    auto = _run_config(tmp_path)
+    assert head_sharding(auto, 4) == (False, 1.0) and head_sharding(auto, 93_431) == (False, 1.0)
+    assert head_sharding(auto, 360_232) == (True, 0.3), "above 100k classes: sharded, rate 0.3"
+    assert not isinstance(build_head(auto, 16, 4), PartialFC)
+    forced = _run_config(tmp_path, sharded=True, sample_rate=0.5)
+    assert isinstance(build_head(forced, 16, 40), PartialFC) and build_head(forced, 16, 40).sample_rate == 0.5
+    assert auto.model_dump()["head"] == {"name": "arcface", "s": 64.0, "m": None, "options": {}}
+    with pytest.raises(ValueError, match="needs the sharded head"):
+        head_sharding(_run_config(tmp_path, sharded=False, sample_rate=0.5), 4)
+    focal = _run_config(tmp_path, sharded=True)
+    focal = type(focal).model_validate(focal.model_dump() | {"cls_loss": {"name": "focal"}})
+    with pytest.raises(ValueError, match="cross-entropy, not cls_loss focal"):
+        head_sharding(focal, 4)
+    with pytest.raises(ValueError, match="sample_rate"):
+        _run_config(tmp_path, sample_rate=1.5)
+    # a sharded run from its config: head.pth holds the merged (C, d) centres, read as a teacher head
+    task = run_training(forced, progress=False)
+    assert isinstance(task.head, PartialFC)
+    head = torch.load(forced.run_dir / "head.pth", weights_only=True)
+    assert torch.equal(head["weight"], task.head.weight.detach().cpu())
