@@ -135,8 +135,9 @@ def _modes(arch: str, batch: int, classes: int, heads: dict, s: Setup) -> dict:
     return modes | {name: partial(facekd_step, arch, batch, head, classes, s) for name, head in heads.items()}
 
 
-def run(sizes: dict, s: Setup, budget_s: float) -> list[dict]:
-    """Rows for every (arch, batch, classes, mode); past the budget, rows say they were not run."""
+def run(sizes: dict, s: Setup, budget_s: float, save) -> list[dict]:
+    """Rows for every (arch, batch, classes, mode), each passed to `save(rows)` once measured (a
+    killed run keeps what it measured); past the budget, rows say they were not run."""
     rows: list[dict] = []
     start = time.perf_counter()
     for classes in sizes["classes"]:
@@ -153,6 +154,7 @@ def run(sizes: dict, s: Setup, budget_s: float) -> list[dict]:
                 if ref and "images_per_s" in row:
                     row["vs_reference"] = round(row["images_per_s"] / ref, 3)
                 rows.append(row)
+                save(rows)
                 print(json.dumps(row), flush=True)
         del heads
     return rows
@@ -172,13 +174,16 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True  # for the reference loop too (facekd's step sets it)
     sizes = SMOKE if args.smoke else FULL
     setup = Setup(device, sizes["size"], warmup=1 if args.smoke else 3, steps=2 if args.smoke else 10)
-    t = time.perf_counter()
-    rows = run(sizes, setup, args.budget_s)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    result = {"device": name, "torch": torch.__version__, "smoke": args.smoke, "precision": "bf16"}
-    result |= {"seconds": round(time.perf_counter() - t, 1), "rows": rows}
+    head = {"device": name, "torch": torch.__version__, "smoke": args.smoke, "precision": "bf16"}
+    t = time.perf_counter()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    def save(rows: list[dict], complete: bool = False) -> None:
+        result = {**head, "complete": complete, "seconds": round(time.perf_counter() - t, 1), "rows": rows}
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    save(run(sizes, setup, args.budget_s, save), complete=True)
 
 
 if __name__ == "__main__":
