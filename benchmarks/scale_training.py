@@ -70,7 +70,9 @@ def _time(fn: Callable[[], object]) -> tuple[float, float]:
 
 
 def _measure(name: str, against: str, sizes: list[int], make: Callable[[int], Callable[[], object]]) -> Row:
-    """`make(n)` prepares the data of size n (not timed) and returns the operation to time."""
+    """`make(n)` prepares the data of size n (not timed) and returns the operation to time; one
+    untimed run at the smallest size first (imports, allocator, first-call costs)."""
+    make(sizes[0])()
     cpu, wall = [], []
     for n in sizes:
         c, w = _time(make(n))
@@ -90,7 +92,8 @@ def row_embedding(sizes: list[int], tmp: Path) -> Row:
         data = _faces(n)
         torch.manual_seed(0)
         model = get_model("mbf_tiny", embedding_size=128, input_size=32).eval()
-        return lambda: embed_dataset(model, data, tmp / f"embed{n}", batch_size=256, progress=False)
+        out = tmp / f"embed{n}_{len(list(tmp.glob(f'embed{n}_*')))}"  # a fresh cache each call
+        return lambda: embed_dataset(model, data, out, batch_size=256, progress=False)
 
     return _measure("embedding (embed_dataset, mbf_tiny 32 px)", "N", sizes, make)
 
@@ -100,7 +103,7 @@ def row_training_epoch(sizes: list[int], tmp: Path) -> Row:
         data = _faces(n)
         torch.manual_seed(1)
         teacher = get_model("mbf_tiny", embedding_size=128, input_size=32).eval()
-        cache = embed_dataset(teacher, data, tmp / f"cache{n}", progress=False)
+        cache = embed_dataset(teacher, data, tmp / f"cache{n}", progress=False)  # reused when it exists
         torch.manual_seed(0)
         task = FaceTask(
             get_model("mbf_tiny", embedding_size=128, input_size=32),
@@ -109,7 +112,8 @@ def row_training_epoch(sizes: list[int], tmp: Path) -> Row:
             teacher=CachedTeacher(cache),
         )
         cfg = TrainConfig(epochs=1, batch_size=64, lr=0.01, log_every=10)
-        return lambda: train(task, data, cfg, tmp / f"run{n}", progress=False)
+        run = tmp / f"run{n}_{len(list(tmp.glob(f'run{n}_*')))}"  # a fresh run each call
+        return lambda: train(task, data, cfg, run, progress=False)
 
     return _measure("training epoch (train, mbf_tiny + ArcFace + L2 KD, batch 64)", "N", sizes, make)
 
@@ -144,7 +148,7 @@ def row_margin_head(sizes: list[int], mode: str) -> Row:
 
 def rows(quick: bool, tmp: Path) -> list[Row]:
     n_embed = [1000, 2000, 4000] if quick else [2000, 4000, 8000]
-    n_train = [256, 512, 1024] if quick else [512, 1024, 2048]
+    n_train = [512, 1024, 2048] if quick else [1024, 2048, 4096]
     classes = [10_000, 20_000, 40_000] if quick else [20_000, 40_000, 80_000]
     return [
         row_embedding(n_embed, tmp),

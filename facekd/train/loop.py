@@ -318,6 +318,8 @@ def _run_epochs(loop: _Loop, pos: Position, progress: bool) -> NonFiniteWatch:
                 _after_step(loop, pos, means, monitor, watch, lr)
             if pos.batch_in_epoch != 0:  # the loader ended early (sampler shorter than announced)
                 pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
+                stepper.optimizer.zero_grad(set_to_none=True)  # no step of a partial group
+                means.parts.clear()
         watch.check(str(loop.run_dir))
     finally:
         monitor.close()
