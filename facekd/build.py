@@ -32,11 +32,12 @@ from facekd import dist, store
 from facekd.config import MetricConfig, RunConfig, TeacherConfig, build_dataset, build_sampler, save_config
 from facekd.embed import EmbeddingCache, embed_dataset, model_checksum
 from facekd.losses.classification import get_cls_loss
-from facekd.losses.distiller import Distiller
+from facekd.losses.distiller import LOSSES, Distiller
 from facekd.losses.metric import CenterLoss
 from facekd.models import embedding_dim, get_model
 from facekd.models.checkpoint import load_backbone, load_state_dict_checked
 from facekd.models.heads import get_head
+from facekd.models.partial_fc import PartialFC
 from facekd.tasks import (
     CachedTeacher,
     ClassificationTask,
@@ -47,6 +48,7 @@ from facekd.tasks import (
     TeacherProvider,
 )
 from facekd.train import RUN_ARTIFACTS, train
+from facekd.train.config import OBSERVERS as TRAIN_OBSERVERS
 from facekd.utils import save_json, seed_everything
 
 RUN_RECORD = "run.json"
@@ -133,13 +135,58 @@ def class_counts(dataset) -> np.ndarray:
     return np.bincount(dataset.labels, minlength=dataset.num_classes)
 
 
+# Above this many classes a face head is sharded and samples its negatives by default (arcface_torch
+# trains MS1MV3's 93k identities with every centre, WebFace42M's 2M with PartialFC at 0.2-0.3).
+SHARD_ABOVE = 100_000
+AUTO_SAMPLE_RATE = 0.3
+
+
+def _unshardable(cfg: RunConfig) -> str | None:
+    """Why `cfg`'s head cannot be sharded (PartialFC computes a plain CE over margin logits it
+    never gathers), or None."""
+    h = cfg.head
+    assert h is not None
+    if cfg.task != "face":
+        return f"the sharded head is for task face, not {cfg.task}"
+    if h.name not in ("arcface", "cosface"):
+        return f"the sharded head needs a margin head (arcface, cosface), not {h.name}"
+    if cfg.cls_loss.name != "ce":
+        return f"the sharded head computes cross-entropy, not cls_loss {cfg.cls_loss.name}"
+    if cfg.distill is not None and LOSSES.lookup(cfg.distill.loss).reads == "logits":
+        return f"distill loss {cfg.distill.loss} reads the student's logits, which the sharded head never gathers"
+    return None
+
+
+def head_sharding(cfg: RunConfig, num_classes: int) -> tuple[bool, float]:
+    """(sharded, sample_rate) of `cfg.head`. auto: sharded under torchrun or above `SHARD_ABOVE`
+    classes when the run allows it; rate 1.0 up to `SHARD_ABOVE` classes, `AUTO_SAMPLE_RATE` above.
+    Asking for a sharded head the run cannot use, or sampling without one, is a ValueError."""
+    h = cfg.head
+    assert h is not None
+    why_not = _unshardable(cfg)
+    if h.sharded == "auto":
+        sharded = why_not is None and (dist.world_size() > 1 or num_classes > SHARD_ABOVE)
+    elif h.sharded and why_not is not None:
+        raise ValueError(f"head.sharded: {why_not}")
+    else:
+        sharded = bool(h.sharded)
+    if h.sample_rate != "auto" and h.sample_rate < 1.0 and not sharded:
+        raise ValueError("head.sample_rate < 1 needs the sharded head (head.sharded: true)")
+    rate = (1.0 if num_classes <= SHARD_ABOVE else AUTO_SAMPLE_RATE) if h.sample_rate == "auto" else h.sample_rate
+    return sharded, float(rate) if sharded else 1.0
+
+
 def build_head(cfg: RunConfig, dim: int, num_classes: int) -> nn.Module | None:
-    """Linear(dim, C) for task classification, else `cfg.head` (a margin or softmax head); None without one."""
+    """Linear(dim, C) for task classification, else `cfg.head`: a margin or softmax head, or the
+    sharded `PartialFC` (see `head_sharding`); None without one."""
     if cfg.head is None:
         return None
     if cfg.task == "classification":
         return nn.Linear(dim, num_classes)
     h = cfg.head
+    sharded, rate = head_sharding(cfg, num_classes)
+    if sharded:
+        return PartialFC(h.name, dim, num_classes, s=h.s, m=h.m, sample_rate=rate, **h.options)
     return get_head(h.name, dim, num_classes, s=h.s, m=h.m, **h.options)
 
 
@@ -196,7 +243,8 @@ def build_task(cfg: RunConfig, dataset, teacher: TeacherProvider | None = None) 
     student = get_model(cfg.model.arch, embedding_size=cfg.model.embedding_size, input_size=input_size)
     dim = embedding_dim(student, input_size)
     head = build_head(cfg, dim, dataset.num_classes)
-    loss = build_cls_loss(cfg, dataset)
+    # a sharded head computes its cross-entropy itself (head_sharding allows it only with ce)
+    loss = None if getattr(head, "returns_loss", False) else build_cls_loss(cfg, dataset)
     distiller = build_distiller(cfg, student, dim, teacher, input_size, dataset.num_classes)
     teacher = teacher if distiller is not None else None
     if cfg.task == "classification":
@@ -267,9 +315,9 @@ def describe_sampler(sampler) -> Any:
 
 
 def config_record(cfg: RunConfig) -> dict:
-    """The config values a result depends on: all but `run_dir` (train's RESUMABLE settings are
-    kept but never compared)."""
-    return json.loads(cfg.model_dump_json(by_alias=True, exclude={"run_dir"}))
+    """The config values a result depends on: all but `run_dir` and what only observes the run
+    (`train.val`); train's RESUMABLE settings are kept but never compared."""
+    return json.loads(cfg.model_dump_json(by_alias=True, exclude={"run_dir": True, "train": set(TRAIN_OBSERVERS)}))
 
 
 def run_record(cfg: RunConfig, dataset, teacher: Teacher | None, sampler) -> dict:
@@ -351,6 +399,7 @@ __all__ = [
     "class_counts",
     "config_record",
     "describe_sampler",
+    "head_sharding",
     "input_size_of",
     "load_teacher_head",
     "load_teacher_model",

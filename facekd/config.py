@@ -27,7 +27,16 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from facekd.data.spec import DataConfig, build_dataset
 from facekd.train import TrainConfig
@@ -55,12 +64,30 @@ class ModelConfig(_Strict):
 
 
 class HeadConfig(_Strict):
+    """`sharded` / `sample_rate`: the class centres split over the ranks (facekd.models.partial_fc;
+    auto: under torchrun or above 100k classes) and the share of negative centres per step
+    (auto: 1.0 up to 100k classes, 0.3 above); see facekd.build.head_sharding."""
+
     name: Literal["arcface", "cosface", "softmax"] = "arcface"
     s: float = Field(default=64.0, gt=0)
     m: float | None = Field(
         default=None, description="radians; default 0.5 (arcface) / 0.4 (cosface); accepts '28.6deg'"
     )
+    sharded: bool | Literal["auto"] = "auto"
+    sample_rate: float | Literal["auto"] = Field(default="auto")
     options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("sample_rate")
+    @classmethod
+    def _rate(cls, v):
+        if v != "auto" and not 0.0 < v <= 1.0:
+            raise ValueError(f"sample_rate must lie in (0, 1] or be auto, got {v}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _serialize(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # recorded only when set, so that runs recorded before these keys existed still match
+        return {k: v for k, v in handler(self).items() if k not in ("sharded", "sample_rate") or v != "auto"}
 
     @field_validator("m", mode="before")
     @classmethod

@@ -2,13 +2,15 @@
 
 A *task* is an `nn.Module` that holds everything with parameters the loss needs (student, head,
 distiller projection, PAD branch, class centres) and whose `forward(batch, step)` returns
-`(scalar loss, logs dict[str, float])`; the student is `task.student` (what `train()` saves as
-backbone.pth). Every task adds the same optional distillation term
-`distiller(Features(student), teacher(batch), step)` (λ and the weighting live in the Distiller),
-so every distillation loss and weighting (PAD included) and every sampler applies to each kind:
+`(scalar loss, logs dict[str, tensor])`; the student is `task.student` (what `train()` saves as
+backbone.pth). Logs are detached 0-d tensors, read back by the trainer only every `log_every`
+steps (floats are accepted too): a task never synchronises with the device. Every task adds the
+same optional distillation term `distiller(Features(student), teacher(batch), step)` (λ and the
+weighting live in the Distiller), so every distillation loss and weighting (PAD included) and
+every sampler applies to each kind:
 
-- `FaceTask`: margin head (ArcFace / CosFace / softmax) + per-sample classification loss, or
-  feature-only (head=None, ReFO).
+- `FaceTask`: margin head (ArcFace / CosFace / softmax, or the sharded PartialFC) + per-sample
+  classification loss, or feature-only (head=None, ReFO).
 - `ClassificationTask`: linear classifier + CE (PAD's classification setting, Sec. 5.1, Eq. 2),
   e.g. Fashion-MNIST with `facekd.models` `small_cnn`; `ClassifierTeacher` gives teacher logits (HKD).
 - `MetricTask`: re-ID / metric learning, the bag-of-tricks recipe of reid-strong-baseline:
@@ -31,6 +33,7 @@ from facekd.losses import scale_grad
 from facekd.losses.distiller import Features
 from facekd.losses.metric import CenterLoss, batch_hard_triplet
 from facekd.models import embedding_dim
+from facekd.models.heads import float32_region
 
 __all__ = [
     "CachedTeacher",
@@ -187,17 +190,19 @@ class _Task(nn.Module):
 
     def _cls_mean(self, logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
         """Mean over the batch of `self.cls_loss(logits, labels)` (B,), or of cross-entropy when the
-        task has none. Float32 scalar."""
-        if self.cls_loss is not None:
-            per_sample = self.cls_loss(logits, labels)
-        else:
-            per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
-        return per_sample.float().mean()
+        task has none. Float32 scalar, computed with autocast off."""
+        with float32_region(logits):
+            if self.cls_loss is not None:
+                per_sample = self.cls_loss(logits, labels)
+            else:
+                per_sample = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+            return per_sample.float().mean()
 
-    def _distill(
-        self, batch: dict, emb: torch.Tensor, maps, logits, step: int
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """distiller(Features(student), teacher(batch), step) → (scalar, logs incl. "distill")."""
+    def _distill(self, batch: dict, emb: torch.Tensor, maps, logits, step: int) -> tuple[torch.Tensor, dict]:
+        """distiller(Features(student), teacher(batch), step) → (scalar, logs incl. "distill").
+
+        The teacher runs under the caller's autocast; the distiller (its projection and loss)
+        in float32 with autocast off."""
         assert self.teacher is not None and self.distiller is not None  # checked in __init__
         need_maps, need_logits = self._need_maps, self._need_logits
         target = self.teacher(batch, need_maps, need_logits)
@@ -212,8 +217,9 @@ class _Task(nn.Module):
             logits=logits.float() if need_logits else None,
             labels=batch["label"],
         )
-        dl, dlogs = self.distiller(student, target, step)
-        return dl, {"distill": float(dl.detach()), **{k: float(v) for k, v in dlogs.items()}}
+        with float32_region(emb):
+            dl, dlogs = self.distiller(student, target, step)
+        return dl, {"distill": dl.detach(), **dlogs}
 
 
 class FaceTask(_Task):
@@ -223,7 +229,11 @@ class FaceTask(_Task):
          + distiller(Features(student), teacher(batch), step)  (if distiller; λ is inside it)
     With `head=None` labels are never used (feature-only students, ReFO). `cls_loss` maps
     (logits (B, C), labels (B,)) to per-sample losses (B,); default plain cross-entropy.
-    The head runs in float32 even under AMP.
+    The head and the losses run in float32 even under AMP.
+
+    A head with `returns_loss` (the sharded `facekd.models.partial_fc.PartialFC`) gives the
+    classification loss itself (its cross-entropy over the global batch); it takes no `cls_loss`
+    and gives no logits to the distiller.
     """
 
     def __init__(
@@ -239,20 +249,28 @@ class FaceTask(_Task):
         super().__init__(student, distiller, teacher)
         self.head = head
         self.cls_loss = cls_loss
+        if getattr(head, "returns_loss", False):
+            if cls_loss is not None:
+                raise ValueError(f"{type(head).__name__} computes its own cross-entropy: give no cls_loss")
+            if self._need_logits:
+                raise ValueError(f"{type(head).__name__} gives no logits, which this distiller reads: use a full head")
 
-    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._need_logits and self.head is None:
             raise ValueError("this distiller needs student logits: FaceTask needs a head")
         emb, maps = self._run_student(batch["image"])
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         loss = emb.new_zeros((), dtype=torch.float32)
         logits = None
         if self.head is not None:
             labels = batch["label"]
-            logits = self.head(emb.float(), labels)
-            cls = self._cls_mean(logits, labels)
+            if getattr(self.head, "returns_loss", False):
+                cls = self.head(emb.float(), labels)
+            else:
+                logits = self.head(emb.float(), labels)
+                cls = self._cls_mean(logits, labels)
             loss = loss + cls
-            logs["cls"] = float(cls.detach())
+            logs["cls"] = cls.detach()
         if self.distiller is not None:
             dl, dlogs = self._distill(batch, emb, maps, logits, step)
             loss = loss + dl
@@ -288,12 +306,12 @@ class ClassificationTask(_Task):
         super().__init__(student, distiller, teacher)
         self.head, self.cls_loss = head, cls_loss
 
-    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         emb, maps = self._run_student(batch["image"])
         logits = self.head(emb)
         labels = batch["label"]
         loss = self._cls_mean(logits, labels)
-        logs = {"cls": float(loss.detach()), "acc": float((logits.argmax(1) == labels).float().mean())}
+        logs = {"cls": loss.detach(), "acc": (logits.argmax(1) == labels).float().mean()}
         if self.distiller is not None:
             dl, dlogs = self._distill(batch, emb, maps, logits, step)
             loss = loss + dl
@@ -386,29 +404,29 @@ class MetricTask(_Task):
             return emb, neck(emb), maps
         return seen["before"], seen["after"], maps
 
-    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         before, after, maps = self.features(batch["image"])
         before, after = before.float(), after.float()
         labels = batch["label"]
         loss = after.new_zeros(())
-        logs: dict[str, float] = {}
+        logs: dict[str, torch.Tensor] = {}
         logits = None
         if self.head is not None:
             logits = self.head(after, labels)
             cls = self._cls_mean(logits, labels, self.label_smoothing)
             loss = loss + cls
-            logs["cls"] = float(cls.detach())
-            logs["acc"] = float((logits.argmax(1) == labels).float().mean())
+            logs["cls"] = cls.detach()
+            logs["acc"] = (logits.argmax(1) == labels).float().mean()
         if self.triplet_weight > 0:
             tri = batch_hard_triplet(before, labels, self.triplet_margin, self.triplet_normalize).mean()
             loss = loss + self.triplet_weight * tri
-            logs["triplet"] = float(tri.detach())
+            logs["triplet"] = tri.detach()
         if self.center is not None:
             w = self.center_weight
             # value and feature gradient weighted by w; the centres get the unweighted gradient
             c = self.center(scale_grad(before, w), labels).mean()
             loss = loss + c - (1.0 - w) * c.detach()
-            logs["center"] = float(c.detach())
+            logs["center"] = c.detach()
         if self.distiller is not None:
             if self._need_logits and logits is None:
                 raise ValueError("this distiller needs student logits: MetricTask needs a head")

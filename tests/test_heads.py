@@ -115,3 +115,17 @@ def test_fp16_embeddings_give_fp32_logits():
     x, y = _setup()
     head = get_head("cosface", 5, 4, m=0.0)
     assert head(x.half(), y).dtype == torch.float32
+
+
+@pytest.mark.parametrize("name", ["arcface", "cosface", "softmax"])
+def test_logits_under_cpu_bf16_autocast_equal_float32(name):
+    """The margin and the logits ignore autocast: bf16 matmuls moved ArcFace target logits by up to 0.7."""
+    torch.manual_seed(3)
+    head = get_head(name, 64, 1000)
+    x, y = torch.randn(32, 64), torch.randint(0, 1000, (32,))
+    exact = head(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = head(x, y)
+        assert torch.nn.functional.linear(x, head.weight).dtype == torch.bfloat16  # autocast is on
+    assert mixed.dtype == torch.float32
+    assert (mixed - exact).abs().max() <= 1e-6

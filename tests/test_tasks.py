@@ -85,7 +85,7 @@ def test_metric_task_bnneck_triplet_before_softmax_after(neck_feat):
     after = F.batch_norm(before, None, None, student.bottleneck.weight, student.bottleneck.bias, training=True)
     assert logs["triplet"] == pytest.approx(_triplet_loop(before, labels, 0.3), rel=1e-5)
     assert logs["cls"] == pytest.approx(_ls_ce_loop(head(after, labels), labels, 0.1), rel=1e-5)
-    assert float(loss.detach()) == pytest.approx(logs["cls"] + logs["triplet"], rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(logs["cls"] + logs["triplet"]), rel=1e-5)
     # without the BNNeck both losses read the student's output
     plain = MetricTask(student, head=head, bnneck=False, label_smoothing=0.0)
     out = student(x)

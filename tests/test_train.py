@@ -316,3 +316,160 @@ def test_train_refuses_a_locked_run_directory(tmp_path):
         assert not (tmp_path / "metrics.jsonl").exists()
     finally:
         release(holder)
+
+
+def test_accumulating_k_micro_batches_equals_a_k_times_larger_batch(tmp_path):
+    ds = TinyFaces(n=64)
+    big = TrainConfig(epochs=2, batch_size=16, lr=0.05, warmup_epochs=0.5, seed=1, log_every=1)
+    ref = train(_task(bn=False, dropout=0.0), ds, big, tmp_path / "big", progress=False)
+    small = big.model_copy(update={"batch_size": 4, "accumulate": 4})
+    acc = train(_task(bn=False, dropout=0.0), ds, small, tmp_path / "acc", progress=False)
+    for k, v in ref.state_dict().items():
+        assert torch.allclose(v, acc.state_dict()[k], atol=1e-6, rtol=1e-5), k
+    lines = [json.loads(x) for x in (tmp_path / "acc" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 9)) and lines[0]["samples_per_s"] > 0
+
+
+class _HostReads:
+    """Counts reads of tensor values by the host (item / float / int / bool / tolist)."""
+
+    NAMES = ("item", "__float__", "__int__", "__bool__", "tolist")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            original = getattr(torch.Tensor, name)
+            monkeypatch.setattr(torch.Tensor, name, self._counting(original))
+
+    def _counting(self, original):
+        def wrapper(t, *args, **kw):
+            self.count += 1
+            return original(t, *args, **kw)
+
+        return wrapper
+
+
+def test_no_host_read_between_log_steps(tmp_path, monkeypatch):
+    """loss, logs and the NaN watch stay on the device: more steps, not more reads (log_every large)."""
+    from facekd.embed import embed_dataset
+    from facekd.losses.distiller import Distiller
+    from facekd.models.heads import get_head
+    from facekd.tasks import CachedTeacher
+
+    reads = []
+    for n in (64, 192):  # 8 and 24 steps in one epoch (the DataLoader reads one seed per epoch)
+        ds = TinyFaces(n=n)
+        torch.manual_seed(1)
+        cache = embed_dataset(TinyNet(dim=5), ds, tmp_path / f"cache{n}", progress=False)
+        torch.manual_seed(0)
+        task = FaceTask(
+            TinyNet(dim=6, bn=True),
+            head=get_head("arcface", 6, 4),
+            distiller=Distiller("l2", lam=1.0, student_dim=6, teacher_dim=5),
+            teacher=CachedTeacher(cache),
+        )
+        cfg = TrainConfig(epochs=1, batch_size=8, lr=0.05, log_every=1000, amp="bf16")
+        with monkeypatch.context() as m:
+            counter = _HostReads(m)
+            train(task, ds, cfg, tmp_path / f"run{n}", progress=False)
+        reads.append(counter.count)
+    assert reads[0] == reads[1], f"host reads grow with the steps: {reads} for 8 and 24 steps"
+
+
+def test_amp_settings_and_records(tmp_path):
+    from facekd.train.step import precision_of
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision_of(TrainConfig(amp=True), cpu) == "bf16" and precision_of(TrainConfig(amp=True), cuda) == "fp16"
+    assert precision_of(TrainConfig(amp=False), cuda) == "off" and precision_of(TrainConfig(amp="bf16"), cuda) == "bf16"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        train(_task(), TinyFaces(n=32), TrainConfig(epochs=1, batch_size=16, amp="fp16"), tmp_path, progress=False)
+    # settings added later are recorded only when set, so earlier runs' records still match
+    dumped = TrainConfig().model_dump()
+    assert not {"accumulate", "compile", "val", "num_workers", "find_unused_parameters"} & set(dumped)
+    assert TrainConfig(accumulate=2, num_workers=0).model_dump()["accumulate"] == 2
+    assert TrainConfig.model_validate(dumped) == TrainConfig()
+
+
+def test_a_run_recorded_before_the_new_settings_is_reused(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=16)
+    task = train(_task(), TinyFaces(n=32), cfg, tmp_path, progress=False)
+    path = tmp_path / "checkpoints" / "last.pt"
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["config"] |= {"num_workers": 0, "find_unused_parameters": True}  # what earlier runs recorded
+    torch.save(ckpt, path)
+    again = train(_task(seed=5), TinyFaces(n=32), cfg, tmp_path, progress=False)
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in task.state_dict().items())
+
+
+def test_loader_workers():
+    from facekd.train.loader import worker_count
+
+    assert worker_count("auto", torch.device("cpu")) == 0 and worker_count(3, torch.device("cpu")) == 3
+    assert 1 <= worker_count("auto", torch.device("cuda")) <= 8
+
+
+def _bins(tmp_path, ds, names=("lfw", "cfp_fp")):
+    """Small `.bin` sets of TinyFaces pairs (8 × 8 RGB), written by the data layer's writer."""
+    from facekd.data.binset import write_bin
+
+    images = ((ds.images.transpose(0, 2, 3, 1) + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+    paths = []
+    for k, name in enumerate(names):
+        order = np.random.default_rng(k).permutation(len(images))[:40]
+        pairs = images[order]
+        issame = ds.labels[order][0::2] == ds.labels[order][1::2]
+        write_bin(pairs, issame, tmp_path / f"{name}.bin")
+        paths.append(tmp_path / f"{name}.bin")
+    return paths
+
+
+def test_validation_while_training_logs_insightface_lines_and_keeps_best(tmp_path, capsys):
+    import re
+
+    ds = TinyFaces(n=64)
+    bins = _bins(tmp_path, ds)
+    val = {"bin": [str(p) for p in bins], "every": 4, "best_by": ["lfw"]}
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, log_every=4, val=val)
+    task = train(_task(), ds, cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    printed = capsys.readouterr().out
+    assert re.search(r"^\[lfw\]\[4\]XNorm: \d+\.\d{6}$", printed, re.M)
+    assert re.search(r"^\[cfp_fp\]\[16\]Accuracy-Flip: \d\.\d{5}\+-\d\.\d{5}$", printed, re.M)
+    log = (run / "training.log").read_text()
+    speed = r"^Training: \d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}-Speed \d+\.\d\d samples/sec   Loss \d+\.\d{4}   "
+    speed += r"LearningRate \d\.\d{6}   Epoch: \d+   Global Step: 8   Required: \d+ hours$"
+    assert re.search(speed, log, re.M), log
+    assert re.search(r"^Training: .*-\[lfw\]\[8\]Accuracy-Highest: \d\.\d{5}$", log, re.M)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rounds = [r for r in records if "val" in r]
+    assert [r["step"] for r in rounds] == [4, 8, 12, 16]
+    highest = [r["val"]["lfw"]["highest"] for r in rounds]
+    assert highest == list(np.maximum.accumulate([r["val"]["lfw"]["accuracy_flip"] for r in rounds]))
+    best = json.loads((run / "best.json").read_text())
+    assert best["score"] == max(r["val"]["lfw"]["accuracy_flip"] for r in rounds)
+    assert best["step"] == next(r["step"] for r in rounds if r["val"]["lfw"]["accuracy_flip"] == best["score"])
+    state = torch.load(run / "best.pt", weights_only=True)
+    assert set(state) == set(task.student.state_dict())
+    # the same evaluation as `facekd eval --bin` on the final weights
+    from facekd.evaluate.model_eval import evaluate_bin
+
+    final = evaluate_bin(task.student, bins[1])
+    assert rounds[-1]["val"]["cfp_fp"]["accuracy_flip"] == pytest.approx(final["accuracy_flip"])
+    # validation settings only observe the run: changing them does not refuse the finished run
+    again = cfg.model_copy(update={"val": None})
+    train(_task(), ds, again, run, progress=False)
+
+
+def test_tensorboard_scalars_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ds = TinyFaces(n=64)
+    val = {"bin": [str(p) for p in _bins(tmp_path, ds, names=("agedb_30",))], "every": 4}
+    train(_task(), ds, TrainConfig(epochs=1, batch_size=8, log_every=2, val=val), tmp_path / "run", progress=False)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "learning_rate", "samples_per_s", "time_for_end", "cls", "agedb_30"} <= tags
+    assert [e.step for e in events.Scalars("loss")] == [2, 4, 6, 8]

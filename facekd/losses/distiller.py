@@ -87,7 +87,7 @@ def _split_options(
 
 class Distiller(nn.Module):
     """Distillation loss module: forward(student: Features, teacher: Features, step, mask=None)
-    → (scalar loss, logs dict[str, float]).
+    → (scalar loss, logs dict[str, tensor | float]: 0-d tensors, read back by the caller when it logs).
 
     Args:
         loss: a name of `LOSSES` (l2, cosine, hkd, fitnet, at, rkd, cc, sp, pkt, darkrank, vid, and
@@ -264,7 +264,7 @@ class Distiller(nn.Module):
 
     def forward(
         self, student: Features, teacher: Features, step: int = 0, mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """Distillation loss λ·warmup(step)·weighting(terms) and logs.
 
         student / teacher: `Features` of the batch (the teacher's are detached here).
@@ -285,8 +285,12 @@ class Distiller(nn.Module):
         if log_vars:
             stats.append(torch.stack([lv.mean() for lv in log_vars]).mean())
         self._last = (d, w, log_vars)
-        values = torch.stack(stats).tolist()
-        logs = {"distill/loss": values[0], "distill/gap": values[1], "distill/lambda": factor}
+        values = torch.stack(stats)  # logs stay on the device: the trainer reads them every log_every steps
+        logs: dict[str, torch.Tensor | float] = {
+            "distill/loss": values[0],
+            "distill/gap": values[1],
+            "distill/lambda": factor,
+        }
         if log_vars:
             logs["distill/logvar"] = values[2]
         return factor * loss, logs

@@ -3,7 +3,10 @@
 Every head holds the class-centre matrix `weight` (C, d), initialised N(0, 0.01) like insightface's
 PartialFC, and maps `(embeddings (B, d) raw, labels (B,) int64) → logits (B, C)` with the margin on
 the target logit (the loss is the caller's: facekd.losses.classification). A label of -1 means "no
-target in this row" (no margin is applied), as in PartialFC. Logits are computed in float32.
+target in this row" (no margin is applied), as in PartialFC. Logits are computed in float32 with
+autocast off (`float32_region`), so a bf16 / fp16 network never moves the margin or the logits.
+`MarginHead.logits(x, labels, weight)` computes them against any rows of centres: the sharded
+head (`facekd.models.partial_fc`) passes its own, sampled, rows.
 
 - ArcFace (Deng et al. 2019):  s · cos(θ_y + m) on the target, s · cos θ_j elsewhere; s=64, m=0.5.
 - CosFace (Wang et al. 2018):  s · (cos θ_y − m) on the target; s=64, m=0.4.
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +40,14 @@ from torch import nn
 _EPS = 1e-7
 
 
+def float32_region(x: torch.Tensor) -> AbstractContextManager:
+    """A block where autocast is off on `x`'s device: the margin, the logits and the losses read
+    from them are computed in float32 whatever the networks run in (bf16 / fp16 autocast)."""
+    return torch.autocast(x.device.type, enabled=False)
+
+
 class _CentreHead(nn.Module):
-    """Holds `weight` (C, d) ~ N(0, 0.01); `cosine(x)` gives cos θ (B, C) in float32."""
+    """Holds `weight` (C, d) ~ N(0, 0.01); `cosine(x[, weight])` gives cos θ (B, C) in float32."""
 
     def __init__(self, embedding_size: int, num_classes: int):
         super().__init__()
@@ -54,21 +64,54 @@ class _CentreHead(nn.Module):
         if labels.shape != (x.shape[0],):
             raise ValueError(f"{type(self).__name__}: expected labels ({x.shape[0]},), got {tuple(labels.shape)}")
 
-    def cosine(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(F.normalize(x.float(), dim=1), F.normalize(self.weight.float(), dim=1)).clamp(-1.0, 1.0)
-
-    def _with_target(self, cos: torch.Tensor, labels: torch.Tensor, target_fn: Callable) -> torch.Tensor:
-        """Replace cos[i, labels[i]] by target_fn(cos[i, labels[i]]) for rows with labels ≥ 0."""
-        rows = torch.nonzero(labels >= 0, as_tuple=True)[0]
-        cols = labels[rows]
-        new = target_fn(cos[rows, cols])
-        return cos.index_put((rows, cols), new)
+    def cosine(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """cos θ (B, C') between embeddings x (B, d) and centres `weight` (C', d) (default: all), float32."""
+        w = self.weight if weight is None else weight
+        with float32_region(x):
+            return F.linear(F.normalize(x.float(), dim=1), F.normalize(w.float(), dim=1)).clamp(-1.0, 1.0)
 
     def extra_repr(self) -> str:
         return f"embedding_size={self.embedding_size}, num_classes={self.num_classes}"
 
 
-class ArcFaceHead(_CentreHead):
+def _with_target(cos: torch.Tensor, labels: torch.Tensor, target_fn: Callable) -> torch.Tensor:
+    """cos with cos[i, labels[i]] replaced by target_fn(cos[i, labels[i]]) on rows with labels ≥ 0.
+
+    Written with gather / scatter on every row (rows without a target write their own value
+    back), so that no data-dependent shape, hence no host synchronisation, is needed."""
+    has_target = (labels >= 0)[:, None]
+    cols = labels.clamp(min=0)[:, None]
+    old = cos.gather(1, cols)
+    return cos.scatter(1, cols, torch.where(has_target, target_fn(old), old))
+
+
+class MarginHead(_CentreHead):
+    """A normalised head with scale `s` and margin `m` on the target logit:
+    logits = s · cos θ_j, target s · target(cos θ_y). Subclasses define `target`."""
+
+    s: float
+    m: float
+
+    def target(self, cos: torch.Tensor) -> torch.Tensor:
+        """Margin-applied target cosine, same shape as `cos`."""
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """s · cos θ (B, C') against `weight` (C', d) (default: all centres) with the margin on each
+        row's target column (labels ≥ 0; -1 = none), float32 with autocast off."""
+        with float32_region(x):
+            return self.s * _with_target(self.cosine(x, weight), labels, self.target)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """embeddings (B, d) raw, labels (B,) int64 (-1 = none) → logits (B, C) float32."""
+        self._check(embeddings, labels)
+        return self.logits(embeddings, labels)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", s={self.s}, m={self.m}"
+
+
+class ArcFaceHead(MarginHead):
     """logits = s · cos θ_j, target s · cos(θ_y + m) (see module doc for `overflow`)."""
 
     OVERFLOW = ("cosface", "easy", "none")
@@ -84,7 +127,7 @@ class ArcFaceHead(_CentreHead):
         self.s, self.m, self.overflow = float(s), float(m), overflow
 
     def target(self, cos: torch.Tensor) -> torch.Tensor:
-        """Margin-applied target cosine, same shape as `cos`."""
+        """cos(θ + m) = cos θ·cos m − sin θ·sin m, with the `overflow` rule past θ = π − m."""
         sin = torch.sqrt(torch.clamp(1.0 - cos * cos, min=_EPS))
         phi = cos * math.cos(self.m) - sin * math.sin(self.m)
         if self.overflow == "cosface":
@@ -93,29 +136,19 @@ class ArcFaceHead(_CentreHead):
             return torch.where(cos > 0, phi, cos)
         return phi
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """embeddings (B, d) raw, labels (B,) int64 (-1 = none) → logits (B, C) float32."""
-        self._check(embeddings, labels)
-        return self.s * self._with_target(self.cosine(embeddings), labels, self.target)
-
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", s={self.s}, m={self.m}, overflow={self.overflow!r}"
+        return super().extra_repr() + f", overflow={self.overflow!r}"
 
 
-class CosFaceHead(_CentreHead):
+class CosFaceHead(MarginHead):
     """logits = s · cos θ_j, target s · (cos θ_y − m)."""
 
     def __init__(self, embedding_size: int, num_classes: int, s: float = 64.0, m: float = 0.4):
         super().__init__(embedding_size, num_classes)
         self.s, self.m = float(s), float(m)
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """embeddings (B, d) raw, labels (B,) int64 (-1 = none) → logits (B, C) float32."""
-        self._check(embeddings, labels)
-        return self.s * self._with_target(self.cosine(embeddings), labels, lambda c: c - self.m)
-
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", s={self.s}, m={self.m}"
+    def target(self, cos: torch.Tensor) -> torch.Tensor:
+        return cos - self.m
 
 
 class SoftmaxHead(_CentreHead):
@@ -128,7 +161,8 @@ class SoftmaxHead(_CentreHead):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """embeddings (B, d), labels (B,) → logits (B, C) float32."""
         self._check(embeddings, labels)
-        return F.linear(embeddings.float(), self.weight.float(), self.bias.float())
+        with float32_region(embeddings):
+            return F.linear(embeddings.float(), self.weight.float(), self.bias.float())
 
 
 _HEADS: dict[str, tuple[type, dict]] = {
