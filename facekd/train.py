@@ -37,7 +37,7 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from facekd import dist, store
 from facekd.dist import resolve_device
-from facekd.utils import atomic_path, save_json
+from facekd.utils import atomic_path, load_torch, save_json
 
 
 class TrainConfig(BaseModel):
@@ -175,8 +175,9 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"task", "optimizer", "step", "epoch", "batch_in_epoch", "rng", "config"} - set(ckpt)
+    ckpt = load_torch(path, "training checkpoint")
+    required = {"task", "optimizer", "step", "epoch", "batch_in_epoch", "rng", "config"}
+    missing = required - set(ckpt) if isinstance(ckpt, dict) else required
     if missing:
         raise ValueError(f"{path}: not a facekd training checkpoint (missing {sorted(missing)})")
     return ckpt
