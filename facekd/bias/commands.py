@@ -61,16 +61,19 @@ def density(
     """Angular KDE of every cached embedding (Eq. 3, 8, 9); writes density.npy and a truncation bound."""
     from facekd import dist
     from facekd.bias.kde import angular_kde, list_weights
-    from facekd.utils import save_npy
+    from facekd.utils import atomic_paths, require_writable
 
     dist.init_from_env()
+    bound = out.with_name(out.stem + "_bound.npy")
     c = _open(cache)
+    require_writable(out, 8 * len(c) + 128, 8 * len(c) + 128)  # both float64 (N,) .npy files, before the KDE
     h = _bandwidth(bandwidth, c)
     w = list_weights(_load_list(list_path), len(c)) if list_path is not None else None
     res = angular_kde(c.embeddings, h, w, method, return_result=True, **_kde_options(method, k, index, dtype, device))
     if dist.is_main():
-        save_npy(out, res.density)
-        save_npy(out.with_name(out.stem + "_bound.npy"), res.truncation_bound)
+        with atomic_paths(out, bound) as (tmp_density, tmp_bound):  # both files or neither
+            np.save(tmp_density, res.density)
+            np.save(tmp_bound, res.truncation_bound)
         q = np.percentile(res.density, [0, 50, 100])
         typer.echo(
             f"density ({res.method}, h={math.degrees(h):.2f}deg, {len(c)} x {c.embeddings.shape[1]}"
