@@ -75,6 +75,22 @@ class EmbeddingCache:
     def __len__(self) -> int:
         return self.embeddings.shape[0]
 
+    def check_rows(self, chunk: int = 65536) -> None:
+        """ValueError naming embeddings.npy and the first row (and its label) that is not finite or
+        has zero norm: what a model with broken weights writes. Reads the rows in chunks."""
+        for start in range(0, len(self), chunk):
+            x = np.asarray(self.embeddings[start : start + chunk])
+            finite = np.isfinite(x).all(axis=1)
+            zero = finite & ~np.any(x != 0, axis=1)
+            bad = np.flatnonzero(~finite | zero)
+            if bad.size:
+                row = start + int(bad[0])
+                what = "NaN or inf" if not finite[bad[0]] else "zero norm"
+                raise ValueError(
+                    f"{self.directory / 'embeddings.npy'}: row {row} (label {int(self.labels[row])}) has {what}; "
+                    "expected finite, non-zero embeddings (the model that wrote the cache is broken: check its weights)"
+                )
+
     def check_matches(self, expected: dict) -> None:
         """Raise store.RecordMismatch naming every key of `expected` whose value differs in meta.json."""
         store.require_same(

@@ -151,10 +151,12 @@ def read_record(path: str | os.PathLike, what: str) -> dict:
     path = Path(path)
     try:
         obj = json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise BadRecord(
-            f"{path}: damaged {what} (not UTF-8 JSON: {e}); expected the JSON object facekd writes"
+            f"{path}: damaged {what} (not UTF-8: byte {e.start}); expected the JSON object facekd writes"
         ) from None
+    except json.JSONDecodeError as e:
+        raise BadRecord(f"{path}: damaged {what} (invalid JSON: {e}); expected the JSON object facekd writes") from None
     if not isinstance(obj, dict):
         raise BadRecord(f"{path}: expected a JSON object ({what}), got {_json_kind(obj)}")
     return obj

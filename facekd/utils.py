@@ -226,6 +226,13 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint"):
         raise FileNotFoundError(errno.ENOENT, f"{what} does not exist", str(path))
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"is a directory, expected a {what} file", str(path))
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save: a zip, or (legacy) a pickle
+        raise ValueError(
+            f"{path}: not a torch.save {what} (starts with {head!r}, neither a zip archive nor a pickle); "
+            "expected a state_dict saved with torch.save"
+        )
     try:
         with warnings.catch_warnings():  # its note on pickle protocols is no concern of the user's
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
@@ -314,14 +321,19 @@ _ANGLE = re.compile(r"^\s*([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)\s*(deg|rad)\s*$")
 
 
 def parse_angle(value: str | float) -> float:
-    """Parse an angle with its unit ("12deg", "0.2rad") into radians. Bare numbers are refused."""
+    """Parse an angle with its unit ("12deg", "0.2rad") into radians, in (0, π]. Bare numbers are
+    refused, and so are angles outside (0°, 180°] (every angle facekd takes — a kernel bandwidth, a
+    margin, a yaw — lies between two directions)."""
     if isinstance(value, (int, float)):
         raise ValueError(f"angle {value!r} has no unit: write e.g. '12deg' or '0.21rad'")
     m = _ANGLE.match(str(value))
     if not m:
         raise ValueError(f"cannot parse angle {value!r}: expected a number followed by 'deg' or 'rad'")
     number, unit = float(m.group(1)), m.group(2)
-    return math.radians(number) if unit == "deg" else number
+    radians = math.radians(number) if unit == "deg" else number
+    if not 0 < radians <= math.pi:
+        raise ValueError(f"angle {value!r} is outside (0°, 180°]: expected e.g. '12deg' or '0.21rad'")
+    return radians
 
 
 def seed_everything(seed: int) -> None:
