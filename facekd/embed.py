@@ -243,7 +243,7 @@ class RowFile:
 
     def write(self, row: int, block: np.ndarray) -> None:
         """Rows `row .. row + len(block)` (float32, (k, d))."""
-        data = memoryview(np.ascontiguousarray(block, dtype=np.float32)).cast("B")
+        data = np.ascontiguousarray(block, dtype=np.float32).data.cast("B")
         at = self.offset + row * self.row_bytes
         while data:
             n = _os_call(self.where, os.pwrite, self.fd, data, at)

@@ -204,7 +204,7 @@ def load_npy(path: str | os.PathLike, what: str = "array", mmap: bool = False) -
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} file not found")
     shape, _, _ = npy_header(path)
-    return np.load(path, mmap_mode="r" if mmap and math.prod(shape) else None, allow_pickle=False)
+    return np.load(path, mmap_mode="r" if mmap and 0 not in shape else None, allow_pickle=False)
 
 
 def load_torch(path: str | os.PathLike, what: str = "checkpoint"):
