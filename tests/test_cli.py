@@ -302,3 +302,16 @@ def test_facekd_debug_shows_every_traceback(capsys, monkeypatch):
         _boundary_app(ValueError("bad"))(["fail"], prog_name="facekd")
     with pytest.raises(KeyError):
         _boundary_app(KeyError("k"))(["fail"], prog_name="facekd")
+
+
+def test_export_random_weights_only_when_asked(tmp_path, capsys):
+    """A checkpoint path that does not exist is an error even when it spells a model name; random
+    weights are exported only with --random-weights."""
+    out = tmp_path / "m.onnx"
+    code, _, err = _invoke(["export", "mbf_tiny", "--arch", "mbf_tiny", "--out", str(out)], capsys)
+    assert code == 2 and "checkpoint mbf_tiny does not exist" in err and "--random-weights" in err
+    assert not out.exists()
+    code, out_text, err = _invoke(["export", "mbf_tiny", "--random-weights", "--out", str(out)], capsys)
+    assert code == 0 and out.is_file() and "randomly initialised mbf_tiny" in err and str(out) in out_text
+    code, _, err = _invoke(["export", "no_such_net", "--random-weights", "--out", str(out)], capsys)
+    assert code == 2 and "'no_such_net' is not a model name" in err

@@ -45,7 +45,11 @@ def register(app: typer.Typer) -> None:
         elif arch is None:
             raise typer.BadParameter("--arch is required when exporting a checkpoint")
         else:
-            model = load_backbone(model_or_ckpt, arch, **({"input_size": input_size} if input_size else {}))
+            model = (
+                load_backbone(model_or_ckpt, arch, input_size=input_size)
+                if input_size
+                else load_backbone(model_or_ckpt, arch)
+            )
         path = export_onnx(model, out, input_size=input_size, pixel_input=pixel_input)
         typer.echo(f"wrote {path}")
         if check:
