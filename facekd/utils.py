@@ -58,7 +58,7 @@ def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
         if named is e:
             raise
         raise named from e
-    except Exception as e:
+    except RuntimeError as e:  # how torch.save reports a failed write ("unexpected pos ...")
         if any(out_of_space(p.parent) for p in finals):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), ", ".join(map(str, finals))) from e
         raise
