@@ -5,14 +5,15 @@ Directory layout (one cache = one directory):
     labels.npy      int64 (N,)
     meta.json       model checksum, dataset fingerprint, preprocessing (flip, normalize),
                     embedding_size, n, complete=true
-While being written, rows go into `.part{rank}of{world}.npy`, a `.npy` file whose space is
-allocated in full before the first row (a disk too small is refused at once) and written with
-ordinary writes, never through a memory map (a full disk is then an OSError naming the cache,
-not SIGBUS); `.progress{rank}of{world}.json` records how many rows are finished, so an
-interrupted run continues from the last finished chunk. `meta.json` is written last: a directory without it is not
-a cache. `meta.json` holds the cache's record (`cache_record`); a cache is reused only when that
-record matches (`facekd.store.require_same`), and a directory being written is locked
-(`facekd.store.run_lock`), so two processes never write one cache.
+While being written, rows go into `.part{rank}of{world}.npy` (`RowFile`: a `.npy` file whose space
+is allocated in full before the first row, so a disk too small is refused at once, and which is
+written with ordinary writes, never through a memory map, so a full disk is an OSError naming the
+cache, not SIGBUS); `.progress{rank}of{world}.json` records how many rows are finished, so an
+interrupted run continues from the last finished chunk. `meta.json` is written last: a directory
+without it is not a cache. `meta.json` holds the cache's record (`cache_record`); a cache is reused
+only when that record matches (`facekd.store.require_same`), and a directory being written is
+locked (`facekd.store.run_lock`), so two processes never write one cache. Opening a cache checks
+meta.json (a JSON object) and the `.npy` headers and sizes against it before mapping anything.
 """
 
 from __future__ import annotations
