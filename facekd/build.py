@@ -49,7 +49,7 @@ from facekd.tasks import (
 )
 from facekd.train import RUN_ARTIFACTS, train
 from facekd.train.config import OBSERVERS as TRAIN_OBSERVERS
-from facekd.utils import save_json, seed_everything
+from facekd.utils import load_torch, save_json, seed_everything
 
 RUN_RECORD = "run.json"
 
@@ -85,10 +85,7 @@ def load_teacher_head(t: TeacherConfig, task: str, dim: int) -> nn.Module:
     """The teacher's head from `t.head` (a head.pth state_dict): Linear(dim, C) for task
     classification, else margin head `t.head_name`; C is read from its (C, dim) `weight`."""
     assert t.head is not None
-    try:
-        state = torch.load(t.head, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses anything but tensors and plain containers
-        raise ValueError(f"teacher head {t.head}: not a state_dict ({type(e).__name__}: {str(e)[:200]})") from None
+    state = load_torch(t.head, "teacher head")
     weight = state.get("weight") if isinstance(state, dict) else None
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != dim:
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
@@ -340,10 +337,10 @@ def _saved_record(run_dir: Path) -> dict | None:
     path = run_dir / RUN_RECORD
     if not path.is_file():
         return None
-    try:
-        return json.loads(path.read_text())["record"]
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: not a run record ({type(e).__name__}: {e})") from None
+    record = store.read_record(path, "run record").get("record")
+    if not isinstance(record, dict):
+        raise store.BadRecord(f"{path}: expected a 'record' object in the run record, got {record!r:.60}")
+    return record
 
 
 def _check_against_run_dir(cfg: RunConfig, now: dict) -> None:

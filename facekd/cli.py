@@ -4,16 +4,22 @@ Commands here: demo, train, embed, eval. The others come from modules with a
 `register(app: typer.Typer) -> None` function listed in `COMMAND_MODULES` (imported at start-up;
 an import error surfaces, nothing is skipped silently).
 
-Bad input (ValueError, FileNotFoundError, a config error) and a run directory locked by another
-process print one line `error: ...` on stderr and exit with code 2; set FACEKD_DEBUG=1 for the
-traceback.
+One error boundary (`report_error`): bad input (ValueError, FileNotFoundError, a config error,
+a run directory locked by another process) and faults of the environment (a read-only or full
+filesystem, a directory where a file belongs, permissions: OSError) print one line `error: ...`
+naming the path and the cause on stderr and exit with code 2, also when raised inside a
+DataLoader worker. Any other exception is a bug: a line saying so, its traceback, exit code 1.
+Set FACEKD_DEBUG=1 to see the traceback of every error.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -22,17 +28,96 @@ from pydantic import ValidationError
 
 
 class _App(typer.Typer):
-    """typer.Typer whose bad-input errors are one clean line and exit code 2."""
+    """typer.Typer with facekd's error boundary (`report_error`)."""
 
     def __call__(self, *args, **kwargs):
         try:
             return super().__call__(*args, **kwargs)
-        except (ValueError, FileNotFoundError, ValidationError) as e:
+        except Exception as e:
             if os.environ.get("FACEKD_DEBUG"):
                 raise
-            msg = " ".join(str(e).split()) if not isinstance(e, ValidationError) else _one_line(e)
-            print(f"error: {msg}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(report_error(e))
+
+
+def report_error(e: Exception) -> int:
+    """Print `e` for the user and return the exit code.
+
+    Bad input and the environment (`user_error_line` is not None) → one line `error: ...` on
+    stderr, exit code 2. Anything else is a bug in facekd: a line saying so, then the traceback,
+    exit code 1.
+    """
+    line = user_error_line(e)
+    if line is not None:
+        print(f"error: {line}", file=sys.stderr)
+        return 2
+    print(
+        f"facekd: internal error ({type(e).__name__}); this is a bug: please report it with the traceback below",
+        file=sys.stderr,
+    )
+    traceback.print_exception(e, file=sys.stderr)
+    return 1
+
+
+# errno → the cause in plain words (the OS's own, e.g. "Read-only file system", say nothing of what to do).
+_OS_CAUSES = {
+    errno.ENOSPC: "disk full (no space left on device)",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system; write the output somewhere writable",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EISDIR: "is a directory, expected a file",
+    errno.ENOTDIR: "a component of the path is a file, expected a directory",
+    errno.ENOENT: "no such file or directory",
+    errno.EEXIST: "already exists",
+    errno.EIO: "input/output error (a damaged disk or a lost network filesystem?)",
+    errno.ENAMETOOLONG: "file name too long",
+    errno.EMFILE: "too many open files (raise `ulimit -n`)",
+}
+
+
+def user_error_line(e: BaseException) -> str | None:
+    """The one-line message of an error caused by the input or the environment, else None (a bug).
+
+    Such errors are ValueError (facekd's bad-input error, config errors included), pydantic's
+    ValidationError, OSError (a missing file, a read-only or full filesystem, a directory where a
+    file belongs, permissions) and FloatingPointError (a diverged run). One raised inside a
+    DataLoader worker arrives re-raised with the worker's traceback inside its message: the line
+    is then the original message.
+    """
+    if isinstance(e, ValidationError):
+        return _one_line(e)
+    if not isinstance(e, (ValueError, OSError, FloatingPointError)):
+        return None
+    if isinstance(e, OSError) and e.errno is not None:
+        return _os_error_line(e.errno, e.strerror, e.filename, e.filename2)
+    text = _unwrap_worker_message(str(e))
+    m = _OS_TEXT.match(text)  # an OSError re-raised from a worker keeps only its text
+    if m:
+        return _os_error_line(int(m["errno"]), m["strerror"], m["filename"])
+    return " ".join(text.split())
+
+
+def _os_error_line(code: int, strerror: str | None, *filenames) -> str:
+    """`path: cause` of an OSError raised by the OS (or by facekd in its form)."""
+    standard = strerror in (None, os.strerror(code))  # else facekd's own words: keep them
+    cause = (_OS_CAUSES.get(code) or strerror or os.strerror(code)) if standard else strerror
+    paths = [os.fsdecode(f) for f in filenames if f is not None]
+    return f"{' -> '.join(paths)}: {cause}" if paths else str(cause)
+
+
+_OS_TEXT = re.compile(r"^\[Errno (?P<errno>\d+)\] (?P<strerror>[^:]+)(?:: '(?P<filename>.*)')?$")
+_WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*\nOriginal Traceback")
+
+
+def _unwrap_worker_message(text: str) -> str:
+    """The original message of an error re-raised from a DataLoader worker (its message holds the
+    worker's traceback: the original `Type: message` follows the last indented frame line)."""
+    if not _WORKER.match(text):
+        return text
+    lines = text.rstrip().splitlines()
+    last_frame = max((i for i, line in enumerate(lines) if line.startswith(" ")), default=1)
+    original = " ".join(" ".join(lines[last_frame + 1 :]).split())
+    return re.sub(r"^[\w.]+: ", "", original, count=1) or text
 
 
 Preset = Literal["quick", "default", "full"]

@@ -275,7 +275,9 @@ def read_yaml_mapping(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}: {e.reason}); expected a YAML file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: invalid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(raw, dict):

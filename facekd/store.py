@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from facekd import dist
-from facekd.utils import save_json
+from facekd.utils import make_dirs, save_json
 
 # Settings that may change between a killed run and its resume without changing its result.
 RESUMABLE = frozenset({"checkpoint_every", "log_every", "num_workers", "device"})
@@ -148,6 +148,34 @@ def source_digest(*modules: ModuleType) -> str:
     return h.hexdigest()
 
 
+class BadRecord(ValueError):
+    """A JSON record facekd wrote (meta.json, run.json, done, progress) is damaged or not an object."""
+
+
+def read_record(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object stored in `path` (`what` says which record, for the message).
+
+    FileNotFoundError when it is missing; BadRecord, one line naming the file, when it is not
+    UTF-8 JSON or holds something other than an object (a list, a string, null)."""
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BadRecord(
+            f"{path}: damaged {what} (not UTF-8: byte {e.start}); expected the JSON object facekd writes"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise BadRecord(f"{path}: damaged {what} (invalid JSON: {e}); expected the JSON object facekd writes") from None
+    if not isinstance(obj, dict):
+        raise BadRecord(f"{path}: expected a JSON object ({what}), got {_json_kind(obj)}")
+    return obj
+
+
+def _json_kind(obj: Any) -> str:
+    kind = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if obj is None else kind.get(type(obj), type(obj).__name__)
+
+
 def _flatten(record: Mapping, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in record.items():
@@ -215,7 +243,7 @@ def _acquire(directory: Path) -> int:
     """Open and flock directory/.lock (non-blocking); write our pid into it; return the fd."""
     path = directory / LOCK_FILE
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _os_call(path, os.open, path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -233,9 +261,21 @@ def _acquire(directory: Path) -> int:
         if current == os.fstat(fd).st_ino:
             break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        _os_call(path, os.ftruncate, fd, 0)
+        _os_call(path, os.write, fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        os.close(fd)
+        raise
     return fd
+
+
+def _os_call(path: Path, fn, *args):
+    """`fn(*args)`, an OSError re-raised naming `path` (a failed write names no file)."""
+    try:
+        return fn(*args)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 @contextlib.contextmanager
@@ -246,8 +286,7 @@ def lock(directory: str | os.PathLike) -> Iterator[Path]:
     training run locks its directory, and `train()` inside it locks it again). The lock file is
     removed on exit; one left by a dead process is taken over.
     """
-    directory = Path(directory).resolve()
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_dirs(Path(directory).resolve())
     if directory in _HELD:
         _HELD[directory][1] += 1
         try:
@@ -293,11 +332,7 @@ def is_done(directory: str | os.PathLike) -> bool:
 
 def read_done(directory: str | os.PathLike) -> dict:
     """The record written by `mark_done` (ValueError naming the file if it is unreadable)."""
-    path = Path(directory) / DONE_FILE
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: invalid JSON ({e})") from None
+    return read_record(Path(directory) / DONE_FILE, "done marker")
 
 
 def mark_done(directory: str | os.PathLike, record: Mapping) -> None:
@@ -318,6 +353,7 @@ __all__ = [
     "DONE_FILE",
     "LOCK_FILE",
     "RESUMABLE",
+    "BadRecord",
     "DirectoryLocked",
     "NotPlainData",
     "RecordMismatch",
@@ -332,6 +368,7 @@ __all__ = [
     "mark_done",
     "plain",
     "read_done",
+    "read_record",
     "require_same",
     "result_key",
     "run_lock",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -208,4 +209,109 @@ def test_embed_split_is_honoured_for_every_kind(tmp_path, capsys):
     assert code == 0 and "12 × " in out, err
     args = ["embed", "--arch", "iresnet_mini", "--kind", "arrays", "--data", str(_arrays(tmp_path))]
     code, _, err = _invoke([*args, "--split", "test", "--out", str(tmp_path / "x")], capsys)
-    assert code == 2 and err.count("\n") == 1 and "kind arrays has split train (and val with val_fraction), not test" in err
+    assert (
+        code == 2
+        and err.count("\n") == 1
+        and "kind arrays has split train (and val with val_fraction), not test" in err
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# the error boundary
+
+
+def _boundary_app(error: BaseException):
+    """A facekd app with one command raising `error`."""
+    from facekd.cli import _App
+
+    small = _App(add_completion=False, pretty_exceptions_enable=False)
+
+    @small.command()
+    def fail() -> None:
+        raise error
+
+    @small.command()
+    def other() -> None:  # two commands, so `fail` is addressed by name as in facekd
+        pass
+
+    return small
+
+
+def _run_boundary(error: BaseException, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as info:
+        _boundary_app(error)(["fail"], prog_name="facekd")
+    return int(info.value.code or 0), capsys.readouterr().err
+
+
+def test_an_unexpected_exception_is_a_bug_with_its_traceback(capsys, monkeypatch):
+    monkeypatch.delenv("FACEKD_DEBUG", raising=False)
+    code, err = _run_boundary(KeyError("state"), capsys)
+    lines = err.splitlines()
+    assert code == 1
+    assert lines[0].startswith("facekd: internal error (KeyError)") and "bug" in lines[0] and "report" in lines[0]
+    assert lines[1] == "Traceback (most recent call last):" and lines[-1] == "KeyError: 'state'"
+
+
+@pytest.mark.parametrize(
+    "error, line",
+    [
+        (ValueError("data.rec: key 3: label 1.5 is not a class id"), "data.rec: key 3: label 1.5 is not a class id"),
+        (OSError(errno.EROFS, os.strerror(errno.EROFS), "/runs/x"), "/runs/x: read-only file system"),
+        (OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/x/last.pt"), "/runs/x/last.pt: disk full"),
+        (OSError(errno.EISDIR, os.strerror(errno.EISDIR), "/out"), "/out: is a directory, expected a file"),
+        (PermissionError(errno.EACCES, os.strerror(errno.EACCES), "/etc/x"), "/etc/x: permission denied"),
+        (OSError(errno.ENOSPC, "disk full: the cache needs 3 MiB", "/c"), "/c: disk full: the cache needs 3 MiB"),
+        (FileNotFoundError("verification set lfw.bin does not exist"), "verification set lfw.bin does not exist"),
+        (FloatingPointError("runs/x: loss is nan at step 7 (epoch 0)"), "runs/x: loss is nan at step 7 (epoch 0)"),
+    ],
+)
+def test_bad_input_and_os_errors_are_one_line_exit_2(error, line, capsys, monkeypatch):
+    monkeypatch.delenv("FACEKD_DEBUG", raising=False)
+    code, err = _run_boundary(error, capsys)
+    assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: {line}"), err
+
+
+def _from_worker(error: Exception) -> Exception:
+    """`error` as the DataLoader re-raises it in the main process (its worker's traceback in the message)."""
+    from torch._utils import ExceptionWrapper
+
+    try:
+        raise error
+    except Exception:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 0")
+    try:
+        wrapper.reraise()
+    except Exception as e:
+        return e
+    raise AssertionError("reraise() returned")
+
+
+def test_errors_from_dataloader_workers_are_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("FACEKD_DEBUG", raising=False)
+    wrapped = _from_worker(ValueError("faces/bob/2.jpg: cannot decode image (200 bytes)"))
+    assert "Original Traceback" in str(wrapped)
+    code, err = _run_boundary(wrapped, capsys)
+    assert code == 2 and err == "error: faces/bob/2.jpg: cannot decode image (200 bytes)\n"
+    code, err = _run_boundary(_from_worker(PermissionError(errno.EACCES, "Permission denied", "/d/1.jpg")), capsys)
+    assert code == 2 and err == "error: /d/1.jpg: permission denied\n"
+
+
+def test_facekd_debug_shows_every_traceback(capsys, monkeypatch):
+    monkeypatch.setenv("FACEKD_DEBUG", "1")
+    with pytest.raises(ValueError, match="bad"):
+        _boundary_app(ValueError("bad"))(["fail"], prog_name="facekd")
+    with pytest.raises(KeyError):
+        _boundary_app(KeyError("k"))(["fail"], prog_name="facekd")
+
+
+def test_export_random_weights_only_when_asked(tmp_path, capsys):
+    """A checkpoint path that does not exist is an error even when it spells a model name; random
+    weights are exported only with --random-weights."""
+    out = tmp_path / "m.onnx"
+    code, _, err = _invoke(["export", "mbf_tiny", "--arch", "mbf_tiny", "--out", str(out)], capsys)
+    assert code == 2 and "checkpoint mbf_tiny does not exist" in err and "--random-weights" in err
+    assert not out.exists()
+    code, out_text, err = _invoke(["export", "mbf_tiny", "--random-weights", "--out", str(out)], capsys)
+    assert code == 0 and out.is_file() and "randomly initialised mbf_tiny" in err and str(out) in out_text
+    code, _, err = _invoke(["export", "no_such_net", "--random-weights", "--out", str(out)], capsys)
+    assert code == 2 and "'no_such_net' is not a model name" in err

@@ -124,3 +124,67 @@ def test_a_cache_being_written_by_another_process_is_refused(tmp_path):
         release(holder)
     embed_dataset(_model(), TinyFaces(n=8), out, progress=False)
     assert not list(out.glob(".*")), "the lock file goes with the lock"
+
+
+def test_row_file_is_an_ordinary_npy_allocated_in_full(tmp_path):
+    from facekd.embed import RowFile
+
+    rows = RowFile.create(tmp_path / "r.npy", (10, 3), "cache")
+    assert (tmp_path / "r.npy").stat().st_size == 128 + 10 * 3 * 4  # allocated before any row
+    block = np.arange(12, dtype=np.float32).reshape(4, 3)
+    rows.write(2, block)
+    rows.sync()
+    rows.close()
+    again = RowFile.reopen(tmp_path / "r.npy", (10, 3), "cache")
+    assert again is not None
+    again.write(6, -block)
+    again.close()
+    got = np.load(tmp_path / "r.npy", mmap_mode="r")
+    assert got.shape == (10, 3) and np.array_equal(got[2:6], block) and np.array_equal(got[6:10], -block)
+    assert RowFile.reopen(tmp_path / "r.npy", (11, 3), "cache") is None  # another shape: start over
+
+
+def test_without_fallocate_the_free_space_is_checked(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    import facekd.embed as embed_module
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, os.strerror(errno.EOPNOTSUPP))
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported)
+    rows = embed_module.RowFile.create(tmp_path / "ok.npy", (4, 2), "cache")
+    rows.close()
+    assert (tmp_path / "ok.npy").stat().st_size == 128 + 32
+    monkeypatch.setattr(embed_module, "free_bytes", lambda directory: 100)
+    with pytest.raises(OSError, match="disk full: the cache needs 160 bytes, 100 bytes free") as info:
+        embed_module.RowFile.create(tmp_path / "big.npy", (4, 2), str(tmp_path / "cache"))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "cache")
+    assert not (tmp_path / "big.npy").exists()
+
+
+def test_embedding_onto_a_full_disk_is_enospc_not_sigbus(tmp_path):
+    """A cache that does not fit is refused before any row is computed, naming the cache."""
+    import errno
+
+    from test_utils import tmpfs
+
+    with tmpfs(tmp_path / "fs", 64 << 10) as fs:
+        (fs / "filler").write_bytes(b"\0" * (56 << 10))
+        ds = TinyFaces(n=600)  # 600 × 5 float32 rows: 12 KiB, more than is left
+        with pytest.raises(OSError, match="disk full: the cache needs") as info:
+            embed_dataset(_model(), ds, fs / "c", progress=False)
+        assert info.value.errno == errno.ENOSPC and info.value.filename == str(fs / "c")
+        assert sorted(p.name for p in (fs / "c").iterdir()) == []  # no part, no progress, no lock left
+
+
+def test_cache_files_are_checked_before_they_are_mapped(tmp_path):
+    embed_dataset(_model(), TinyFaces(n=8), tmp_path / "c", progress=False)
+    emb = tmp_path / "c" / "embeddings.npy"
+    emb.write_bytes(emb.read_bytes()[:-4])
+    with pytest.raises(ValueError, match=r"embeddings.npy: truncated: its header says float32 \(8, 5\)"):
+        EmbeddingCache.open(tmp_path / "c")
+    (tmp_path / "c" / "meta.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"meta.json: expected a JSON object \(embedding cache record\), got an array"):
+        EmbeddingCache.open(tmp_path / "c")

@@ -22,6 +22,7 @@ def _open(cache: Path):
     c = EmbeddingCache.open(cache)
     if len(c) == 0:
         raise ValueError(f"{cache}: the embedding cache is empty (0 rows)")
+    c.check_rows()
     return c
 
 
@@ -61,16 +62,19 @@ def density(
     """Angular KDE of every cached embedding (Eq. 3, 8, 9); writes density.npy and a truncation bound."""
     from facekd import dist
     from facekd.bias.kde import angular_kde, list_weights
-    from facekd.utils import save_npy
+    from facekd.utils import atomic_paths, require_writable
 
     dist.init_from_env()
+    bound = out.with_name(out.stem + "_bound.npy")
     c = _open(cache)
+    require_writable(out, 8 * len(c) + 128, 8 * len(c) + 128)  # both float64 (N,) .npy files, before the KDE
     h = _bandwidth(bandwidth, c)
-    w = list_weights(_load_list(list_path), len(c)) if list_path is not None else None
+    w = list_weights(_load_list(list_path, len(c)), len(c)) if list_path is not None else None
     res = angular_kde(c.embeddings, h, w, method, return_result=True, **_kde_options(method, k, index, dtype, device))
     if dist.is_main():
-        save_npy(out, res.density)
-        save_npy(out.with_name(out.stem + "_bound.npy"), res.truncation_bound)
+        with atomic_paths(out, bound) as (tmp_density, tmp_bound):  # both files or neither
+            np.save(tmp_density, res.density)
+            np.save(tmp_bound, res.truncation_bound)
         q = np.percentile(res.density, [0, 50, 100])
         typer.echo(
             f"density ({res.method}, h={math.degrees(h):.2f}deg, {len(c)} x {c.embeddings.shape[1]}"
@@ -80,12 +84,14 @@ def density(
         )
 
 
-def _load_list(path: Path) -> np.ndarray:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: sample list not found")
-    arr = np.load(path, allow_pickle=False)
+def _load_list(path: Path, n: int) -> np.ndarray:
+    from facekd.utils import load_npy
+
+    arr = load_npy(path, "sample list")
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise ValueError(f"{path}: expected a 1-D integer array of dataset indices, got {arr.dtype} {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() >= n):
+        raise ValueError(f"{path}: indices must lie in [0, {n}) (the cache's rows), got [{arr.min()}, {arr.max()}]")
     return arr
 
 
@@ -103,7 +109,7 @@ def uniformity_cmd(
 
     c = _open(cache)
     h = _bandwidth(bandwidth, c)
-    w = list_weights(_load_list(list_path), len(c)) if list_path is not None else None
+    w = list_weights(_load_list(list_path, len(c)), len(c)) if list_path is not None else None
     res = uniformity(c.embeddings, h, w, method)
     what = f"list {list_path}" if list_path is not None else "dataset"
     typer.echo(

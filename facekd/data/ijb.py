@@ -102,8 +102,12 @@ def norm_crop(img: np.ndarray, landmarks: np.ndarray, image_size: int = 112) -> 
 def _lines(path: Path, nfields: int, what: str):
     if not path.is_file():
         raise FileNotFoundError(f"IJB meta file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 text (byte {e.start}: {e.reason})") from None
             fields = line.split()
             if not fields:
                 continue

@@ -31,7 +31,7 @@ import numpy as np
 from facekd.data.augment import Augmentation
 from facekd.data.folder import EncodedImageDataset
 from facekd.data.images import MAX_IMAGE_PIXELS, encode_jpeg, image_size, verify_image
-from facekd.utils import atomic_path
+from facekd.utils import atomic_paths
 
 MAGIC = 0xCED7230A
 MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -717,7 +717,7 @@ def write_recordio(
     "height", "width", "rec", "idx", "property"}.
     """
     rec_path, idx_path, prop_path = _output_paths(prefix)
-    with atomic_path(rec_path) as rec_tmp, atomic_path(idx_path) as idx_tmp, atomic_path(prop_path) as prop_tmp:
+    with atomic_paths(rec_path, idx_path, prop_path) as (rec_tmp, idx_tmp, prop_tmp):  # all three or none
         with open(rec_tmp, "wb") as f:
             writer = _RecordWriter(f, with_header, quality)
             for n, (image, label) in enumerate(items):

@@ -9,11 +9,9 @@ import typer
 
 
 def _load_npy(path: Path, what: str):
-    import numpy as np
+    from facekd.utils import load_npy
 
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} file not found")
-    return np.load(path, allow_pickle=False)
+    return load_npy(path, what)
 
 
 def eval_ijb(

@@ -23,22 +23,28 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from facekd.utils import load_torch
+
 from .registry import get_model, model_spec
 
 BACKBONE_FILES = ("backbone.pth", "model.pt")
 
 
 def _torch_load(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # weights_only refuses pickled modules / arbitrary objects
-        raise ValueError(
-            f"{path}: cannot load with torch.load(weights_only=True) ({type(e).__name__}: {str(e)[:200]}). "
-            "Expected a state_dict (mapping of parameter names to tensors), e.g. saved with "
-            "torch.save(model.state_dict(), path); whole pickled models are refused."
-        ) from None
+    """`facekd.utils.load_torch` (weights_only=True, one line naming the file for any failure)."""
+    return load_torch(path, "checkpoint")
+
+
+def check_finite(sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """ValueError naming the first floating-point tensor of `sd` holding NaN or inf (weights of a
+    diverged run, or damaged bytes), instead of NaN embeddings later."""
+    for name, t in sd.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(
+                f"{source}: tensor {name!r} {tuple(t.shape)} holds {bad} NaN/inf value(s) of {t.numel()}; "
+                "expected finite weights (the checkpoint of a diverged run, or a damaged file)"
+            )
 
 
 def _is_state_dict(obj) -> bool:
@@ -134,6 +140,7 @@ def load_backbone(path: str | os.PathLike, arch: str | nn.Module, strict: bool =
     """
     file = resolve_backbone_path(path)
     sd = extract_state_dict(_torch_load(file), str(file))
+    check_finite(sd, str(file))
     if isinstance(arch, nn.Module):
         if model_kw:
             raise ValueError(f"load_backbone({file}): model options {sorted(model_kw)} apply only when arch is a name")

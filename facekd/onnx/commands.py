@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export_cmd(
         model_or_ckpt: str = typer.Argument(
-            ..., help="checkpoint (file or run dir) or, for random weights, a model name"
+            ..., help="checkpoint (file or run dir); with --random-weights, a model name instead"
         ),
         arch: str | None = typer.Option(None, help="architecture name (required with a checkpoint)"),
         out: Path = typer.Option(Path("student.onnx"), help="output .onnx path"),
@@ -21,28 +21,34 @@ def register(app: typer.Typer) -> None:
         pixel_input: bool = typer.Option(False, help="normalise in the graph (input 0-255) instead of outside"),
         check: bool = typer.Option(False, "--check", help="run the MFR checker on the result"),
         track: str = typer.Option("ms1m", help="checker track: ms1m (≤512-d) or glint (≤1024-d)"),
+        random_weights: bool = typer.Option(
+            False, "--random-weights", help="export the model named MODEL_OR_CKPT with random weights"
+        ),
     ) -> None:
         """Export a backbone to ONNX (input `data`, dynamic batch, fp32), optionally checking it."""
         from facekd.models import get_model, list_models
         from facekd.models.checkpoint import load_backbone
         from facekd.onnx import check_onnx, export_onnx
 
-        if Path(model_or_ckpt).exists():
-            if arch is None:
-                raise typer.BadParameter("--arch is required when exporting a checkpoint")
+        if random_weights:
+            if model_or_ckpt not in list_models():
+                raise ValueError(
+                    f"--random-weights: {model_or_ckpt!r} is not a model name ({', '.join(list_models())})"
+                )
+            typer.echo(f"note: exporting a randomly initialised {model_or_ckpt}", err=True)
+            model = get_model(model_or_ckpt, input_size=input_size)
+        elif not Path(model_or_ckpt).exists():  # never random weights for a mistyped path
+            hint = f" (for random weights of the model {model_or_ckpt}, add --random-weights)"
+            raise FileNotFoundError(
+                f"checkpoint {model_or_ckpt} does not exist{hint if model_or_ckpt in list_models() else ''}"
+            )
+        elif arch is None:
+            raise typer.BadParameter("--arch is required when exporting a checkpoint")
+        else:
             model = (
                 load_backbone(model_or_ckpt, arch, input_size=input_size)
                 if input_size
                 else load_backbone(model_or_ckpt, arch)
-            )
-        elif model_or_ckpt in list_models():
-            typer.echo(
-                f"note: {model_or_ckpt!r} is not a file; exporting a randomly initialised {model_or_ckpt}", err=True
-            )
-            model = get_model(model_or_ckpt, input_size=input_size)
-        else:
-            raise typer.BadParameter(
-                f"{model_or_ckpt!r} is neither an existing checkpoint nor a model name ({', '.join(list_models())})"
             )
         path = export_onnx(model, out, input_size=input_size, pixel_input=pixel_input)
         typer.echo(f"wrote {path}")

@@ -35,7 +35,7 @@ from torch import nn
 
 from facekd import dist
 from facekd.models.checkpoint import partial_fc_partition
-from facekd.utils import atomic_path
+from facekd.utils import atomic_path, load_torch
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
 SHARDS = Path("checkpoints") / "shards"
@@ -113,8 +113,8 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    missing = REQUIRED - set(ckpt)
+    ckpt = load_torch(path, "training checkpoint")
+    missing = REQUIRED - set(ckpt) if isinstance(ckpt, dict) else REQUIRED
     if missing:
         raise ValueError(f"{path}: not a facekd training checkpoint (missing {sorted(missing)})")
     return ckpt

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from facekd.utils import load_torch
+
 __all__ = ["MarginKind", "check_labels", "load_class_centres", "margin_logits"]
 
 MarginKind = Literal["arcface", "cosface"]
@@ -62,14 +64,7 @@ def load_class_centres(value: torch.Tensor | str | os.PathLike, name: str) -> to
     or a head state_dict with `weight` (C, D) (facekd's head.pth, an insightface softmax weight).
     Loaded with torch.load(weights_only=True). A float32 (float64 stays float64) copy."""
     if isinstance(value, (str, os.PathLike)):
-        try:
-            obj = torch.load(value, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{name}: class_centres file {value} does not exist") from None
-        except Exception as e:
-            raise ValueError(
-                f"{name}: cannot load class_centres {value} ({type(e).__name__}: {str(e)[:200]})"
-            ) from None
+        obj = load_torch(value, f"{name} class_centres file")
         if isinstance(obj, dict) and isinstance(obj.get("weight"), torch.Tensor):
             obj = obj["weight"]
         if not isinstance(obj, torch.Tensor):
