@@ -38,15 +38,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from facekd import dist
+from facekd.bias.blocks import Reference, plan_blocks
 from facekd.utils import check_embeddings
 
-__all__ = ["AUTO_EXACT_MAX", "KDEResult", "angular_kde", "kde_exact", "kde_knn", "kernel", "list_weights"]
+__all__ = [
+    "AUTO_EXACT_MAX",
+    "DensityOptions",
+    "KDEResult",
+    "angular_kde",
+    "kde_exact",
+    "kde_knn",
+    "kernel",
+    "list_weights",
+    "resolve_method",
+]
 
 AUTO_EXACT_MAX = 300_000
 CELLS_MIN_ROWS = 4096  # below this, the unrepresented points of the cell path are summed exactly
@@ -131,14 +144,19 @@ def kde_exact(
     truncate_tol: float = 1e-4,
     dtype: str = "float32",
     device: str | torch.device = "cpu",
-    chunk_bytes: int = 256 << 20,
+    chunk_bytes: int | None = None,
+    memory_bytes: int | None = None,
+    dense: bool | None = None,
     rows: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> KDEResult:
-    """Exact chunked angular KDE at the dataset points (see module docstring). (N, d) -> KDEResult.
+    """Exact blocked angular KDE at the dataset points (see module docstring). (N, d) -> KDEResult.
 
     `rows=(start, stop)` evaluates only those query rows (used by sharding); the reference set is
-    always all N rows. The returned arrays then have stop-start entries.
+    always all N rows. The returned arrays then have stop-start entries. chunk_bytes / memory_bytes:
+    the product block and the device memory budget (facekd.bias.blocks.plan_blocks; defaults: 256
+    MiB blocks on the CPU, sized from the free memory on CUDA). dense: evaluate every pair (the
+    default on CUDA, where skipping pairs needs a host sync and saves nothing): the bound is then 0.
     """
     x, h, w = _check_inputs(embeddings, bandwidth, weights, float64=dtype == "float64")
     if dtype not in _DTYPES:
@@ -149,30 +167,34 @@ def kde_exact(
     n = x.shape[0]
     start, stop = rows if rows is not None else (0, n)
     E = _normalizer(normalization, n, w)
-    c_cut = _cos_cut(h, truncate_tol, n)
+    dense = device.type == "cuda" if dense is None else dense
+    c_cut = -1.0 if dense else _cos_cut(h, truncate_tol, n)
     k_cut = float(kernel(np.arccos(c_cut), h)) if c_cut > -1 else 0.0
 
     fdt = torch.float64 if dtype == "float64" else torch.float32
-    ref = torch.from_numpy(x).to(device=device, dtype=fdt)
-    wt = None if w is None else torch.from_numpy(w).to(device=device, dtype=fdt)
+    ref = torch.from_numpy(x).to(torch.bfloat16 if dtype == "bf16" else fdt)
+    wt = None if w is None else torch.from_numpy(w).to(dtype=fdt)
     prev_tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
     try:
         out = _exact_row_sums(
-            ref.to(torch.bfloat16) if dtype == "bf16" else ref,
+            ref,
             start,
             stop,
             h,
             c_cut,
             wt,
-            chunk_bytes,
-            progress,
-            "kde exact",
+            device=device,
+            chunk_bytes=chunk_bytes,
+            memory_bytes=memory_bytes,
+            dense=dense,
+            progress=progress,
+            desc="kde exact",
         )
     finally:
         torch.backends.cuda.matmul.allow_tf32 = prev_tf32
     if not include_self:
-        out -= 1.0 if wt is None else wt[start:stop].to(torch.float64)
+        out -= 1.0 if wt is None else wt[start:stop].to(device=out.device, dtype=torch.float64)
     density = out.cpu().numpy().clip(min=0.0) / E
     total_w = float(n if w is None else w.sum())
     bound = np.full(stop - start, k_cut * total_w / E)
@@ -186,38 +208,71 @@ def _exact_row_sums(
     h: float,
     c_cut: float,
     w: torch.Tensor | None,
-    chunk_bytes: int,
-    progress: bool,
-    desc: str,
+    *,
+    device: torch.device | None = None,
+    chunk_bytes: int | None = None,
+    memory_bytes: int | None = None,
+    dense: bool = False,
+    progress: bool = False,
+    desc: str = "kde exact",
 ) -> torch.Tensor:
-    """Σ_j w_j K(θ_ij/h) over all M rows j of `ref` (M, d) for query rows i in [start, stop), the self
-    term exact (cos θ_ii := 1). Chunked GEMMs in ref's dtype; float64 (stop-start,) on ref's device."""
-    m = ref.shape[0]
+    """Σ_j w_j K(θ_ij/h) over all M rows j of `ref` (M, d, host) for query rows i in [start, stop),
+    the self term exact (cos θ_ii := 1). Products in ref's dtype (float32 / float64 / bf16 with
+    float32 cosines), in the blocks of facekd.bias.blocks.plan_blocks, summed on `device` (default:
+    ref's) without a host sync. Returns float64 (stop-start,) on that device."""
+    device = ref.device if device is None else torch.device(device)
     fdt = torch.float64 if ref.dtype == torch.float64 else torch.float32
-    out = torch.zeros(stop - start, dtype=torch.float64, device=ref.device)
-    chunk = max(1, min(stop - start, chunk_bytes // (ref.element_size() * m)))
-    # One preallocated block reused by every GEMM: a fresh (chunk, M) tensor per block costs page
-    # faults that measured ~20 % of the matrix-product time on CPU (benchmarks/density.py).
+    m, d = ref.shape
+    plan = plan_blocks(
+        stop - start,
+        m,
+        d,
+        ref_bytes_per_value=ref.element_size(),
+        block_bytes_per_value=torch.finfo(fdt).bits // 8,
+        device=device,
+        chunk_bytes=chunk_bytes,
+        memory_bytes=memory_bytes,
+    )
+    reference = Reference(ref, plan, device, ref.dtype)
+    out = torch.zeros(stop - start, dtype=torch.float64, device=device)
+    # One preallocated block reused by every CPU product: a fresh (chunk, M) tensor per block costs
+    # page faults that measured ~20 % of the matrix-product time on CPU (benchmarks/density.py).
     # bf16 on CUDA writes float32 cosines instead (cuBLAS sums in float32 either way): rounding the
     # cosine to bf16 raised the worst density error from 9e-3 to 1.6e-2 (benchmarks/density_precision.py).
-    fp32_out = ref.dtype == torch.bfloat16 and ref.is_cuda
-    block = None if fp32_out else torch.empty((chunk, m), dtype=ref.dtype, device=ref.device)
-    bar = tqdm(range(start, stop, chunk), desc=desc, unit="chunk", disable=not progress or not dist.is_main())
-    for s in bar:
-        e = min(s + chunk, stop)
-        if fp32_out:
-            c = torch.mm(ref[s:e], ref.T, out_dtype=torch.float32)
-        else:
-            c = torch.mm(ref[s:e], ref.T, out=block[: e - s]).to(fdt)
-        c[torch.arange(e - s, device=ref.device), torch.arange(s, e, device=ref.device)] = 1.0
-        out[s - start : e - start] = _block_sums(c, h, c_cut, w)
+    fp32_out = ref.dtype == torch.bfloat16 and device.type == "cuda"
+    block = None if fp32_out else torch.empty((plan.query_rows, plan.ref_rows), dtype=ref.dtype, device=device)
+    w = None if w is None else w.to(device=device)
+    steps = -(-(stop - start) // plan.query_rows) * -(-m // plan.ref_rows)
+    bar = tqdm(total=steps, desc=desc, unit="block", disable=not progress or not dist.is_main())
+    for g0, queries in reference.query_groups(start, stop):
+        for r0, refs in reference.blocks():
+            r1 = r0 + refs.shape[0]
+            for s in range(g0, g0 + queries.shape[0], plan.query_rows):
+                e = min(s + plan.query_rows, g0 + queries.shape[0])
+                q = queries[s - g0 : e - g0]
+                if block is None:  # bf16 on CUDA: float32 cosines
+                    c = torch.mm(q, refs.T, out_dtype=torch.float32)
+                else:
+                    c = torch.mm(q, refs.T, out=block[: e - s, : r1 - r0]).to(fdt)
+                lo, hi = max(s, r0), min(e, r1)
+                if hi > lo:  # the self term is exact: cos θ_ii := 1
+                    diag = torch.arange(lo, hi, device=device)
+                    c[diag - s, diag - r0] = 1.0
+                out[s - start : e - start] += _block_sums(c, h, c_cut, None if w is None else w[r0:r1], dense)
+                bar.update()
+    bar.close()
     return out
 
 
-def _block_sums(c: torch.Tensor, h: float, c_cut: float, w: torch.Tensor | None) -> torch.Tensor:
-    """Row sums Σ_j w_j K(arccos(c_ij)/h) of a cosine block (float64 (rows,)). Entries with
-    c ≤ c_cut are skipped without evaluating arccos / exp (one compare pass instead)."""
+def _block_sums(c: torch.Tensor, h: float, c_cut: float, w: torch.Tensor | None, dense: bool = False) -> torch.Tensor:
+    """Row sums Σ_j w_j K(arccos(c_ij)/h) of a cosine block (float64 (rows,)); `c` is overwritten.
+
+    Sparse (CPU default): entries with c ≤ c_cut are skipped without evaluating arccos / exp (one
+    compare pass instead). Dense: every entry, in place and without a host sync (the GPU path)."""
     acc = torch.float64
+    if dense:
+        kv = c.clamp_(-1.0, 1.0).acos_().square_().mul_(-0.5 / (h * h)).exp_()
+        return kv.sum(1, dtype=acc) if w is None else (kv @ w.to(kv.dtype)).to(acc)
     if c_cut > -1:
         ri, ci = (c > c_cut).nonzero(as_tuple=True)
         kv = kernel(torch.arccos(c[ri, ci].clamp_(-1.0, 1.0)), h)
@@ -327,9 +382,9 @@ def _kde_cells(x, h, wv, start, stop, nlist, nprobe, refine_cos, seed, c_cut, ch
             h,
             c_cut,
             wt[unrep],
-            chunk_bytes,
-            progress,
-            "kde knn (unrepresented, exact)",
+            chunk_bytes=chunk_bytes,
+            progress=progress,
+            desc="kde knn (unrepresented, exact)",
         )
 
     # bound: represented points miss excluded cells' members, unrepresented ones only their represented
@@ -430,6 +485,44 @@ def kde_knn(
     return KDEResult(density, bound, "knn-flat", h, E)
 
 
+def resolve_method(method: str, n: int, device: str | torch.device = "cpu") -> str:
+    """The method "auto" stands for: "exact" on a GPU or up to AUTO_EXACT_MAX rows, else "knn"."""
+    if method == "auto":
+        return "exact" if torch.device(device).type == "cuda" or n <= AUTO_EXACT_MAX else "knn"
+    if method not in ("exact", "knn"):
+        raise ValueError(f"method must be 'exact', 'knn' or 'auto', got {method!r}")
+    return method
+
+
+class DensityOptions(BaseModel):
+    """How densities are computed: one schema for `facekd density` and the `density:` block of the
+    intrinsic sampler. Fields that the chosen method does not use are ignored; `index` defaults to
+    "ivf" when "auto" picks knn (millions of rows) and to "flat" when knn is asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["auto", "exact", "knn"] = "auto"
+    device: str = Field("cpu", description="exact: torch device (cpu, cuda, cuda:1)")
+    dtype: Literal["float32", "float64", "tf32", "bf16"] = Field("float32", description="exact: products")
+    truncate_tol: float = Field(1e-4, ge=0)
+    k: int = Field(256, ge=1, strict=True, description="knn flat: neighbours per point")
+    index: Literal["flat", "ivf"] | None = None
+    nlist: int | None = Field(None, ge=1, strict=True, description="knn ivf: cells (default N/100)")
+    nprobe: int = Field(8, ge=1, strict=True, description="knn ivf: cells each point sums over")
+    refine_cos: float | None = Field(None, ge=-1, le=1, description="knn ivf: see _kde_cells")
+
+    def resolved(self, n: int) -> dict:
+        """method and the options that apply to it, as `angular_kde` keywords (JSON data)."""
+        method = resolve_method(self.method, n, self.device)
+        if method == "exact":
+            return {"method": method, "device": self.device, "dtype": self.dtype, "truncate_tol": self.truncate_tol}
+        index = self.index or ("ivf" if self.method == "auto" else "flat")
+        out: dict = {"method": method, "index": index, "truncate_tol": self.truncate_tol}
+        if index == "flat":
+            return {**out, "k": self.k}
+        return {**out, "nlist": self.nlist, "nprobe": self.nprobe, "refine_cos": self.refine_cos}
+
+
 def angular_kde(
     embeddings,
     bandwidth: float,
@@ -447,15 +540,9 @@ def angular_kde(
     Under torchrun the query rows are sharded across ranks and the result all-gathered.
     """
     n = int(np.shape(embeddings)[0]) if np.ndim(embeddings) == 2 else 0
-    if method == "auto":
-        on_gpu = torch.device(options.get("device", "cpu")).type == "cuda"
-        if on_gpu or n <= AUTO_EXACT_MAX:
-            method = "exact"
-        else:
-            method = "knn"
-            options.setdefault("index", "ivf")
-    if method not in ("exact", "knn"):
-        raise ValueError(f"method must be 'exact', 'knn' or 'auto', got {method!r}")
+    if method == "auto" and resolve_method(method, n, options.get("device", "cpu")) == "knn":
+        options.setdefault("index", "ivf")
+    method = resolve_method(method, n, options.get("device", "cpu"))
     fn = kde_exact if method == "exact" else kde_knn
     if dist.world_size() > 1 and n > 0:
         options["rows"] = dist.shard_range(n)
