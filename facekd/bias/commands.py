@@ -155,7 +155,7 @@ def _sampler_options(bandwidth: str | None, num: int | None, option: list[str]) 
     """Raw sampler options from the shorthand flags and `--option key=value` (value read as YAML)."""
     from facekd.config import apply_overrides
 
-    raw = {} if bandwidth is None else {"bandwidth": bandwidth}
+    raw: dict[str, object] = {} if bandwidth is None else {"bandwidth": bandwidth}
     if num is not None:
         raw["num"] = num
     return apply_overrides(raw, option)
