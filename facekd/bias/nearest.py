@@ -1,6 +1,6 @@
 """The nearest embedding (largest cosine) to each of many random directions: Extrinsic Sampling's search.
 
-Directions. Draw b of an epoch covers directions [b·QUERY_BLOCK, (b+1)·QUERY_BLOCK): g/‖g‖ with
+Directions. Block b of an epoch covers directions [b·QUERY_BLOCK, (b+1)·QUERY_BLOCK): g/‖g‖ with
 g ~ N(0, I_d) from `Generator(PCG64(seed).jumped(b))`, cast to float32 before normalising. Block 0
 is `default_rng(seed)`'s stream, so a list of at most QUERY_BLOCK draws (65,536) is the one drawn
 before blocks existed; every block can be generated on its own, so under torchrun each rank
@@ -13,13 +13,14 @@ Searches (`make_search`):
   Reference and query blocks come from `facekd.bias.blocks.plan_blocks`; products in float32,
   tf32 or bf16 (float32 cosines either way), the arg-max kept on the device. Ties go to the lowest
   row.
-- "hnsw": approximate, FAISS IndexHNSWFlat on inner products (CPU). Building costs about
-  N log N and each query about log N, so an epoch grows about linearly in N; it misses the exact
-  answer for some directions (recall measured in benchmarks/scale.py and docs/bias.md) and
-  returns a row of nearly the same cosine instead. Built with more than one FAISS thread the graph,
-  hence the list, can differ between runs.
-- "auto": "torch" on CUDA; on the CPU "flat" up to `exact_max` rows (default 100,000, where the
-  measured HNSW epoch stops being cheaper than the exact one), "hnsw" above.
+- "ivf": approximate, cells that follow the identities (`IVFSearch`): per direction it scores the
+  identity means and the rows of the best 32 identities, a few percent of the exact work. It
+  misses the exact answer for some directions (recall measured in benchmarks/scale.py) and returns
+  a row of nearly the same cosine instead. FAISS's IndexHNSWFlat over all rows was measured
+  first: at 20k rows it needed 2.4× the exact search's time for 78 % recall, and its misses
+  lowered the list's uniformity well beyond the seed spread (docs/bias.md).
+- "auto": "torch" on CUDA; on the CPU "flat" up to `exact_max` rows (default 50,000: small sets,
+  the demo's among them, keep their exact lists), "ivf" above.
 """
 
 from __future__ import annotations
@@ -37,15 +38,17 @@ __all__ = [
     "EXACT_MAX",
     "QUERY_BLOCK",
     "FlatSearch",
-    "HNSWSearch",
+    "IVFSearch",
     "TorchSearch",
+    "identity_cells",
     "make_search",
     "nearest_to_random_directions",
     "random_directions",
 ]
 
 QUERY_BLOCK = 65536
-EXACT_MAX = 100_000
+SEARCH_BLOCKS = 8  # direction blocks handed to one search call (524,288 directions, 1 GiB at d = 512)
+EXACT_MAX = 50_000
 _TORCH_DTYPES = {"float32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -74,25 +77,77 @@ class FlatSearch:
         return nbr[:, 0].astype(np.int64)
 
 
-class HNSWSearch:
-    """Approximate search with FAISS IndexHNSWFlat (inner product) over unit rows x (N, d).
+def identity_cells(x: np.ndarray, labels: np.ndarray, cell_max: int = 256, seed: int = 0) -> np.ndarray:
+    """A cell id per row (int64 (N,)): the row's identity, with identities of more than `cell_max`
+    rows split by k-means into ⌈size / cell_max⌉ cells (so a few huge classes stay cheap to scan)."""
+    import faiss
 
-    m: graph degree; ef_construction / ef_search: candidate list sizes when building / searching
-    (larger: higher recall, slower)."""
+    _, cells = np.unique(np.asarray(labels), return_inverse=True)
+    cells = cells.astype(np.int64)
+    counts = np.bincount(cells)
+    next_id = counts.size
+    for c in np.flatnonzero(counts > cell_max):
+        rows = np.flatnonzero(cells == c)
+        k = -(-rows.size // cell_max)
+        km = faiss.Kmeans(x.shape[1], k, niter=10, seed=seed, verbose=False)
+        km.train(x[rows])
+        _, part = km.index.search(x[rows], 1)
+        cells[rows] = np.where(part[:, 0] == 0, c, next_id + part[:, 0] - 1)
+        next_id += k - 1
+    return np.unique(cells, return_inverse=True)[1].astype(np.int64)
 
-    name = "hnsw"
 
-    def __init__(self, x: np.ndarray, m: int = 32, ef_construction: int = 80, ef_search: int = 256):
+class IVFSearch:
+    """Approximate search over cells that follow the identities (`identity_cells`).
+
+    A direction probes the `nprobe` cells whose mean embedding has the largest inner product with
+    it (FAISS IndexFlatIP over the C cell means, a matrix product), then takes the best row of
+    those cells exactly: directions are grouped by probed cell and each cell is one matrix product
+    of its directions against its rows. Per direction that is C + nprobe × (rows per cell) inner
+    products instead of N: with identities of 25 to 60 images, 3 to 8 % of the exact search, and
+    the part that grows with N (the C means) is 1/25 to 1/60 of it. It misses the exact answer
+    when the best row's identity is not among the probed ones (recall measured in
+    benchmarks/scale.py). A graph index over the means (FAISS HNSW) was tried for that first
+    step: random directions are far from every mean, its search visited most of the graph, and
+    it was 12× slower than the product at 3,200 cells."""
+
+    name = "ivf"
+
+    def __init__(self, x: np.ndarray, labels: np.ndarray, *, nprobe: int = 32, cell_max: int = 256, seed: int = 0):
         import faiss
 
-        self.index = faiss.IndexHNSWFlat(x.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-        self.index.hnsw.efConstruction = ef_construction
-        self.index.hnsw.efSearch = ef_search
-        self.index.add(x)
+        self.x = x
+        cells = identity_cells(x, labels, cell_max, seed)
+        self.rows = np.argsort(cells, kind="stable")
+        self.starts = np.searchsorted(cells[self.rows], np.arange(cells.max() + 2))
+        means = np.zeros((self.starts.size - 1, x.shape[1]), np.float32)
+        np.add.at(means, cells, x)
+        means /= np.diff(self.starts)[:, None]
+        self.nprobe = min(nprobe, means.shape[0])
+        self.coarse = faiss.IndexFlatIP(x.shape[1])
+        self.coarse.add(means)
 
     def search(self, queries: np.ndarray) -> np.ndarray:
-        _, nbr = self.index.search(queries, 1)
-        return nbr[:, 0].astype(np.int64)
+        nq, p = queries.shape[0], self.nprobe
+        _, probes = self.coarse.search(queries, p)
+        pair_cell = probes.ravel()
+        order = np.argsort(pair_cell, kind="stable")
+        order = order[pair_cell[order] >= 0]  # FAISS pads with -1 when it finds fewer cells
+        sorted_cells = pair_cell[order]
+        bounds = np.flatnonzero(np.diff(sorted_cells)) + 1
+        best = np.full(nq * p, -np.inf, np.float32)
+        row = np.zeros(nq * p, np.int64)
+        for pos in np.split(np.arange(order.size), bounds):
+            if pos.size == 0:
+                continue
+            c = sorted_cells[pos[0]]
+            members = self.rows[self.starts[c] : self.starts[c + 1]]
+            pairs = order[pos]
+            scores = queries[pairs // p] @ self.x[members].T
+            arg = scores.argmax(1)
+            best[pairs], row[pairs] = scores[np.arange(pairs.size), arg], members[arg]
+        pick = best.reshape(nq, p).argmax(1)
+        return row.reshape(nq, p)[np.arange(nq), pick]
 
 
 class TorchSearch:
@@ -156,36 +211,39 @@ class TorchSearch:
 
 def resolve_search(search: str, n: int, device: torch.device, exact_max: int = EXACT_MAX) -> str:
     """The concrete search "auto" stands for (module docstring)."""
+    if search not in ("auto", "flat", "torch", "ivf"):
+        raise ValueError(f"search must be auto, flat, torch or ivf, got {search!r}")
     if search != "auto":
         return search
     if device.type == "cuda":
         return "torch"
-    return "flat" if n <= exact_max else "hnsw"
+    return "flat" if n <= exact_max else "ivf"
 
 
 def make_search(
     x: np.ndarray,
     search: str = "auto",
     *,
+    labels: np.ndarray | None = None,
     device: str | torch.device = "cpu",
     dtype: str = "float32",
     exact_max: int = EXACT_MAX,
-    hnsw_m: int = 32,
-    hnsw_ef_construction: int = 80,
-    hnsw_ef_search: int = 256,
+    nprobe: int = 32,
+    cell_max: int = 256,
 ):
-    """A search over the unit rows x (N, d) float32: FlatSearch, HNSWSearch or TorchSearch."""
+    """A search over the unit rows x (N, d) float32: FlatSearch, IVFSearch (needs the labels (N,))
+    or TorchSearch."""
     device = torch.device(device)
     kind = resolve_search(search, x.shape[0], device, exact_max)
-    if kind in ("flat", "hnsw") and device.type != "cpu":
+    if kind in ("flat", "ivf") and device.type != "cpu":
         raise ValueError(f"search {kind!r} runs on the CPU (FAISS); use search torch on {device}")
     if kind == "flat":
         return FlatSearch(x)
-    if kind == "hnsw":
-        return HNSWSearch(x, hnsw_m, hnsw_ef_construction, hnsw_ef_search)
     if kind == "torch":
         return TorchSearch(x, device, dtype)
-    raise ValueError(f"search must be auto, flat, torch or hnsw, got {search!r}")
+    if labels is None:
+        raise ValueError("search ivf needs the labels: its cells follow the identities")
+    return IVFSearch(x, labels, nprobe=nprobe, cell_max=cell_max)
 
 
 def nearest_to_random_directions(searcher, d: int, num: int, seed: int, progress: bool = False) -> np.ndarray:
@@ -195,8 +253,14 @@ def nearest_to_random_directions(searcher, d: int, num: int, seed: int, progress
     all-gathered, so every rank returns the same int64 (num,)."""
     blocks = -(-num // QUERY_BLOCK)
     b0, b1 = dist.shard_range(blocks)
-    bar = tqdm(range(b0, b1), desc="nearest embeddings", unit="block", disable=not progress or not dist.is_main())
-    local = [searcher.search(random_directions(seed, b, min(QUERY_BLOCK, num - b * QUERY_BLOCK), d)) for b in bar]
+    local = []
+    bar = tqdm(total=b1 - b0, desc="nearest embeddings", unit="block", disable=not progress or not dist.is_main())
+    for g0 in range(b0, b1, SEARCH_BLOCKS):  # a few blocks per search: fewer, larger products
+        group = range(g0, min(g0 + SEARCH_BLOCKS, b1))
+        queries = [random_directions(seed, b, min(QUERY_BLOCK, num - b * QUERY_BLOCK), d) for b in group]
+        local.append(searcher.search(np.concatenate(queries)))
+        bar.update(len(group))
+    bar.close()
     mine = np.concatenate(local) if local else np.empty(0, np.int64)
     if dist.world_size() == 1:
         return mine

@@ -37,15 +37,14 @@ def auto_device(name: str) -> torch.device:
 
 class ExtrinsicOptions(SamplerOptions):
     num: int | None = Field(None, ge=0, strict=True, description="draws per epoch; default: the dataset size")
-    search: Literal["auto", "flat", "torch", "hnsw"] = Field(
-        "auto", description="auto: torch on CUDA; on CPU flat (exact) up to exact_max rows, hnsw above"
+    search: Literal["auto", "flat", "torch", "ivf"] = Field(
+        "auto", description="auto: torch on CUDA; on CPU flat (exact) up to exact_max rows, ivf above"
     )
     device: str = Field("cpu", description="cpu, cuda, cuda:1 or auto (CUDA when available)")
     dtype: Literal["float32", "tf32", "bf16"] = Field("tf32", description="products of the torch search on CUDA")
-    exact_max: int = Field(EXACT_MAX, ge=0, strict=True)
-    hnsw_m: int = Field(32, ge=2, strict=True)
-    hnsw_ef_construction: int = Field(80, ge=1, strict=True)
-    hnsw_ef_search: int = Field(256, ge=1, strict=True)
+    exact_max: int = Field(EXACT_MAX, ge=0, strict=True, description="auto on CPU: exact up to this many rows")
+    nprobe: int = Field(32, ge=1, strict=True, description="ivf: identity cells searched per direction")
+    cell_max: int = Field(256, ge=1, strict=True, description="ivf: larger identities are split by k-means")
 
 
 @register_sampler("extrinsic", ExtrinsicOptions, needs=("embeddings",))
@@ -73,11 +72,11 @@ class ExtrinsicSampler(BaseSampler):
             self._searcher = make_search(
                 self.x,
                 self.search,
+                labels=self.data.labels,
                 device=self.device,
                 dtype=dtype,
-                hnsw_m=o.hnsw_m,
-                hnsw_ef_construction=o.hnsw_ef_construction,
-                hnsw_ef_search=o.hnsw_ef_search,
+                nprobe=o.nprobe,
+                cell_max=o.cell_max,
             )
         return self._searcher
 
@@ -92,6 +91,6 @@ class ExtrinsicSampler(BaseSampler):
         out = {"num": o.num, "search": self.search}
         if self.search == "torch":
             out["dtype"] = o.dtype if self.device.type == "cuda" else "float32"
-        if self.search == "hnsw":
-            out.update(hnsw_m=o.hnsw_m, hnsw_ef_construction=o.hnsw_ef_construction, hnsw_ef_search=o.hnsw_ef_search)
+        if self.search == "ivf":
+            out.update(nprobe=o.nprobe, cell_max=o.cell_max)
         return out
