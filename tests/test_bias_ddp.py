@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 from facekd.bias import angular_kde
 
 H = math.radians(25)
+LABELS = np.arange(37) % 5  # identity cells for the ivf density
 
 
 def _data():
@@ -34,7 +35,8 @@ def _worker(rank, world, port, out_dir):
         x, w = _data()
         exact = angular_kde(x, H, w, "exact", truncate_tol=0, progress=False)
         knn = angular_kde(x, H, None, "knn", k=10, return_result=True, progress=False)
-        np.save(os.path.join(out_dir, f"r{rank}.npy"), np.stack([exact, knn.density, knn.truncation_bound]))
+        cells = angular_kde(x, H, w, "knn", index="ivf", labels=LABELS, nprobe=2, progress=False)
+        np.save(os.path.join(out_dir, f"r{rank}.npy"), np.stack([exact, knn.density, knn.truncation_bound, cells]))
         search = _Counting(_unit(x))
         rows = nearest_to_random_directions(search, x.shape[1], NUM, 4)
         np.save(os.path.join(out_dir, f"es{rank}.npy"), np.r_[rows, search.searched])
@@ -60,10 +62,11 @@ def test_two_gloo_ranks_match_single_process(ranks_out):
     x, w = _data()
     exact = angular_kde(x, H, w, "exact", truncate_tol=0, progress=False)
     knn = angular_kde(x, H, None, "knn", k=10, return_result=True, progress=False)
-    single = np.stack([exact, knn.density, knn.truncation_bound])
+    cells = angular_kde(x, H, w, "knn", index="ivf", labels=LABELS, nprobe=2, progress=False)
+    single = np.stack([exact, knn.density, knn.truncation_bound, cells])
     for r in range(2):
         got = np.load(tmp_path / f"r{r}.npy")
-        assert got.shape == (3, 37)
+        assert got.shape == (4, 37)
         np.testing.assert_allclose(got, single, rtol=1e-6, atol=1e-12)
 
 

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from facekd.bias import bandwidth_rule, kde
+from facekd.bias.cells import identity_cells
 from facekd.bias.nearest import (
     QUERY_BLOCK,
     FlatSearch,
     IVFSearch,
     TorchSearch,
-    identity_cells,
     nearest_to_random_directions,
     random_directions,
 )
@@ -194,8 +194,10 @@ def test_identity_cells_split_large_identities():
     x, _ = _clustered(n=600)
     labels = np.r_[np.zeros(500, int), np.arange(100) % 5 + 1]
     cells = identity_cells(x, labels, cell_max=100)
-    assert cells.min() == 0 and np.bincount(cells).size == 5 + 5  # identity 0 → 5 cells
-    assert all(len(set(cells[labels == c])) == 1 for c in range(1, 6))
+    assert cells.count == 5 + 5 and np.diff(cells.starts).max() <= 100 + 50  # identity 0 → 5 cells
+    assert all(len(set(cells.cell[labels == c])) == 1 for c in range(1, 6))
+    np.testing.assert_allclose(cells.means[cells.cell[-1]], x[labels == labels[-1]].mean(0), rtol=1e-5)
+    assert sorted(cells.rows.tolist()) == list(range(600))
 
 
 def test_ivf_search_finds_the_exact_row_when_it_probes_every_cell():

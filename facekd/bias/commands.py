@@ -63,10 +63,12 @@ def density(
     truncate_tol: float = typer.Option(1e-4, help="Pairs whose kernel is below tol/N are skipped (CPU)."),
     k: int = typer.Option(256, help="knn flat: neighbours per point."),
     index: str | None = typer.Option(None, help="knn: FAISS flat (exact neighbours) or ivf (default for auto)."),
-    nlist: int | None = typer.Option(None, help="knn ivf: k-means cells (default N/100)."),
+    nlist: int | None = typer.Option(None, help="knn ivf, kmeans cells: how many (default N/100)."),
     nprobe: int = typer.Option(8, help="knn ivf: cells each point sums over."),
+    cells: str = typer.Option("identity", help="knn ivf: identity (cells follow the labels) or kmeans."),
+    cell_max: int = typer.Option(256, help="knn ivf, identity cells: larger identities are split by k-means."),
     refine_cos: float | None = typer.Option(
-        None, help="knn ivf: best-centroid cosine below which a point counts as unrepresented."
+        None, help="knn ivf, kmeans cells: best-centroid cosine below which a point counts as unrepresented."
     ),
     list_path: Path | None = typer.Option(None, "--list", help="Weight by a sample list (.npy int64), Eq. 9."),
     out: Path = typer.Option(Path("density.npy"), help="Output .npy: float64 (N,) densities."),
@@ -80,13 +82,13 @@ def density(
 
     _set_threads(threads)
     raw = {"method": method, "device": device, "dtype": dtype, "truncate_tol": truncate_tol, "k": k, "index": index}
-    raw.update(nlist=nlist, nprobe=nprobe, refine_cos=refine_cos)
+    raw.update(nlist=nlist, nprobe=nprobe, cells=cells, cell_max=cell_max, refine_cos=refine_cos)
     opts = _validated(DensityOptions, raw, "density")
     dist.init_from_env()
     c = _open(cache)
     h = _bandwidth(bandwidth, c)
     w = list_weights(load_sample_list(list_path, len(c)), len(c)) if list_path is not None else None
-    res = angular_kde(c.embeddings, h, w, return_result=True, **opts.resolved(len(c)))
+    res = angular_kde(c.embeddings, h, w, return_result=True, **opts.kwargs(len(c), c.labels))
     if dist.is_main():
         save_npy(out, res.density)
         save_npy(out.with_name(out.stem + "_bound.npy"), res.truncation_bound)
@@ -117,21 +119,22 @@ def uniformity_cmd(
     cache: Path = typer.Argument(..., help="Embedding cache directory (facekd.embed)."),
     bandwidth: str = typer.Option("12deg", help=_BW_HELP),
     list_path: Path | None = typer.Option(None, "--list", help="Sample list (.npy int64); default: the dataset."),
-    method: str = typer.Option("auto", help="exact | knn | auto."),
+    method: str = typer.Option("auto", help="exact | knn | auto (exact up to 300k rows on CPU)."),
     out: Path | None = typer.Option(None, help="Also write the result as JSON."),
     threads: int | None = typer.Option(None, min=1, help=_THREADS_HELP),
 ) -> None:
     """Uniformity (Eq. 4, 9) of the dataset or of a sample list, in nats and normalised by log N."""
-    from facekd.bias.kde import list_weights
+    from facekd.bias.kde import DensityOptions, list_weights
     from facekd.bias.samplers.file import load_sample_list
     from facekd.bias.uniformity import uniformity
     from facekd.utils import save_json
 
     _set_threads(threads)
+    opts = _validated(DensityOptions, {"method": method}, "uniformity")
     c = _open(cache)
     h = _bandwidth(bandwidth, c)
     w = list_weights(load_sample_list(list_path, len(c)), len(c)) if list_path is not None else None
-    res = uniformity(c.embeddings, h, w, method)
+    res = uniformity(c.embeddings, h, w, **opts.kwargs(len(c), c.labels))
     what = f"list {list_path}" if list_path is not None else "dataset"
     typer.echo(
         f"uniformity of {what} over {res.n} points (h={math.degrees(h):.2f}deg): "

@@ -26,6 +26,8 @@ Searches (`make_search`):
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -33,6 +35,7 @@ from tqdm.auto import tqdm
 
 from facekd import dist
 from facekd.bias.blocks import Reference, as_tensor, plan_blocks
+from facekd.bias.cells import identity_cells
 
 __all__ = [
     "EXACT_MAX",
@@ -40,7 +43,6 @@ __all__ = [
     "FlatSearch",
     "IVFSearch",
     "TorchSearch",
-    "identity_cells",
     "make_search",
     "nearest_to_random_directions",
     "random_directions",
@@ -77,28 +79,8 @@ class FlatSearch:
         return nbr[:, 0].astype(np.int64)
 
 
-def identity_cells(x: np.ndarray, labels: np.ndarray, cell_max: int = 256, seed: int = 0) -> np.ndarray:
-    """A cell id per row (int64 (N,)): the row's identity, with identities of more than `cell_max`
-    rows split by k-means into ⌈size / cell_max⌉ cells (so a few huge classes stay cheap to scan)."""
-    import faiss
-
-    _, cells = np.unique(np.asarray(labels), return_inverse=True)
-    cells = cells.astype(np.int64)
-    counts = np.bincount(cells)
-    next_id = counts.size
-    for c in np.flatnonzero(counts > cell_max):
-        rows = np.flatnonzero(cells == c)
-        k = -(-rows.size // cell_max)
-        km = faiss.Kmeans(x.shape[1], k, niter=10, seed=seed, verbose=False)
-        km.train(x[rows])
-        _, part = km.index.search(x[rows], 1)
-        cells[rows] = np.where(part[:, 0] == 0, c, next_id + part[:, 0] - 1)
-        next_id += k - 1
-    return np.unique(cells, return_inverse=True)[1].astype(np.int64)
-
-
 class IVFSearch:
-    """Approximate search over cells that follow the identities (`identity_cells`).
+    """Approximate search over cells that follow the identities (`facekd.bias.cells`).
 
     A direction probes the `nprobe` cells whose mean embedding has the largest inner product with
     it (FAISS IndexFlatIP over the C cell means, a matrix product), then takes the best row of
@@ -117,15 +99,10 @@ class IVFSearch:
         import faiss
 
         self.x = x
-        cells = identity_cells(x, labels, cell_max, seed)
-        self.rows = np.argsort(cells, kind="stable")
-        self.starts = np.searchsorted(cells[self.rows], np.arange(cells.max() + 2))
-        means = np.zeros((self.starts.size - 1, x.shape[1]), np.float32)
-        np.add.at(means, cells, x)
-        means /= np.diff(self.starts)[:, None]
-        self.nprobe = min(nprobe, means.shape[0])
+        self.cells = identity_cells(x, labels, cell_max, seed)
+        self.nprobe = min(nprobe, self.cells.count)
         self.coarse = faiss.IndexFlatIP(x.shape[1])
-        self.coarse.add(means)
+        self.coarse.add(self.cells.means)
 
     def search(self, queries: np.ndarray) -> np.ndarray:
         nq, p = queries.shape[0], self.nprobe
@@ -141,7 +118,7 @@ class IVFSearch:
             if pos.size == 0:
                 continue
             c = sorted_cells[pos[0]]
-            members = self.rows[self.starts[c] : self.starts[c + 1]]
+            members = self.cells.members(c)
             pairs = order[pos]
             scores = queries[pairs // p] @ self.x[members].T
             arg = scores.argmax(1)
@@ -255,11 +232,16 @@ def nearest_to_random_directions(searcher, d: int, num: int, seed: int, progress
     b0, b1 = dist.shard_range(blocks)
     local = []
     bar = tqdm(total=b1 - b0, desc="nearest embeddings", unit="block", disable=not progress or not dist.is_main())
-    for g0 in range(b0, b1, SEARCH_BLOCKS):  # a few blocks per search: fewer, larger products
-        group = range(g0, min(g0 + SEARCH_BLOCKS, b1))
-        queries = [random_directions(seed, b, min(QUERY_BLOCK, num - b * QUERY_BLOCK), d) for b in group]
-        local.append(searcher.search(np.concatenate(queries)))
-        bar.update(len(group))
+
+    def draw(b: int) -> np.ndarray:
+        return random_directions(seed, b, min(QUERY_BLOCK, num - b * QUERY_BLOCK), d)
+
+    # blocks are drawn on host threads (NumPy releases the GIL while it fills an array)
+    with ThreadPoolExecutor(max(1, min(SEARCH_BLOCKS, os.cpu_count() or 1))) as pool:
+        for g0 in range(b0, b1, SEARCH_BLOCKS):  # a few blocks per search: fewer, larger products
+            group = range(g0, min(g0 + SEARCH_BLOCKS, b1))
+            local.append(searcher.search(np.concatenate(list(pool.map(draw, group)))))
+            bar.update(len(group))
     bar.close()
     mine = np.concatenate(local) if local else np.empty(0, np.int64)
     if dist.world_size() == 1:

@@ -89,7 +89,7 @@ class IntrinsicSampler(BaseSampler):
     def probabilities(self) -> np.ndarray:
         """Eq. 10's p (float64 (N,)), computed on first use and kept."""
         if self._p is None:
-            kwargs = self.options.density.resolved(self.data.n)
+            kwargs = self.options.density.kwargs(self.data.n, self.data.labels)
             density = angular_kde(self.data.embeddings, self.bandwidth, None, progress=self.data.progress, **kwargs)
             self._p = intrinsic_probabilities(density)
         return self._p
