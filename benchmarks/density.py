@@ -1,4 +1,4 @@
-"""Density benchmark (issue 3): float32 matmul peak, exact angular KDE at 10k/50k/100k, scikit-learn
+"""Density benchmark: float32 matmul peak, exact angular KDE at 10k/50k/100k, scikit-learn
 KernelDensity at 10k/20k, kNN (FAISS IVF) at 100k against exact. Clustered synthetic embeddings, d=512.
 
     .venv/bin/python benchmarks/density.py            # the full table
