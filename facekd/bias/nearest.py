@@ -151,6 +151,7 @@ class TorchSearch:
             raise ValueError(f"dtype {dtype!r} is a GPU option; use float32 on {self.device}")
         self.ref = as_tensor(x)
         self.memory_bytes, self.chunk_bytes = memory_bytes, chunk_bytes
+        self._reference: Reference | None = None  # kept between calls: one copy to the device per epoch
 
     def search(self, queries: np.ndarray) -> np.ndarray:
         tdt = _TORCH_DTYPES[self.dtype]
@@ -170,7 +171,13 @@ class TorchSearch:
         prev_tf32 = torch.backends.cuda.matmul.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = self.dtype == "tf32"
         try:
-            for r0, ref in Reference(self.ref, plan, self.device, tdt).blocks():
+            reference = self._reference
+            if reference is None or (reference.plan.resident, reference.plan.ref_rows) != (
+                plan.resident,
+                plan.ref_rows,
+            ):
+                reference = self._reference = Reference(self.ref, plan, self.device, tdt)
+            for r0, ref in reference.blocks():
                 for s in range(0, n_q, plan.query_rows):
                     e = min(s + plan.query_rows, n_q)
                     if tdt == torch.bfloat16:
