@@ -24,7 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["CPU_CHUNK_BYTES", "MIN_QUERY_ROWS", "BlockPlan", "Reference", "as_tensor", "device_memory", "plan_blocks"]
+__all__ = [
+    "CPU_CHUNK_BYTES",
+    "MIN_QUERY_ROWS",
+    "BlockPlan",
+    "Reference",
+    "as_tensor",
+    "auto_device",
+    "device_memory",
+    "plan_blocks",
+]
 
 CPU_CHUNK_BYTES = 256 << 20
 MAX_CUDA_CHUNK_BYTES = 4 << 30
@@ -39,6 +48,13 @@ class BlockPlan:
     ref_rows: int
     resident: bool
     query_group_rows: int  # query rows on the device at once when the reference is streamed
+
+
+def auto_device(name: str | torch.device) -> torch.device:
+    """ "auto" → the current CUDA device when there is one (each torchrun rank's own), else the CPU."""
+    if str(name) != "auto":
+        return torch.device(name)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def device_memory(device: torch.device) -> int | None:

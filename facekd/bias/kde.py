@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from facekd import dist
-from facekd.bias.blocks import Reference, plan_blocks
+from facekd.bias.blocks import Reference, auto_device, plan_blocks
 from facekd.bias.cells import identity_cells
 from facekd.utils import check_embeddings
 
@@ -656,8 +656,10 @@ class DensityOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["auto", "exact", "knn"] = "auto"
-    device: str = Field("cpu", description="exact: torch device (cpu, cuda, cuda:1)")
-    dtype: Literal["float32", "float64", "tf32", "bf16"] = Field("float32", description="exact: products")
+    device: str = Field("auto", description="exact: torch device; auto: CUDA when available, else cpu")
+    dtype: Literal["auto", "float32", "float64", "tf32", "bf16"] = Field(
+        "auto", description="exact: products; auto: tf32 on CUDA, float32 on the CPU"
+    )
     truncate_tol: float = Field(1e-4, ge=0)
     k: int = Field(256, ge=1, strict=True, description="knn flat: neighbours per point")
     index: Literal["flat", "ivf"] | None = None
@@ -669,9 +671,11 @@ class DensityOptions(BaseModel):
 
     def resolved(self, n: int) -> dict:
         """method and the options that apply to it, as `angular_kde` keywords (JSON data)."""
-        method = resolve_method(self.method, n, self.device)
+        device = auto_device(self.device)
+        method = resolve_method(self.method, n, device)
         if method == "exact":
-            return {"method": method, "device": self.device, "dtype": self.dtype, "truncate_tol": self.truncate_tol}
+            dtype = self.dtype if self.dtype != "auto" else "tf32" if device.type == "cuda" else "float32"
+            return {"method": method, "device": str(device), "dtype": dtype, "truncate_tol": self.truncate_tol}
         index = self.index or ("ivf" if self.method == "auto" else "flat")
         out: dict = {"method": method, "index": index, "truncate_tol": self.truncate_tol}
         if index == "flat":

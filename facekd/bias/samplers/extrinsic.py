@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
+from facekd.bias.blocks import auto_device
 from facekd.bias.nearest import EXACT_MAX, make_search, nearest_to_random_directions, resolve_search
 from facekd.bias.samplers.base import BaseSampler, SamplerOptions, SamplingData, register_sampler
 from facekd.bias.samplers.uniform import check_num
@@ -28,19 +28,12 @@ def extrinsic_sampling(embeddings, num: int | None = None, seed: int = 0, *, sea
     return nearest_to_random_directions(search, x.shape[1], check_num(num, x.shape[0]), seed)
 
 
-def auto_device(name: str) -> torch.device:
-    """ "auto" → the current CUDA device when there is one, else the CPU; any other name as is."""
-    if name != "auto":
-        return torch.device(name)
-    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-
-
 class ExtrinsicOptions(SamplerOptions):
     num: int | None = Field(None, ge=0, strict=True, description="draws per epoch; default: the dataset size")
     search: Literal["auto", "flat", "torch", "ivf"] = Field(
         "auto", description="auto: torch on CUDA; on CPU flat (exact) up to exact_max rows, ivf above"
     )
-    device: str = Field("cpu", description="cpu, cuda, cuda:1 or auto (CUDA when available)")
+    device: str = Field("auto", description="auto (CUDA when available), cpu, cuda, cuda:1")
     dtype: Literal["float32", "tf32", "bf16"] = Field("tf32", description="products of the torch search on CUDA")
     exact_max: int = Field(EXACT_MAX, ge=0, strict=True, description="auto on CPU: exact up to this many rows")
     nprobe: int = Field(32, ge=1, strict=True, description="ivf: identity cells searched per direction")
