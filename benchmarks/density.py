@@ -1,4 +1,4 @@
-"""Density benchmark (issue 3): float32 matmul peak, exact angular KDE at 10k/50k/100k, scikit-learn
+"""Density benchmark: float32 matmul peak, exact angular KDE at 10k/50k/100k, scikit-learn
 KernelDensity at 10k/20k, kNN (FAISS IVF) at 100k against exact. Clustered synthetic embeddings, d=512.
 
     .venv/bin/python benchmarks/density.py            # the full table
@@ -24,18 +24,29 @@ D = 512
 H = math.radians(12)
 
 
-def clustered_embeddings(n: int, d: int = D, seed: int = 0) -> np.ndarray:
+def clustered_embeddings(n: int, d: int = D, seed: int = 0, twins: float = 0.0, with_labels: bool = False):
     """Face-like clusters: long-tailed identity sizes (2..200, Zipf-like), per-identity spread with
-    typical within-identity angles of 20-40°, 5 % 'hard' images with twice the spread. float32 (n, d)."""
+    typical within-identity angles of 20-40°, 5 % 'hard' images with twice the spread. float32 (n, d).
+
+    twins: the fraction of identities whose centre is moved to cosine 0.8 of another identity's
+    (the same person under two labels, as in web-collected face sets); with_labels: also return
+    the identity of each row, int64 (n,)."""
     rng = np.random.default_rng(seed)
     sizes = np.clip((rng.pareto(1.2, n) * 10 + 2).astype(int), 2, 200)
     sizes = sizes[: np.searchsorted(np.cumsum(sizes), n) + 1]
     labels = np.repeat(np.arange(sizes.size), sizes)[:n]
     centres = rng.standard_normal((sizes.size, d))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    if twins > 0:
+        tw = np.random.default_rng([seed, 1])
+        moved = tw.choice(sizes.size, int(twins * sizes.size), replace=False)
+        partner = tw.integers(0, sizes.size, moved.size)
+        centres[moved] = 0.8 * centres[partner] + 0.6 * centres[moved]  # cos 0.8 (the two are ~orthogonal)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     spread = rng.uniform(0.3, 0.6, sizes.size)[labels] * np.where(rng.random(n) < 0.05, 2.0, 1.0)
     x = centres[labels] + spread[:, None] * rng.standard_normal((n, d)) / math.sqrt(d)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return (x, labels.astype(np.int64)) if with_labels else x
 
 
 def matmul_peak(size: int = 4096, reps: int = 3) -> float:
@@ -85,7 +96,7 @@ def main() -> None:
     for n in sizes:
         x = data.setdefault(n, clustered_embeddings(n))
         peak = matmul_peak()  # re-measured next to each run: the machine is shared
-        t = _timed(lambda: exact_times.__setitem__(n, kde_exact(x, H, progress=False)))
+        t = _timed(lambda n=n, x=x: exact_times.__setitem__(n, kde_exact(x, H, progress=False)))
         exact_times[n] = (t, exact_times[n])
         rate = 2 * n * n * D / t
         rows.append(("exact", n, t, n / t, f"{rate / 1e9:.0f} GFLOP/s = {rate / peak:.0%} of {peak / 1e9:.0f}"))
@@ -95,8 +106,8 @@ def main() -> None:
         chord_h = 2 * math.sin(H / 2)  # Euclidean chord of a 12° angle
         for n in sk_sizes:
             x = data.get(n) if n in data else clustered_embeddings(n)
-            t_sk = _timed(lambda: KernelDensity(bandwidth=chord_h).fit(x).score_samples(x))
-            t_us = min(_timed(lambda: kde_exact(x, H, progress=False)) for _ in range(2))
+            t_sk = _timed(lambda x=x: KernelDensity(bandwidth=chord_h).fit(x).score_samples(x))
+            t_us = min(_timed(lambda x=x: kde_exact(x, H, progress=False)) for _ in range(2))
             rows.append(("sklearn KernelDensity", n, t_sk, n / t_sk, f"ours {t_us:.2f}s: {t_sk / t_us:.0f}x faster"))
     n = sizes[-1]
     x = data[n]

@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -38,6 +37,7 @@ from pydantic import (
     model_validator,
 )
 
+from facekd.bias.sampling import SamplerConfig, build_sampler
 from facekd.data.spec import DataConfig, build_dataset
 from facekd.train import TrainConfig
 from facekd.utils import atomic_path, parse_angle
@@ -140,35 +140,6 @@ class TeacherConfig(_Strict):
         if self.head is not None and not self.online:
             raise ValueError("head needs an online teacher (checkpoint + online: true)")
         return self
-
-
-class SamplerConfig(_Strict):
-    """uniform: a shuffle per epoch; file: `path` to an int64 .npy sample list (one epoch);
-    intrinsic / extrinsic / usi: facekd.bias.samplers.epoch_fn on the teacher cache (options: num,
-    bandwidth e.g. '12deg', ...); pk: facekd.data.pk_sampler.PKSampler, options {p: 16, k: 4}
-    (P identities × K images per batch, reid-strong-baseline's 16 × 4; batch_size must be P·K)."""
-
-    name: Literal["uniform", "file", "intrinsic", "extrinsic", "usi", "pk"] = "uniform"
-    path: Path | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check(self):
-        if (self.name == "file") != (self.path is not None):
-            raise ValueError("path is needed by (and only by) sampler name 'file'")
-        _existing(self.path, "sample list")
-        if self.name == "pk":
-            unknown = set(self.options) - {"p", "k"}
-            if unknown:
-                raise ValueError(f"sampler pk: unknown options {sorted(unknown)}; expected p, k")
-            for key in ("p", "k"):
-                v = self.options.setdefault(key, _PK_DEFAULTS[key])
-                if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                    raise ValueError(f"sampler pk: option {key} must be an integer ≥ 1, got {v!r}")
-        return self
-
-
-_PK_DEFAULTS = {"p": 16, "k": 4}
 
 
 class MetricConfig(_Strict):
@@ -315,28 +286,6 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def build_sampler(cfg: SamplerConfig, dataset, seed: int, cache=None):
-    """None (uniform shuffle), an int64 array (file), an epoch → indices callable, or a PKSampler."""
-    if cfg.name == "uniform" and not cfg.options:
-        return None
-    if cfg.name == "pk":
-        from facekd.data.pk_sampler import PKSampler
-
-        return PKSampler(dataset.labels, p=cfg.options["p"], k=cfg.options["k"], seed=seed)
-    if cfg.name == "file":
-        arr = np.load(cfg.path, allow_pickle=False)
-        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
-            raise ValueError(f"sample list {cfg.path}: expected a 1-D integer array, got {arr.dtype} {arr.shape}")
-        if arr.size and (arr.min() < 0 or arr.max() >= len(dataset)):
-            raise ValueError(f"sample list {cfg.path}: indices must lie in [0, {len(dataset)})")
-        return arr.astype(np.int64)
-    from facekd.bias.samplers import epoch_fn
-
-    opts = dict(cfg.options)
-    if isinstance(opts.get("bandwidth"), str):
-        opts["bandwidth"] = parse_angle(opts["bandwidth"])
-    embeddings = np.asarray(cache.embeddings) if cache is not None else None
-    return epoch_fn(cfg.name, embeddings=embeddings, labels=dataset.labels, n=len(dataset), seed=seed, **opts)
 
 
 __all__ = [

@@ -1,5 +1,6 @@
 """Uniformity (Eq. 4, 9): entropy against a loop, the paper's Fig. 3 property, weighted lists."""
 
+import itertools
 import math
 
 import numpy as np
@@ -47,7 +48,7 @@ def test_fig3_truncated_gaussian_monotone():
         t = rng.normal(0, sigma, 20 * n)
         t = t[np.abs(t) <= 1][:n]
         values.append(uniformity(_on_circle(t), h, method="exact", progress=False).normalized)
-    assert all(a < b for a, b in zip(values, values[1:])), values
+    assert all(a < b for a, b in itertools.pairwise(values)), values
     # and a uniform sample is the most uniform
     u = uniformity(_on_circle(rng.uniform(-1, 1, n)), h, method="exact", progress=False).normalized
     assert u > values[-1] - 1e-3

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
+from pydantic import BeforeValidator
 
-from facekd.utils import check_embeddings
+from facekd.utils import check_embeddings, parse_angle
 
-__all__ = ["BandwidthResult", "bandwidth_rule"]
+__all__ = ["BandwidthResult", "BandwidthSpec", "bandwidth_rule", "check_bandwidth", "resolve_bandwidth"]
 
 
 @dataclass
@@ -65,3 +67,32 @@ def bandwidth_rule(embeddings, labels, min_images: int = 2, factor: float = 0.9)
     return BandwidthResult(
         h, sigma, classes.astype(np.int64), counts.astype(np.int64), int(usable.sum()), int((~usable).sum())
     )
+
+
+def check_bandwidth(value) -> str:
+    """A bandwidth as written in configs and on the command line: an angle with its unit in
+    (0°, 180°] ("12deg", "0.21rad") or "auto" (the rule above, on the embeddings' labels).
+    Returns the canonical text (stripped; "auto" lower-cased); ValueError naming the value otherwise."""
+    text = str(value).strip()
+    if text.lower() == "auto":
+        return "auto"
+    radians = parse_angle(value)
+    if not 0.0 < radians <= math.pi:
+        raise ValueError(f"bandwidth {text!r} is outside (0deg, 180deg]: an angle between unit vectors")
+    return text
+
+
+BandwidthSpec = Annotated[str, BeforeValidator(check_bandwidth)]
+"""A pydantic field type for `check_bandwidth`: YAML options and CLI flags share it."""
+
+
+def resolve_bandwidth(spec: str, embeddings=None, labels=None) -> tuple[float, BandwidthResult | None]:
+    """(h in radians, the rule's result when `spec` is "auto", else None). "auto" needs the
+    embeddings (N, d) and their integer labels (N,)."""
+    spec = check_bandwidth(spec)
+    if spec != "auto":
+        return parse_angle(spec), None
+    if embeddings is None or labels is None:
+        raise ValueError("bandwidth auto (the rule of Eq. 5-7) needs the embeddings and their labels")
+    res = bandwidth_rule(embeddings, labels)
+    return res.bandwidth, res

@@ -8,7 +8,8 @@ P identities chosen at random among those with chunks left, until fewer than P r
 Deterministic: the plan depends only on (seed, epoch); call `set_epoch` each epoch. Under DDP,
 whole batches are dealt round-robin to ranks (batch b → rank b mod W), truncated to a multiple of
 W, so each rank sees complete PK batches; use the DataLoader with batch_size = P·K and
-drop_last=True.
+drop_last=True. Registered as sampler "pk" (`facekd.bias.samplers.pk`), it also has the sampler
+interface there: `indices(epoch)` (all batches of the epoch, every rank) and `describe()`.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ class PKSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def batches(self) -> list[np.ndarray]:
-        """All PK batches of this epoch (every rank), each an int64 (P·K,) array of rows."""
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """All PK batches of `epoch` (default: the current one; every rank), each int64 (P·K,) rows."""
+        rng = np.random.default_rng([self.seed, self.epoch if epoch is None else int(epoch)])
         chunks = []
         for rows in self.rows:
             r = rng.choice(rows, size=self.k, replace=True) if len(rows) < self.k else rng.permutation(rows)
@@ -61,6 +62,17 @@ class PKSampler(Sampler[int]):
             out.append(np.concatenate([chunks[alive[j]].pop() for j in picked]))
             alive = [i for i in alive if chunks[i]]
         return out
+
+    def indices(self, epoch: int) -> np.ndarray:
+        """Every row of `epoch`'s batches, batch after batch (all ranks): int64 (batches·P·K,)."""
+        b = self.batches(epoch)
+        return np.concatenate(b) if b else np.empty(0, np.int64)
+
+    def describe(self) -> dict:
+        return {"name": "pk", "seed": int(self.seed), "options": {"p": int(self.p), "k": int(self.k)}}
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        return self.indices(epoch)
 
     def _local(self) -> list[np.ndarray]:
         if self._plan is None or self._plan[0] != self.epoch:

@@ -102,11 +102,14 @@ class IndexListSampler(torch.utils.data.Sampler[int]):
     def epoch_indices(self, epoch: int | None = None) -> np.ndarray:
         """The whole epoch's list (all ranks, before padding/sharding), int64 `(M,)`."""
         epoch = self.epoch if epoch is None else int(epoch)
+        cache = self._cache
         if callable(self._source):
             key = epoch if self.regenerate_each_epoch else 0
-            if self._cache is None or self._cache[0] != key:
-                self._cache = (key, self._validate(self._source(key), f"fn({key})"))
-        idx = self._cache[1]
+            if cache is None or cache[0] != key:
+                cache = self._cache = (key, self._validate(self._source(key), f"fn({key})"))
+        if cache is None:
+            raise RuntimeError("IndexListSampler: no index list")  # unreachable: a fixed list is cached at init
+        idx = cache[1]
         if self.shuffle:
             idx = idx[np.random.default_rng([self.seed, epoch]).permutation(idx.size)]
         return idx
