@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
+from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 from facekd.embed import embed_dataset
 from facekd.losses.distiller import Distiller
 from facekd.models import get_model

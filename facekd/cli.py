@@ -218,7 +218,7 @@ def eval_(
     import numpy as np
     import torch
 
-    from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
+    from facekd.synthfaces import SynthFacesConfig, make_synthfaces
     from facekd.embed import embed_batch
     from facekd.evaluate.verification import evaluate_pairs, plot_roc
     from facekd.utils import save_json

@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from facekd.data.spec import DataConfig, build_dataset
 from facekd.train import TrainConfig
 from facekd.utils import atomic_path, parse_angle
 
@@ -46,53 +47,6 @@ def _existing(p: Path | None, what: str) -> Path | None:
     if p is not None and not Path(p).exists():
         raise ValueError(f"{what} {p} does not exist")
     return p
-
-
-class DataConfig(_Strict):
-    """kind synthfaces: `preset` + `synthfaces` overrides of SynthFacesConfig, `split` train/test.
-    recordio: `path` = folder or prefix of train.rec/.idx; folder: `path` = root/<id>/<img>;
-    list: `path` = list file; arrays: `path` = .npz with uint8 `images` and int `labels`;
-    idx: `path` = folder of Fashion-MNIST / MNIST IDX files, `split` train/test;
-    market1501 / dukemtmc: `path` = the re-ID dataset folder (or its parent), `split`
-    train/query/gallery, `image_size` [H, W] (default [256, 128]), ImageNet normalisation."""
-
-    kind: Literal["synthfaces", "recordio", "folder", "list", "arrays", "idx", "market1501", "dukemtmc"] = "synthfaces"
-    preset: Literal["quick", "default", "full"] = "default"
-    split: Literal["train", "test", "query", "gallery"] = "train"
-    synthfaces: dict[str, Any] = Field(default_factory=dict)
-    cache_dir: Path | None = None
-    path: Path | None = None
-    image_size: int | tuple[int, int] | None = Field(None, description="[H, W] only for re-ID kinds")
-    hflip: bool = False
-
-    @model_validator(mode="after")
-    def _check(self):
-        splits = _SPLITS.get(self.kind, ("train",))
-        if self.split not in splits:
-            raise ValueError(f"kind {self.kind} has split {' / '.join(splits)}, not {self.split}")
-        if isinstance(self.image_size, tuple) and self.kind not in _REID_KINDS:
-            raise ValueError(f"image_size [H, W] applies only to kinds {' / '.join(_REID_KINDS)}; use one int")
-        if self.kind == "synthfaces":
-            if self.path is not None:
-                raise ValueError("path is not used with kind synthfaces (use preset / synthfaces)")
-        elif self.path is None:
-            raise ValueError(f"kind {self.kind} needs a path")
-        else:
-            _existing(self.path if self.kind != "recordio" else _recordio_probe(self.path), "data path")
-        return self
-
-
-_REID_KINDS = ("market1501", "dukemtmc")
-_SPLITS = {
-    "synthfaces": ("train", "test"),
-    "idx": ("train", "test"),
-    **{k: ("train", "query", "gallery") for k in _REID_KINDS},
-}
-
-
-def _recordio_probe(path: Path) -> Path:
-    p = Path(path)
-    return p if p.exists() else p.with_suffix(".rec")
 
 
 class ModelConfig(_Strict):
@@ -342,56 +296,6 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------
 # the dataset and the sampler a config describes (the rest of a run: facekd.build)
 # --------------------------------------------------------------------------------------------
-
-
-def build_dataset(cfg: DataConfig):
-    """The training dataset described by `cfg` (see DataConfig)."""
-    if cfg.kind == "synthfaces":
-        from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
-
-        synth = SynthFacesConfig.preset(cfg.preset, **cfg.synthfaces)
-        ds = getattr(make_synthfaces(synth, cache_dir=cfg.cache_dir), cfg.split)
-        return ds.with_hflip(True) if cfg.hflip else ds
-    if cfg.hflip:
-        from facekd.data.transforms import random_hflip as transform
-    else:
-        transform = None
-    if cfg.kind == "recordio":
-        from facekd.data.recordio import RecordIODataset
-
-        return RecordIODataset(cfg.path, image_size=cfg.image_size, transform=transform)
-    if cfg.kind == "folder":
-        from facekd.data.folder import ImageFolderDataset
-
-        return ImageFolderDataset(cfg.path, image_size=cfg.image_size, transform=transform)
-    if cfg.kind == "list":
-        from facekd.data.folder import ListFileDataset
-
-        return ListFileDataset(cfg.path, image_size=cfg.image_size, transform=transform)
-    if cfg.kind in _REID_KINDS:
-        from facekd.data.reid import ReIDDataset
-
-        size = cfg.image_size or (256, 128)
-        return ReIDDataset(
-            cfg.path,
-            cfg.kind,
-            cfg.split,
-            image_size=(size, size) if isinstance(size, int) else size,
-            transform=transform,
-        )
-    if cfg.kind == "idx":
-        from facekd.data.arrays import load_fashion_mnist
-
-        return load_fashion_mnist(cfg.path, cfg.split, hflip=cfg.hflip)
-    from facekd.data.arrays import ArrayDataset
-
-    with np.load(cfg.path, allow_pickle=False) as z:
-        missing = {"images", "labels"} - set(z.files)
-        if missing:
-            raise ValueError(f"{cfg.path}: missing arrays {sorted(missing)} (expected uint8 images and int labels)")
-        return ArrayDataset(
-            z["images"], z["labels"], z["groups"] if "groups" in z.files else None, hflip=cfg.hflip, name=str(cfg.path)
-        )
 
 
 def build_sampler(cfg: SamplerConfig, dataset, seed: int, cache=None):

@@ -360,8 +360,7 @@ def run_refo(
     common = {"d1": train_set.fingerprint(), "normalize": cfg.normalize, "flip": cfg.flip, "emb_loss": cfg.emb_loss}
 
     def embed(model: nn.Module, dataset, out: Path) -> dict:
-        if hasattr(dataset, "with_hflip"):  # targets are looked up by row: embed without augmentation
-            dataset = dataset.with_hflip(False)
+        dataset = dataset.without_augmentation()  # targets are looked up by row: embed without augmentation
         embed_dataset(
             model.to(resolve_device(device)),
             dataset,

@@ -96,8 +96,10 @@ def test_array_dataset_contract_and_errors():
     assert ds[0]["image"].min() == -1.0
     assert it["label"].dtype == torch.int64 and int(it["index"]) == 1
     assert ds.num_classes == 3 and ds.labels.dtype == np.int64 and ds.groups.tolist() == [1, 1, 0]
-    flipped = ds.with_hflip()
-    assert not ds.hflip and flipped.hflip and flipped.fingerprint() != ds.fingerprint()
+    flipped = ds.with_augmentation({"hflip": True})
+    assert ds.augmentation == {"hflip": False} and flipped.augmentation == {"hflip": True}
+    assert flipped.fingerprint() == ds.fingerprint()  # augmentation is not content
+    assert flipped.without_augmentation().augmentation == {"hflip": False} and flipped.images is ds.images
     torch.manual_seed(0)
     seen = {float(flipped[2]["image"][0, 0, 0]) for _ in range(20)}
     assert seen == {-1.0, 1.0}  # the white column is sometimes moved to the right edge

@@ -199,11 +199,6 @@ def test_teacher_cache_is_embedded_from_the_unflipped_images(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs dataset fingerprints that are stable across processes for datasets with a transform "
-    "(EncodedImageDataset.fingerprint hashes repr(transform)); remove this mark once they are",
-)
 def test_hflip_recordio_run_is_reused_by_a_second_process(tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(_hflip_recordio_config(tmp_path)))

@@ -208,4 +208,4 @@ def test_embed_split_is_honoured_for_every_kind(tmp_path, capsys):
     assert code == 0 and "12 × " in out, err
     args = ["embed", "--arch", "iresnet_mini", "--kind", "arrays", "--data", str(_arrays(tmp_path))]
     code, _, err = _invoke([*args, "--split", "test", "--out", str(tmp_path / "x")], capsys)
-    assert code == 2 and err.count("\n") == 1 and "kind arrays has split train, not test" in err
+    assert code == 2 and err.count("\n") == 1 and "kind arrays has split train (and val with val_fraction), not test" in err

@@ -45,7 +45,7 @@ def test_list_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"train.txt:5: .*missing.jpg"):
         ds[2]
     lst.write_text("imgs/c.jpg one\n")
-    with pytest.raises(ValueError, match=r"train.txt:1: label 'one' is not an integer"):
+    with pytest.raises(ValueError, match=r"train.txt:1: label 'one' is not a non-negative integer"):
         ListFileDataset(lst)
     lst.write_text("imgs/c.jpg\n")
     with pytest.raises(ValueError, match=r"train.txt:1: expected 'path label'"):

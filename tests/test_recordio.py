@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
+import stat
 import struct
 
 import numpy as np
@@ -129,7 +131,7 @@ def test_property_mismatch_is_an_error(tmp_path):
 
 
 def corrupt(tmp_path, at_key: int, how: str):
-    recs, imgs, _ = insightface_layout(tmp_path)
+    recs, _imgs, _ = insightface_layout(tmp_path)
     offsets = write_files(tmp_path, recs, prop="2,8,8\n")
     rec = bytearray((tmp_path / "train.rec").read_bytes())
     off = offsets[at_key]
@@ -277,3 +279,106 @@ def test_cli_pack_and_inspect(tmp_path):
     assert res.exit_code == 0, res.output
     assert "header record 0 = [A=5, B=7]" in res.output and "0 undecodable" in res.output
     assert "preset ms1mv2: " in res.output and "expects 85742" in res.output
+
+
+def packed(tmp_path, with_header=True):
+    """6 images of 3 classes packed by write_recordio; returns {key: offset}."""
+    write_recordio([(jpeg(k), k // 2) for k in range(6)], f"{tmp_path}/", with_header=with_header)
+    lines = (tmp_path / "train.idx").read_text().split()
+    return dict(zip(map(int, lines[0::2]), map(int, lines[1::2])))
+
+
+def poke(path, at: int, data: bytes):
+    b = bytearray(path.read_bytes())
+    b[at : at + len(data)] = data
+    path.write_bytes(bytes(b))
+
+
+def test_fractional_label_raises_or_is_skipped_and_counted(tmp_path):
+    off = packed(tmp_path)
+    poke(tmp_path / "train.rec", off[3] + 12, floats(1.5))  # the scalar label of key 3
+    (tmp_path / "property").write_text("3,8,8\n")
+    with pytest.raises(RecordIOError, match=rf"key 3 at byte offset {off[3]}: label 1.5 is not a class id"):
+        RecordIODataset(tmp_path)
+    with pytest.warns(UserWarning, match="skipped 1 malformed"):
+        ds = RecordIODataset(tmp_path, on_error="skip")
+    assert ds.keys.tolist() == [1, 2, 4, 5, 6] and [s[0] for s in ds.skipped] == [3]
+
+
+def test_header_labels_that_are_not_key_counts_are_refused_at_once(tmp_path):
+    packed(tmp_path)
+    for a, b in ((float("inf"), 9.0), (3e38, 3e38), (2.5, 9.0), (7.0, 5.0)):
+        poke(tmp_path / "train.rec", 32, floats(a, b))
+        with pytest.raises(RecordIOError, match="key 0 at byte offset 0: header record label"):
+            RecordIODataset(tmp_path)
+
+
+def test_identity_records_are_checked_against_labels_and_each_other(tmp_path):
+    off = packed(tmp_path)  # images at keys 1..6, identity records at keys 7, 8, 9: [1, 3), [3, 5), [5, 7)
+    poke(tmp_path / "train.rec", off[8] + 32, floats(2.0))  # class 1 now claims [2, 5)
+    with pytest.raises(ValueError, match=r"classes 0 \(keys \[1, 3\)\) and 1 \(keys \[2, 5\)\) overlap"):
+        RecordIODataset(tmp_path)
+    poke(tmp_path / "train.rec", off[8] + 32, floats(3.0))
+    poke(tmp_path / "train.rec", off[5] + 12, floats(1.0))  # key 5 is in class 2's range
+    with pytest.raises(RecordIOError, match="key 5 .* label 1, but the identity records give key 5 to class 2"):
+        RecordIODataset(tmp_path)
+
+
+@pytest.mark.parametrize("with_header,cut", [(True, 3), (False, 1)])
+def test_records_missing_from_a_cut_index_are_detected(tmp_path, with_header, cut):
+    packed(tmp_path, with_header)
+    lines = (tmp_path / "train.idx").read_text().splitlines(keepends=True)
+    (tmp_path / "train.idx").write_text("".join(lines[:-cut]))  # cut at a line boundary
+    (tmp_path / "property").unlink()
+    with pytest.raises(ValueError, match=r"train.rec: \d+ byte\(s\) are not covered by any record of .*train.idx"):
+        RecordIODataset(tmp_path)
+    with pytest.warns(UserWarning, match="not covered by any record"):
+        RecordIODataset(tmp_path, on_error="skip")
+
+
+def test_property_problems_name_the_property_file(tmp_path):
+    packed(tmp_path)
+    (tmp_path / "property").write_bytes(b"3,16,16\n6\n")
+    with pytest.raises(ValueError, match=r"property: says images are 16x16, but the first image \(.*key 1.*\) is 8x8"):
+        RecordIODataset(tmp_path)
+    assert RecordIODataset(tmp_path, image_size=16, resize=True)[0]["image"].shape == (3, 16, 16)
+    (tmp_path / "property").write_bytes("3,8,8\n6\n".encode("utf-16"))
+    with pytest.raises(ValueError, match="property: expected 'num_classes,height,width'.* non-ASCII byte 0xff"):
+        RecordIODataset(tmp_path)
+
+
+def test_verify_reports_corrupt_jpeg_entropy_data_that_pil_decodes(tmp_path):
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:64, 0:64] / 64
+    img = np.clip(np.stack([128 + 90 * np.sin(3 * c * xx + 2 * yy) for c in (1, 2, 3)], -1), 0, 255)
+    img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    good = buf.getvalue()
+    import simplejpeg
+
+    sos = good.find(b"\xff\xda")
+    for pos in range(sos + 40, len(good) - 8, 5):  # a change of entropy-coded data that PIL decodes silently
+        bad = bytearray(good)
+        bad[pos] ^= 0x5A
+        try:
+            simplejpeg.decode_jpeg(bytes(bad), strict=True)
+        except ValueError:
+            if not np.array_equal(decoded(bytes(bad)), decoded(good)):
+                break
+    else:
+        raise AssertionError("no silently mis-decoded corruption found")
+    write_recordio([(good, 0), (bytes(bad), 0)], f"{tmp_path}/", with_header=False)
+    ds = RecordIODataset(tmp_path)
+    assert ds.load_image(1).shape == (64, 64, 3)  # training reads it
+    assert [(key, "corrupt JPEG data" in why) for key, _, why in ds.verify()] == [(1, True)]
+
+
+def test_packed_files_get_the_mode_the_umask_gives(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_recordio([(jpeg(1), 0)], f"{tmp_path}/rec/")
+    finally:
+        os.umask(old)
+    for name in ("train.rec", "train.idx", "property"):
+        assert stat.S_IMODE((tmp_path / "rec" / name).stat().st_mode) == 0o644  # group and others can read

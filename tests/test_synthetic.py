@@ -4,16 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from facekd.data.synthetic import (
-    NUISANCES,
-    SynthFacesConfig,
-    _identity_params,
-    _nuisance_params,
-    allocate_groups,
-    identity_sizes,
-    make_synthfaces,
-    render_faces,
-)
+from facekd.synthfaces import NUISANCES, SynthFacesConfig, make_synthfaces
+from facekd.synthfaces.render import allocate_groups, identity_params, identity_sizes, nuisance_params, render_faces
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +32,10 @@ def test_item_contract(quick):
     assert item["label"].dtype == torch.int64 and int(item["label"]) == ds.labels[3] and int(item["index"]) == 3
     assert ds.num_classes == 40 and ds.image_size == 32 and ds.labels.dtype == np.int64
     assert set(ds.nuisance) == set(NUISANCES) and all(v.shape == (len(ds),) for v in ds.nuisance.values())
-    assert ds.with_hflip().hflip and type(ds.with_hflip()) is type(ds)
+    flipped = ds.with_augmentation({"hflip": True})
+    assert flipped.augmentation == {"hflip": True} and type(flipped) is type(ds) and ds.augmentation == {"hflip": False}
+    assert flipped.fingerprint() == ds.fingerprint()  # augmentation is not content
+    assert flipped.without_augmentation().augmentation == {"hflip": False}
 
 
 def test_identity_sizes_match_slow_power_law_quantiles():
@@ -97,7 +92,7 @@ def test_groups_per_identity_and_proportions(quick):
 
 def test_nuisance_bias_easy_images_dominate():
     cfg = SynthFacesConfig()
-    nu = _nuisance_params(np.random.default_rng(0), 20_000, cfg)
+    nu = nuisance_params(np.random.default_rng(0), 20_000, cfg)
     hard = nu["hard"]
     assert abs(hard.mean() - cfg.hard_fraction) < 0.01
     easy = ~hard
@@ -143,8 +138,8 @@ def test_too_many_pairs_raise():
 
 def _one_face(**nuis_over):
     cfg = SynthFacesConfig(hard_fraction=0.0)
-    ident = _identity_params(np.random.default_rng(0), np.array([0]))
-    nu = _nuisance_params(np.random.default_rng(1), 1, cfg)
+    ident = identity_params(np.random.default_rng(0), np.array([0]))
+    nu = nuisance_params(np.random.default_rng(1), 1, cfg)
     nu.update(
         yaw=np.zeros(1, np.float32),
         roll=np.zeros(1, np.float32),

@@ -136,7 +136,7 @@ def test_task_argument_errors():
         ({"task": "metric", "sampler": {"name": "pk", "options": {"q": 2}}}, r"unknown options \['q'\]"),
         ({"task": "classification", "head": {"name": "arcface"}}, r"classification needs head \{name: softmax\}"),
         ({"task": "face", "metric": {"triplet_margin": 0.3}}, r"metric block applies only to task metric"),
-        ({"data": {"kind": "arrays", "path": ".", "image_size": [8, 4]}}, r"image_size \[H, W\] applies only"),
+        ({"data": {"kind": "arrays", "path": ".", "image_size": [8, 4]}}, r"kind arrays does not use image_size"),
         ({"data": {"kind": "idx", "path": ".", "split": "query"}}, r"kind idx has split train / test"),
     ],
 )

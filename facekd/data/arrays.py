@@ -6,21 +6,22 @@ labels into the dataset contract of `facekd.data.base`. SynthFaces builds on it.
 
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from facekd.data.base import to_tensor_image
-from facekd.data.transforms import random_hflip
+from facekd.data.augment import Augmentation
+from facekd.data.base import Augmentable, to_tensor_image
 from facekd.utils import atomic_path
 
 
-class ArrayDataset(torch.utils.data.Dataset):
+class ArrayDataset(Augmentable, torch.utils.data.Dataset):
     """Face dataset over in-memory uint8 images.
 
     Args:
@@ -29,8 +30,8 @@ class ArrayDataset(torch.utils.data.Dataset):
         labels: integer `(N,)`, values in `[0, num_classes)`.
         groups: optional integer `(N,)` demographic (or any) group per image.
         num_classes: defaults to `labels.max() + 1`.
-        hflip: training augmentation: each `__getitem__` mirrors the image with probability 0.5
-            (torch's global generator, seeded per DataLoader worker).
+        augment: the training augmentation as data (`facekd.data.augment.Augmentation` or a
+            mapping such as {"hflip": True}), applied in `__getitem__`.
         name: used in error messages.
 
     Items: `{"image": float32 (3, H, W) in [-1, 1], "label": int64, "index": int64}`.
@@ -42,7 +43,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         labels: np.ndarray,
         groups: np.ndarray | None = None,
         num_classes: int | None = None,
-        hflip: bool = False,
+        augment: Augmentation | dict[str, Any] | None = None,
         name: str = "ArrayDataset",
     ):
         images = np.asarray(images)
@@ -65,7 +66,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         self.groups = None if groups is None else _int_column(groups, n, "groups", name)
         self.images = images
         self.image_size = int(images.shape[1])
-        self.hflip = bool(hflip)
+        self._augment = Augmentation.parse(augment)
         self.name = name
         self._fingerprint: str | None = None
 
@@ -80,9 +81,7 @@ class ArrayDataset(torch.utils.data.Dataset):
         img = self.images[index]
         if img.shape[-1] == 1:
             img = np.repeat(img, 3, axis=-1)
-        x = to_tensor_image(img)
-        if self.hflip:
-            x = random_hflip(x)
+        x = self._augment.apply(to_tensor_image(img))
         return {
             "image": x,
             "label": torch.tensor(self.labels[index], dtype=torch.int64),
@@ -90,31 +89,17 @@ class ArrayDataset(torch.utils.data.Dataset):
         }
 
     def fingerprint(self) -> str:
-        """16-hex-digit SHA-1 of images, labels, groups and the flip setting (cached)."""
+        """16-hex-digit SHA-1 of the images, labels, groups and class count (cached); independent
+        of the augmentation."""
         if self._fingerprint is None:
             h = hashlib.sha1()
-            h.update(repr((self.images.shape, self.num_classes, self.hflip)).encode())
+            h.update(repr((self.images.shape, self.num_classes)).encode())
             h.update(np.ascontiguousarray(self.images).data)
             h.update(self.labels.tobytes())
             if self.groups is not None:
                 h.update(self.groups.tobytes())
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
-
-    @property
-    def augmentation(self) -> dict:
-        """The random transforms as plain data: {"hflip": True} or {}."""
-        return {"hflip": True} if self.hflip else {}
-
-    def without_augmentation(self) -> ArrayDataset:
-        """The same rows, labels and order with no random transform."""
-        return self.with_hflip(False)
-
-    def with_hflip(self, hflip: bool = True) -> ArrayDataset:
-        """A shallow copy (same arrays, same class) with flip augmentation switched on or off."""
-        out = copy.copy(self)
-        out.hflip, out._fingerprint = bool(hflip), None
-        return out
 
 
 def _int_column(values, n: int, what: str, name: str) -> np.ndarray:
@@ -130,7 +115,7 @@ def _int_column(values, n: int, what: str, name: str) -> np.ndarray:
 # IDX files (http://yann.lecun.com/exdb/mnist/): 2 zero bytes, a type code, the number of
 # dimensions, then each dimension as a big-endian uint32, then the data, big-endian, row-major.
 
-_IDX_TYPES = {
+_IDX_TYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),
@@ -168,13 +153,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise ValueError(f"{path}: truncated IDX header: {ndim} dimensions need {header} bytes, file has {len(raw)}")
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    count = math.prod(shape)  # Python ints: a crafted shape cannot wrap around
+    expected = count * dtype.itemsize
     got = len(raw) - header
     if got < expected:
         raise ValueError(f"{path}: truncated IDX data: shape {shape} needs {expected} bytes, file has {got}")
     if got > expected:
         raise ValueError(f"{path}: {got - expected} unexpected trailing bytes after IDX data of shape {shape}")
-    data = np.frombuffer(raw, dtype=dtype, offset=header, count=int(np.prod(shape, dtype=np.int64)))
+    data = np.frombuffer(raw, dtype=dtype, offset=header, count=count)
     return data.reshape(shape).astype(dtype.newbyteorder("="))
 
 
@@ -184,14 +170,16 @@ _FASHION_FILES = {
 }
 
 
-def load_fashion_mnist(root: str | os.PathLike, split: str = "train", hflip: bool = False) -> ArrayDataset:
+def load_fashion_mnist(
+    root: str | os.PathLike, split: str = "train", augment: Augmentation | dict[str, Any] | None = None
+) -> ArrayDataset:
     """Fashion-MNIST (or MNIST: same file names) from `root` as an `ArrayDataset`.
 
     Looks for `{train,t10k}-{images-idx3,labels-idx1}-ubyte` with or without `.gz`.
     Images are 28×28 grey (repeated to RGB on read); 10 classes. Nothing is downloaded.
     """
     if split not in _FASHION_FILES:
-        raise ValueError(f"split must be one of {sorted(_FASHION_FILES)}, got {split!r}")
+        raise ValueError(f"Fashion-MNIST has splits {' / '.join(_FASHION_FILES)}, not {split!r}")
     root = Path(root)
     arrays = []
     for stem in _FASHION_FILES[split]:
@@ -207,7 +195,7 @@ def load_fashion_mnist(root: str | os.PathLike, split: str = "train", hflip: boo
         raise ValueError(
             f"{lab_path}: expected {images.shape[0]} labels (one per image in {img_path}), got shape {labels.shape}"
         )
-    return ArrayDataset(images, labels.astype(np.int64), num_classes=10, hflip=hflip, name=f"fashion-mnist/{split}")
+    return ArrayDataset(images, labels.astype(np.int64), num_classes=10, augment=augment, name=f"fashion-mnist/{split}")
 
 
 def save_grid(images: np.ndarray, path: str | os.PathLike, ncol: int = 16, scale: int = 1) -> None:

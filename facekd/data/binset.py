@@ -9,7 +9,10 @@ holds N bools.
 A `.bin` is a pickle, and unpickling runs whatever callables the file names. `load_bin` uses
 `RestrictedUnpickler`, which resolves only the handful of globals this format needs (numpy array
 and dtype reconstruction, restricted to uint8 / bool data, and `_codecs.encode` with latin-1, which
-protocol-2 pickles use for bytes) and refuses any other global *before* it could be called.
+protocol-2 pickles use for bytes) and refuses any other global *before* it could be called. The
+opcode stream is walked once first (`pickletools.genops`), so that a length field asking for more
+bytes than the file holds (e.g. 2^60) is refused before the unpickler would allocate them; any
+other failure of a damaged file is a ValueError naming it.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import struct
+import pickletools
 from pathlib import Path
 
 import numpy as np
 
-from facekd.data.folder import decode_image, encode_jpeg, resize_rgb
+from facekd.data.images import decode_image, encode_jpeg, resize_rgb
 from facekd.utils import atomic_path
 
 _ALLOWED_DTYPES = (np.dtype(np.uint8), np.dtype(np.bool_))
@@ -37,10 +40,21 @@ def _checked_dtype(obj, *args) -> np.dtype:
     return np.dtype(dt)  # a fresh instance: numpy's dtype reduce calls __setstate__ on the result
 
 
+class _NdarrayName:
+    """What the global `numpy.ndarray` resolves to: a name `_reconstruct` accepts as its subtype,
+    not the class itself (calling the class would allocate arrays of any shape)."""
+
+    def __repr__(self) -> str:
+        return "numpy.ndarray"
+
+
+_NDARRAY = _NdarrayName()
+
+
 def _reconstruct(subtype, shape, dtype):
     # numpy pickles an array as _reconstruct(ndarray, (0,), b'b') followed by __setstate__ with the
     # real dtype, which can only come from the checked `numpy.dtype` global.
-    if subtype is not np.ndarray:
+    if subtype is not _NDARRAY:
         raise pickle.UnpicklingError(f"array subtype {subtype!r} refused (only numpy.ndarray)")
     return np.ndarray.__new__(np.ndarray, (0,), np.int8)
 
@@ -65,7 +79,7 @@ _SAFE_GLOBALS = {
     **{(m, "_reconstruct"): _reconstruct for m in _NUMPY_MODULES},
     **{(m, "scalar"): _scalar for m in _NUMPY_MODULES},
     **{(m, "_frombuffer"): _frombuffer for m in ("numpy.core.numeric", "numpy._core.numeric")},
-    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "ndarray"): _NDARRAY,
     ("numpy", "dtype"): _checked_dtype,
     ("_codecs", "encode"): _latin1_encode,
 }
@@ -91,11 +105,27 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 
 def restricted_loads(data: bytes, source: str):
-    """Unpickle `data` with RestrictedUnpickler; Python 2 pickles (str entries) fall back to encoding='bytes'."""
+    """Unpickle `data` with RestrictedUnpickler; Python 2 pickles (str entries) fall back to encoding='bytes'.
+
+    The opcodes are walked first, so that declared lengths are checked against the data before
+    anything is allocated. Raises ValueError naming `source` for any malformed stream."""
     try:
-        return RestrictedUnpickler(io.BytesIO(data), source).load()
-    except UnicodeDecodeError:
-        return RestrictedUnpickler(io.BytesIO(data), source, encoding="bytes").load()
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+        try:
+            return RestrictedUnpickler(io.BytesIO(data), source).load()
+        except UnicodeDecodeError:
+            return RestrictedUnpickler(io.BytesIO(data), source, encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        if str(e).startswith(f"{source}: "):  # a refused global: the message already says so
+            raise ValueError(str(e)) from None
+        raise ValueError(f"{source}: not a verification .bin ({_one_line(e)})") from None
+    except Exception as e:  # a damaged stream fails in many ways (stack, memo, types); all mean "not a .bin"
+        raise ValueError(f"{source}: not a verification .bin ({_one_line(e)})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 def read_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
@@ -103,30 +133,36 @@ def read_bin(path: str | os.PathLike) -> tuple[list[bytes], np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"verification set {path} does not exist")
-    try:
-        obj = restricted_loads(path.read_bytes(), str(path))
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, struct.error) as e:
-        raise ValueError(f"{path}: not a verification .bin ({type(e).__name__}: {e})") from e
+    obj = restricted_loads(path.read_bytes(), str(path))
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise ValueError(f"{path}: expected a pickled pair (bins, issame_list), got {type(obj).__name__}")
     bins, issame = obj
     if not isinstance(issame, (list, tuple, np.ndarray)):
         raise ValueError(f"{path}: issame_list is a {type(issame).__name__}, expected a list of bools")
+    if isinstance(issame, np.ndarray) and (issame.dtype != np.bool_ or issame.ndim != 1):
+        raise ValueError(f"{path}: issame_list is a {issame.dtype} array of shape {issame.shape}, expected 1-D bools")
     for j, v in enumerate(issame):
         if not isinstance(v, (bool, np.bool_)):
-            raise ValueError(f"{path}: issame_list[{j}] is {v!r} ({type(v).__name__}), expected a bool")
+            raise ValueError(f"{path}: issame_list[{j}] is {_short(v)} ({type(v).__name__}), expected a bool")
     issame = np.asarray(issame, dtype=bool).reshape(-1)
+    if len(issame) == 0:
+        raise ValueError(f"{path}: issame_list is empty; expected at least one pair")
     if not isinstance(bins, (list, tuple)) or len(bins) != 2 * len(issame):
         n = len(bins) if isinstance(bins, (list, tuple)) else type(bins).__name__
         raise ValueError(f"{path}: expected 2 x {len(issame)} = {2 * len(issame)} images in bins, got {n}")
     out = []
     for j, b in enumerate(bins):
-        if isinstance(b, np.ndarray) and b.dtype == np.uint8:
+        if isinstance(b, np.ndarray) and b.dtype == np.uint8 and b.ndim == 1:
             b = b.tobytes()
         if not isinstance(b, (bytes, bytearray)):
             raise ValueError(f"{path}: bins[{j}] is a {type(b).__name__}, expected JPEG bytes or a uint8 array")
         out.append(bytes(b))
     return out, issame
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def load_bin(path: str | os.PathLike, image_size: int = 112) -> tuple[np.ndarray, np.ndarray]:

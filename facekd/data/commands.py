@@ -26,12 +26,12 @@ def pack_rec(
     ),
 ) -> None:
     """Pack an image folder or a list file into InsightFace RecordIO (train.rec / train.idx / property)."""
-    from facekd.data.folder import ImageFolderDataset, ListFileDataset
+    from facekd.data.folder import EncodedImageDataset, ImageFolderDataset, ListFileDataset
     from facekd.data.recordio import pack_dataset
 
     resize = image_size is not None
     if source.is_dir():
-        ds = ImageFolderDataset(source, image_size=image_size, resize=resize)
+        ds: EncodedImageDataset = ImageFolderDataset(source, image_size=image_size, resize=resize)
     else:
         ds = ListFileDataset(source, root=root, image_size=image_size, resize=resize)
     out = pack_dataset(ds, out_prefix, with_header=header, quality=quality)
@@ -43,7 +43,9 @@ def pack_rec(
 
 def inspect_rec(
     prefix: str = typer.Argument(..., help="Dataset folder (train.rec/.idx/property) or path stem."),
-    verify: bool = typer.Option(False, help="Also decode every image and list the bad ones."),
+    verify: bool = typer.Option(
+        False, help="Also decode every image strictly (corrupt JPEG data included) and list the bad ones."
+    ),
     preset: str | None = typer.Option(None, help="Compare with a preset: ms1mv2, ms1mv3, glint360k, webface42m."),
     skip_bad: bool = typer.Option(
         False, help="on_error='skip': count malformed records instead of stopping at the first."
@@ -69,7 +71,10 @@ def inspect_rec(
         typer.echo(f"  preset {preset}: " + ("matches" if not problems else "; ".join(problems)))
     if verify:
         bad = ds.verify()
-        typer.echo(f"  verify: {len(bad)} undecodable image(s)")
+        typer.echo(
+            f"  verify: {len(bad)} undecodable or corrupt image(s) of {len(ds)} (each decoded in full; JPEGs "
+            "also by libjpeg-turbo in strict mode. Damage that still forms a valid JPEG stream cannot be detected)"
+        )
         for key, off, why in bad[:20]:
             typer.echo(f"    key {key} offset {off}: {why}")
         if bad:
@@ -87,8 +92,8 @@ def export_synth(
 ) -> None:
     """Render SynthFaces and write it as RecordIO + a verification .bin + an IJB-C-style release."""
     from facekd.config import ConfigError, apply_overrides
-    from facekd.data.export_synth import export_synthfaces
-    from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
+    from facekd.synthfaces import SynthFacesConfig, make_synthfaces
+    from facekd.synthfaces.export import export_synthfaces
 
     try:
         overrides = apply_overrides({}, set_)
@@ -96,8 +101,9 @@ def export_synth(
         raise typer.BadParameter(str(e), param_hint="--set") from None
     cfg = SynthFacesConfig.preset(preset, **overrides)
     s = export_synthfaces(make_synthfaces(cfg, cache_dir=cache_dir), out_dir, bin_name=bin_name)
+    rec = s["recordio"]
     typer.echo(
-        f"train: {s['recordio']['num_images']} images / {s['recordio']['num_classes']} classes -> {s['recordio']['rec']}\n"
+        f"train: {rec['num_images']} images / {rec['num_classes']} classes -> {rec['rec']}\n"
         f"bin: {s['bin_pairs']} pairs -> {s['bin']}\n"
         f"IJB: {s['ijb_images']} images, {s['ijb_templates']} templates, {s['ijb_genuine_pairs']} genuine / "
         f"{s['ijb_impostor_pairs']} impostor pairs -> {s['ijb_root']}"

@@ -1,62 +1,41 @@
 """Image folders (`root/<identity>/*.jpg`) and list files (`path label` lines) as face datasets.
 
-Also home of the pieces every encoded-image reader in `facekd.data` shares: `decode_image`
-(JPEG/PNG bytes → uint8 RGB with PIL) and `EncodedImageDataset`, the base class that turns
-"bytes of image i" into the dataset contract of `facekd.data.base`.
+Also home of `EncodedImageDataset`, the base class every encoded-image reader in `facekd.data`
+shares: it turns "bytes of image i" into the dataset contract of `facekd.data.base`, decoding
+through the guarded `facekd.data.images.decode_image`.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
-import io
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from facekd.data.base import to_tensor_image
+from facekd.data.augment import Augmentation
+from facekd.data.base import Augmentable, to_tensor_image
+from facekd.data.images import decode_image, encode_jpeg, image_size, resize_rgb, verify_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
-Transform = Callable[[torch.Tensor], torch.Tensor]
+Transform = Callable[[torch.Tensor], torch.Tensor]  # the IJB reader's transform argument
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "EncodedImageDataset",
+    "ImageFolderDataset",
+    "ListFileDataset",
+    "decode_image",
+    "encode_jpeg",
+    "resize_rgb",
+]
 
 
-def decode_image(data: bytes | np.ndarray, where: str) -> np.ndarray:
-    """Encoded image bytes (JPEG, PNG, …) → uint8 (H, W, 3) RGB, decoded with PIL.
-
-    `where` names the source (file, key, offset) in the ValueError raised on undecodable data.
-    """
-    if isinstance(data, np.ndarray):
-        data = data.tobytes()
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.array(im.convert("RGB"))
-    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for corrupt/truncated data
-        raise ValueError(f"{where}: cannot decode image ({len(data)} bytes): {e}") from e
-
-
-def resize_rgb(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) → uint8 (size[0], size[1], 3), PIL bilinear (no-op when already that size)."""
-    if img.shape[:2] == tuple(size):
-        return img
-    return np.array(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
-
-
-def encode_jpeg(img: np.ndarray, quality: int = 95) -> bytes:
-    """uint8 (H, W, 3) RGB → JPEG bytes (PIL, 4:2:0 like OpenCV's default)."""
-    img = np.asarray(img)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {img.dtype} {img.shape}")
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-class EncodedImageDataset(torch.utils.data.Dataset):
+class EncodedImageDataset(Augmentable, torch.utils.data.Dataset):
     """Base class: a dataset of encoded images with integer labels, following `facekd.data.base`.
 
     Subclasses set `self.labels` (int64 (N,)), `self.num_classes`, and implement
@@ -65,22 +44,28 @@ class EncodedImageDataset(torch.utils.data.Dataset):
     Options (shared by every reader):
         image_size: square side H = W in pixels. A decoded image of another size is a ValueError
             naming the image, unless `resize=True` (then PIL bilinear to image_size × image_size).
-        transform: optional callable on the float (3, H, W) tensor in [-1, 1] (e.g.
-            `facekd.data.transforms.random_hflip`), applied after normalisation.
+        augment: the training augmentation as data (`facekd.data.augment.Augmentation`, a mapping
+            such as {"hflip": True}, or None), applied to the float (3, H, W) tensor in [-1, 1];
+            anything else (e.g. a callable transform) is a ValueError.
     """
 
     labels: np.ndarray
     num_classes: int
 
-    def __init__(self, image_size: int | tuple[int, int], transform: Transform | None = None, resize: bool = False):
+    def __init__(
+        self,
+        image_size: int | tuple[int, int],
+        augment: object = None,
+        resize: bool = False,
+    ):
         self.image_size = image_size
-        self.transform = transform
+        self._augment = Augmentation.parse(augment)
         self.resize = resize
 
     @property
     def _shape(self) -> tuple[int, int]:
         s = self.image_size
-        return (s, s) if isinstance(s, int) else tuple(s)
+        return (s, s) if isinstance(s, int) else (int(s[0]), int(s[1]))
 
     def _encoded(self, i: int) -> tuple[bytes, str]:
         raise NotImplementedError
@@ -108,10 +93,14 @@ class EncodedImageDataset(torch.utils.data.Dataset):
         """uint8 (H, W, 3) → float32 (3, H, W); insightface's normalisation (x/255 - 0.5)/0.5."""
         return to_tensor_image(img)
 
+    def verify_image(self, i: int) -> np.ndarray:
+        """`load_image` with a strict decode (corrupt JPEG data is an error, see `images.verify_image`)."""
+        data, where = self._encoded(i)
+        verify_image(data, where)
+        return self.load_image(i)
+
     def _item(self, i: int, img: np.ndarray) -> dict:
-        x = self._to_tensor(img)
-        if self.transform is not None:
-            x = self.transform(x)
+        x = self._augment.apply(self._to_tensor(img))
         return {
             "image": x,
             "label": torch.tensor(int(self.labels[i]), dtype=torch.int64),
@@ -124,51 +113,55 @@ class EncodedImageDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} images")
         return self._item(i, self.load_image(i))
 
-    @property
-    def augmentation(self) -> dict:
-        """The random transform as plain data: {"hflip": True} (random_hflip) or {} (none)."""
-        from facekd.data.transforms import random_hflip
-
-        if self.transform is None:
-            return {}
-        if self.transform is random_hflip:
-            return {"hflip": True}
-        raise ValueError(f"transform {self.transform!r} cannot be described as data")
-
-    def without_augmentation(self) -> EncodedImageDataset:
-        """The same rows, labels and order with no random transform (a shallow copy)."""
-        out = copy.copy(self)
-        out.transform = None
-        return out
-
     def fingerprint(self) -> str:
-        """sha1 (16 hex) of the content description, the labels, the size and the preprocessing."""
+        """sha1 (16 hex) of the reader, its content description, the labels, the image size and
+        the resize setting; the same in every process and independent of the augmentation."""
         h = hashlib.sha1()
-        for part in self._fingerprint_parts() + [repr(self._shape), repr(self.resize), repr(self.transform)]:
+        parts = [type(self).__name__, *self._fingerprint_parts(), f"size:{self._shape}", f"resize:{self.resize}"]
+        for part in parts:
             h.update(part.encode() + b"\0")
         h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
         return h.hexdigest()[:16]
 
 
-def _infer_size(path: Path) -> int:
-    with Image.open(path) as im:
-        w, h = im.size
+def _text_lines(path: Path) -> list[tuple[int, str]]:
+    """(line number, stripped line) of a UTF-8 text file; ValueError naming the line otherwise."""
+    out = []
+    for lineno, raw in enumerate(path.read_bytes().splitlines(), 1):
+        try:
+            out.append((lineno, raw.decode("utf-8").strip()))
+        except UnicodeDecodeError as e:
+            raise ValueError(
+                f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})"
+            ) from None
+    return out
+
+
+def _infer_size(path: Path, where: str | None = None) -> int:
+    where = where or str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise FileNotFoundError(f"{where}: cannot read image: {e.strerror or e}") from None
+    h, w = image_size(data, where)
     if w != h:
-        raise ValueError(f"{path}: image is {h}x{w}; pass image_size= (and resize=True) for non-square images")
+        raise ValueError(f"{where}: image is {h}x{w}; pass image_size= (and resize=True) for non-square images")
     return h
 
 
 class _FileListDataset(EncodedImageDataset):
-    """Images read from files: `self.paths` (list of Path), plus size/mtime in the fingerprint."""
+    """Images read from files: `self.paths` (list of Path); the fingerprint holds each path
+    relative to `self.base_dir` with its size and modification time."""
 
     paths: list[Path]
+    base_dir: Path
 
     def _encoded(self, i: int) -> tuple[bytes, str]:
         path = self.paths[i]
         try:
             return path.read_bytes(), self._where(i)
         except OSError as e:
-            raise FileNotFoundError(f"{self._where(i)}: cannot read image: {e}") from e
+            raise FileNotFoundError(f"{self._where(i)}: cannot read image: {e.strerror or e}") from None
 
     def _where(self, i: int) -> str:
         return str(self.paths[i])
@@ -176,11 +169,12 @@ class _FileListDataset(EncodedImageDataset):
     def _fingerprint_parts(self) -> list[str]:
         parts = []
         for p in self.paths:
+            name = os.path.relpath(p, self.base_dir)
             try:
                 st = p.stat()
-                parts.append(f"{p}:{st.st_size}:{st.st_mtime_ns}")
+                parts.append(f"{name}:{st.st_size}:{st.st_mtime_ns}")
             except OSError:
-                parts.append(f"{p}:missing")
+                parts.append(f"{name}:missing")
         return parts
 
 
@@ -188,35 +182,46 @@ class ImageFolderDataset(_FileListDataset):
     """`root/<identity>/<image>` → dataset; identities sorted by name get class ids 0..C-1.
 
     Like torchvision's ImageFolder (without depending on it). Files with extensions in
-    IMAGE_EXTENSIONS count; others are ignored. `image_size=None` reads it from the first image.
-    `.classes` holds the identity folder names, `.paths` the image paths.
+    IMAGE_EXTENSIONS count; others are ignored; an identity folder without any such file is an
+    error (it would be a class without images). `image_size=None` reads it from the first image's
+    header. `.classes` holds the identity folder names, `.paths` the image paths.
     """
 
     def __init__(
         self,
         root: str | os.PathLike,
         image_size: int | None = None,
-        transform: Transform | None = None,
+        augment: Augmentation | dict[str, Any] | None = None,
         resize: bool = False,
     ):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder {root} does not exist or is not a directory")
-        self.root = root
-        self.classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+        self.root = self.base_dir = root
+        self.classes = sorted(d.name for d in _list_dir(root) if d.is_dir())
         if not self.classes:
             raise ValueError(f"image folder {root}: no identity sub-folders (expected root/<identity>/*.jpg)")
         paths, labels = [], []
         for c, name in enumerate(self.classes):
-            files = sorted(f for f in (root / name).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(f for f in _list_dir(root / name) if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if not files:
+                raise ValueError(
+                    f"image folder {root}: identity folder {root / name} holds no image "
+                    f"(expected at least one {'/'.join(IMAGE_EXTENSIONS)} file; remove the folder or add images)"
+                )
             paths += files
             labels += [c] * len(files)
-        if not paths:
-            raise ValueError(f"image folder {root}: no images with extensions {IMAGE_EXTENSIONS}")
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = len(self.classes)
-        super().__init__(image_size or _infer_size(paths[0]), transform, resize)
+        super().__init__(image_size or _infer_size(paths[0]), augment, resize)
+
+
+def _list_dir(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError as e:
+        raise FileNotFoundError(f"{folder}: cannot list the folder: {e.strerror or e}") from None
 
 
 class ListFileDataset(_FileListDataset):
@@ -224,7 +229,7 @@ class ListFileDataset(_FileListDataset):
 
     Paths are relative to `root` (default: the list file's folder); the label is the last
     whitespace-separated field (so paths may contain spaces). Blank lines and lines starting with
-    '#' are skipped. `num_classes` = max label + 1 unless given.
+    '#' are skipped. `num_classes` = max label + 1 unless given. The file is UTF-8.
     """
 
     def __init__(
@@ -232,45 +237,36 @@ class ListFileDataset(_FileListDataset):
         list_file: str | os.PathLike,
         root: str | os.PathLike | None = None,
         image_size: int | None = None,
-        transform: Transform | None = None,
+        augment: Augmentation | dict[str, Any] | None = None,
         resize: bool = False,
         num_classes: int | None = None,
     ):
         list_file = Path(list_file)
         if not list_file.is_file():
             raise FileNotFoundError(f"list file {list_file} does not exist")
-        root = Path(root) if root is not None else list_file.parent
-        paths, labels, self.line_numbers = [], [], []
-        with open(list_file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                fields = line.rsplit(None, 1)
-                if len(fields) != 2:
-                    raise ValueError(f"{list_file}:{lineno}: expected 'path label', got {line!r}")
-                try:
-                    label = int(fields[1])
-                except ValueError:
-                    raise ValueError(f"{list_file}:{lineno}: label {fields[1]!r} is not an integer") from None
-                if label < 0:
-                    raise ValueError(f"{list_file}:{lineno}: label {label} is negative")
-                paths.append(root / fields[0])
-                labels.append(label)
-                self.line_numbers.append(lineno)
-        if not paths:
-            raise ValueError(f"list file {list_file}: no 'path label' lines")
         self.list_file = list_file
-        self.paths = paths
+        self.base_dir = Path(root) if root is not None else list_file.parent
+        self.paths, labels, self.line_numbers = [], [], []
+        for lineno, line in _text_lines(list_file):
+            if not line or line.startswith("#"):
+                continue
+            fields = line.rsplit(None, 1)
+            if len(fields) != 2:
+                raise ValueError(f"{list_file}:{lineno}: expected 'path label', got {line!r}")
+            if not fields[1].isdigit():
+                raise ValueError(f"{list_file}:{lineno}: label {fields[1]!r} is not a non-negative integer")
+            self.paths.append(self.base_dir / fields[0])
+            labels.append(int(fields[1]))
+            self.line_numbers.append(lineno)
+        if not self.paths:
+            raise ValueError(f"list file {list_file}: no 'path label' lines")
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = int(self.labels.max()) + 1 if num_classes is None else int(num_classes)
         if self.labels.max() >= self.num_classes:
             raise ValueError(f"list file {list_file}: label {self.labels.max()} >= num_classes={self.num_classes}")
         if image_size is None:
-            if not paths[0].is_file():
-                raise FileNotFoundError(f"{list_file}:{self.line_numbers[0]}: image {paths[0]} does not exist")
-            image_size = _infer_size(paths[0])
-        super().__init__(image_size, transform, resize)
+            image_size = _infer_size(self.paths[0], self._where(0))
+        super().__init__(image_size, augment, resize)
 
     def _where(self, i: int) -> str:
         return f"{self.list_file}:{self.line_numbers[i]}: {self.paths[i]}"

@@ -57,5 +57,5 @@ def check_against_header(preset: DatasetPreset | str, dataset, strict: bool = Fa
     if problems and strict:
         raise ValueError("; ".join(problems))
     for msg in problems:
-        warnings.warn(msg)
+        warnings.warn(msg, stacklevel=2)
     return problems

@@ -1,5 +1,5 @@
 """Person re-ID datasets: Market-1501 and DukeMTMC-reID (layout and rules of fast-reid and
-reid-strong-baseline, see ../shared/reference/face-ecosystem.md §3).
+reid-strong-baseline).
 
 Splits live in `bounding_box_train/` (train), `query/` and `bounding_box_test/` (gallery). File
 names start with `<pid>_c<cam>` (`0002_c1s1_000451_03.jpg`, `0005_c2_f0046985.jpg`), parsed with
@@ -14,11 +14,13 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from facekd.data.folder import Transform, _FileListDataset
+from facekd.data.augment import Augmentation
+from facekd.data.folder import _FileListDataset
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -93,7 +95,7 @@ class ReIDDataset(_FileListDataset):
         split: str = "train",
         image_size: tuple[int, int] = (256, 128),
         normalize: str = "imagenet",
-        transform: Transform | None = None,
+        augment: Augmentation | dict[str, Any] | None = None,
         relabel: bool | None = None,
     ):
         if dataset not in SPECS:
@@ -130,7 +132,8 @@ class ReIDDataset(_FileListDataset):
             self.labels = self.pids.copy()
             self.num_classes = int(self.pids.max()) + 1
         self.dataset, self.split, self.normalize = dataset, split, normalize
-        super().__init__(tuple(image_size), transform, resize=True)
+        self.base_dir = folder
+        super().__init__((int(image_size[0]), int(image_size[1])), augment, resize=True)
 
     def _to_tensor(self, img: np.ndarray) -> torch.Tensor:
         if self.normalize == "face":
@@ -144,4 +147,4 @@ class ReIDDataset(_FileListDataset):
         return item
 
     def _fingerprint_parts(self) -> list[str]:
-        return [self.dataset, self.split, self.normalize] + super()._fingerprint_parts()
+        return [self.dataset, self.split, self.normalize, *super()._fingerprint_parts()]

@@ -57,11 +57,11 @@ def resize(img: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
 
     Bilinear with antialiasing when shrinking (like PIL), `align_corners=False`.
     """
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if img.dim() == 3:
-        return resize(img[None], size)[0]
+        return resize(img[None], hw)[0]
     if img.dim() != 4:
         raise ValueError(f"expected (C, H, W) or (B, C, H, W), got shape {tuple(img.shape)}")
-    if tuple(img.shape[-2:]) == size:
+    if tuple(img.shape[-2:]) == hw:
         return img
-    return F.interpolate(img.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(img.float(), size=hw, mode="bilinear", align_corners=False, antialias=True)

@@ -229,7 +229,7 @@ class DemoContext:
     @cached_property
     def data(self):
         """SynthFaces for this tier (`.train`, `.test`, `.pairs`), rendered once, cached on disk."""
-        from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
+        from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 
         cfg = SynthFacesConfig.preset(self.settings.data_preset, **self.settings.data)
         self.log(f"SynthFaces ({self.settings.data_preset}, {cfg.fingerprint()})")
@@ -295,7 +295,7 @@ class DemoContext:
             from facekd.tasks import FaceTask
 
             net = self.settings.teacher
-            data = self.data.train.with_hflip(True) if net.hflip else self.data.train
+            data = self.data.train.with_augmentation({"hflip": True}) if net.hflip else self.data.train
 
             def build():
                 return FaceTask(

@@ -58,7 +58,7 @@ def tailored_teacher(ctx: DemoContext, variant: str = "refo", arch: str | None =
     p_name = f"proxy_{variant}_{arch}"
     p_cache = _train_cache(ctx, proxy(ctx, variant, arch, seed=0), p_name)
     net = ctx.settings.teacher
-    data = ctx.data.train.with_hflip(True) if net.hflip else ctx.data.train
+    data = ctx.data.train.with_augmentation({"hflip": True}) if net.hflip else ctx.data.train
     name = f"teacher_{variant}_{arch}_b{beta1:g}"
 
     def build():

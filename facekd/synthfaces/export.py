@@ -34,7 +34,7 @@ def dataset_images(ds) -> np.ndarray:
     (ArrayDataset), else every item's image tensor mapped back from [-1, 1]."""
     images = getattr(ds, "images", None)
     if isinstance(images, np.ndarray) and images.dtype == np.uint8:
-        return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images.reshape(images.shape[:3] + (3,))
+        return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images.reshape((*images.shape[:3], 3))
     return np.stack(
         [
             ((ds[i]["image"].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
@@ -93,7 +93,7 @@ def ijb_pairs(tids: np.ndarray, labels: np.ndarray, impostors_per_template: int,
 def loose_crop(face: np.ndarray, template: np.ndarray, rng, max_angle: float, scale_range, margin: float):
     """Place an aligned face in a larger canvas by a random similarity → (image, landmarks (5, 2))."""
     s = face.shape[0]
-    side = int(math.ceil(s * margin))
+    side = math.ceil(s * margin)
     scale = rng.uniform(*scale_range)
     theta = rng.uniform(-max_angle, max_angle)
     c, sn = scale * math.cos(theta), scale * math.sin(theta)
@@ -102,6 +102,31 @@ def loose_crop(face: np.ndarray, template: np.ndarray, rng, max_angle: float, sc
     a = np.array([[c, -sn], [sn, c]])
     m = np.hstack([a, (target - a @ centre)[:, None]])
     return warp_affine(face, m, (side, side)), template @ a.T + m[:, 2]
+
+
+def write_loose_crops(
+    folder: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    template: np.ndarray,
+    rng,
+    *,
+    max_angle,
+    scale_range,
+    margin,
+    quality,
+) -> tuple[list[str], list[str]]:
+    """Each face placed in a loose crop (`loose_crop`) and saved as folder/<label>/<row>.jpg →
+    (image names, `name x1 y1 … x5 y5 1.0` landmark lines)."""
+    names, lm_lines = [], []
+    for i in range(len(labels)):
+        name = f"{int(labels[i])}/{i}.jpg"
+        img, lm = loose_crop(images[i], template, rng, max_angle, scale_range, margin)
+        with atomic_path(folder / name) as tmp:
+            Image.fromarray(img).save(tmp, format="JPEG", quality=quality)
+        names.append(name)
+        lm_lines.append(f"{name} " + " ".join(f"{v:.4f}" for v in lm.ravel()) + " 1.0\n")
+    return names, lm_lines
 
 
 def export_synthfaces(
@@ -138,7 +163,7 @@ def export_synthfaces(
     test_images = dataset_images(data.test)
     rows = bin_fold_layout(data.pairs.issame, nfolds)
     a, b = data.pairs.a[rows], data.pairs.b[rows]
-    bin_images = np.stack([test_images[a], test_images[b]], axis=1).reshape((-1,) + test_images.shape[1:])
+    bin_images = np.stack([test_images[a], test_images[b]], axis=1).reshape((-1, *test_images.shape[1:]))
     bin_path = out / f"{bin_name}.bin"
     write_bin(bin_images, data.pairs.issame[rows], bin_path, quality=quality)
 
@@ -147,15 +172,8 @@ def export_synthfaces(
     labels = np.asarray(data.test.labels)
     tids, mids = ijb_templates(labels, templates_per_identity, images_per_media)
     pairs = ijb_pairs(tids, labels, impostors_per_template, rng)
-    template = arcface_template(size)
-    names, lm_lines = [], []
-    for i in range(len(labels)):
-        name = f"{int(labels[i])}/{i}.jpg"
-        img, lm = loose_crop(test_images[i], template, rng, max_angle, scale_range, margin)
-        with atomic_path(ijb / "loose_crop" / name) as tmp:
-            Image.fromarray(img).save(tmp, format="JPEG", quality=quality)
-        names.append(name)
-        lm_lines.append(f"{name} " + " ".join(f"{v:.4f}" for v in lm.ravel()) + " 1.0\n")
+    crop = {"max_angle": max_angle, "scale_range": scale_range, "margin": margin, "quality": quality}
+    names, lm_lines = write_loose_crops(ijb / "loose_crop", test_images, labels, arcface_template(size), rng, **crop)
     meta = ijb / "meta"
     with atomic_path(meta / "ijbc_face_tid_mid.txt") as tmp:
         tmp.write_text("".join(f"{n} {t} {m}\n" for n, t, m in zip(names, tids, mids)))

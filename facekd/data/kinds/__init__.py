@@ -1,0 +1,1 @@
+"""One module per data kind; each registers itself with `facekd.data.registry.register_kind`."""
