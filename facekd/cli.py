@@ -53,7 +53,7 @@ app = _App(
 # Modules that add commands with `register(app)`.
 COMMAND_MODULES: list[str] = [
     "facekd.bias.commands",  # density, uniformity, resample
-    "facekd.refo_commands",  # intrinsic-dim, refo
+    "facekd.refo.commands",  # intrinsic-dim, refo
     "facekd.evaluate.commands",  # eval-ijb, eval-reid
     "facekd.onnx.commands",  # export, check-onnx
     "facekd.data.commands",  # pack-rec, inspect-rec, export-synth
@@ -218,9 +218,9 @@ def eval_(
     import numpy as np
     import torch
 
-    from facekd.synthfaces import SynthFacesConfig, make_synthfaces
     from facekd.embed import embed_batch
     from facekd.evaluate.verification import evaluate_pairs, plot_roc
+    from facekd.synthfaces import SynthFacesConfig, make_synthfaces
     from facekd.utils import save_json
 
     if preset not in _PRESETS:

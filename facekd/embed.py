@@ -93,6 +93,10 @@ class EmbeddingCache:
         )
 
 
+# The keys of meta.json that identify a cache's rows (what `cache_record` returns).
+CACHE_RECORD_KEYS = ("model_sha256", "dataset_fingerprint", "n", "flip", "normalize")
+
+
 def cache_record(model: nn.Module, dataset, flip: bool, normalize: bool) -> dict:
     """What determines a cache's rows: the model's weights, the dataset's content and the preprocessing."""
     return {

@@ -130,6 +130,15 @@ def result_key(record: Mapping) -> str:
     return digest(without_resumable(plain(record)))
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def source_digest(*modules: ModuleType) -> str:
     """sha256 of the source text of `modules` (in the order given): part of a result key when the
     code that computes the result may change it."""
@@ -316,6 +325,7 @@ __all__ = [
     "canonical_json",
     "differences",
     "digest",
+    "file_digest",
     "invalidate",
     "is_done",
     "lock",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from facekd.intrinsic import (
+from facekd.refo.intrinsic import (
     deduplicate,
     fit_twonn,
     intrinsic_dimension,
@@ -178,7 +178,7 @@ def test_cli_intrinsic_dim(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from facekd.refo_commands import register
+    from facekd.refo.commands import register
 
     app = typer.Typer()
     app.callback()(lambda: None)  # a group, as in facekd.cli (a lone command would become the app itself)

@@ -24,7 +24,7 @@ from facekd.synthfaces.export import dataset_images, export_synthfaces
 from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 from facekd.losses.distiller import LOSSES, Distiller
 from facekd.models import get_model, list_models
-from facekd.refo_commands import load_refo_file
+from facekd.refo.commands import load_refo_file
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))

@@ -1,4 +1,5 @@
-"""ReFO / ReFO+ pipeline on tiny data: each stage, resume after a kill, memory arithmetic."""
+"""ReFO / ReFO+ pipeline on tiny data: each stage, content-addressed reuse, resume after a kill,
+memory arithmetic."""
 
 from __future__ import annotations
 
@@ -15,11 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from facekd.refo import (
-    RefoConfig,
-    class_centre_memory,
-    run_refo,
-)
+from facekd.config import DataConfig
+from facekd.refo import RefoConfig, StageStore, class_centre_memory, run_refo, student_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,20 +25,23 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = textwrap.dedent(
     """
     import numpy as np
-    from facekd.data.arrays import ArrayDataset
 
-    def tiny(seed=0, n_id=8, per_id=6, size=16):
+    def write_tiny(path, seed=0, n_id=8, per_id=6, size=16):
         rng = np.random.default_rng(seed)
         templates = rng.integers(0, 256, size=(n_id, size, size, 3))
         labels = np.repeat(np.arange(n_id), per_id)
         noise = rng.normal(0, 30, size=(labels.size, size, size, 3))
         images = np.clip(templates[labels] + noise, 0, 255).astype(np.uint8)
-        return ArrayDataset(images, labels, name=f"tiny{seed}")
+        np.savez(path, images=images, labels=labels)
+        return {"kind": "arrays", "path": str(path)}
     """
 )
 _ns: dict = {}
 exec(TINY_DATA, _ns)
-tiny = _ns["tiny"]
+
+
+def tiny(tmp_path: Path, seed: int = 0) -> DataConfig:
+    return DataConfig(**_ns["write_tiny"](tmp_path / f"tiny{seed}.npz", seed))
 
 
 def tiny_config(**over) -> RefoConfig:
@@ -57,13 +58,19 @@ def tiny_config(**over) -> RefoConfig:
     return RefoConfig(**cfg)
 
 
-def _metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+def _metrics(run_dir: str | Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _task_state(run_dir: str | Path) -> dict:
+    return torch.load(Path(run_dir) / "checkpoints" / "last.pt", weights_only=True)["task"]
 
 
 def test_config_defaults_and_errors():
     cfg = tiny_config()
     assert cfg.beta1_value == 0.5 and cfg.beta2 == 5.0 and cfg.variant == "refo"
+    assert cfg.proxy_model == cfg.student
+    assert tiny_config(proxy={"arch": "mbf_tiny"}).proxy_model.arch == "mbf_tiny"
     assert tiny_config(normalize=False).beta1_value == 0.001
     assert tiny_config(beta1=2.0).beta1_value == 2.0
     with pytest.raises(ValueError, match="original_checkpoint"):
@@ -74,87 +81,121 @@ def test_config_defaults_and_errors():
 
 def test_pipeline_stages_and_reuse(tmp_path):
     torch.set_num_threads(1)
-    d1, d2 = tiny(0), tiny(1)
+    d1, d2 = tiny(tmp_path, 0), tiny(tmp_path, 1)
     logs: list[str] = []
-    res = run_refo(tiny_config(), tmp_path, d1, d2, progress=False, log=logs.append)
-    for stage in ("proxy", "proxy_embed", "reverse", "teacher_embed", "student"):
-        assert (tmp_path / stage / "stage.json").is_file(), stage
-    assert not (tmp_path / "original_embed").exists()  # ReFO: no original teacher involved
+    res = run_refo(tiny_config(), tmp_path / "run", d1, d2, progress=False, log=logs.append)
+    assert list(res.stages) == ["proxy", "proxy_embed", "reverse", "teacher_embed", "student"]
+    assert json.loads((tmp_path / "run" / "stages.json").read_text()) == res.stages
     # 1: proxy trained with L_cls only
-    proxy_m = _metrics(tmp_path / "proxy" / "metrics.jsonl")
+    proxy_m = _metrics(res.proxy.directory)
     assert "cls" in proxy_m[0] and "distill" not in proxy_m[0]
     # 2: D1 embedded by the proxy, normalised, proxy's size
-    assert res.proxy_cache.embeddings.shape == (len(d1), 16)
+    assert res.proxy_cache.embeddings.shape == (48, 16)
     np.testing.assert_allclose(np.linalg.norm(res.proxy_cache.embeddings, axis=1), 1.0, atol=1e-5)
     # 3: the teacher trained with L_cls + β1 L_emb towards the proxy: projection 24 → 16 in the task
-    rev = torch.load(tmp_path / "reverse" / "checkpoints" / "last.pt", weights_only=True)["task"]
+    rev = _task_state(res.tailored_teacher.directory)
     assert any(k.startswith("head.") for k in rev)
     proj = [v for k, v in rev.items() if k.startswith("distiller.") and v.ndim == 2]
     assert [tuple(p.shape) for p in proj] == [(16, 24)]
-    rev_m = _metrics(tmp_path / "reverse" / "metrics.jsonl")
+    rev_m = _metrics(res.tailored_teacher.directory)
     assert "cls" in rev_m[0] and "distill" in rev_m[0]
+    assert res.tailored_teacher.config.distill.lam == 0.5
     # 4: D2 (not D1) embedded by the tailored teacher
-    assert res.teacher_cache.embeddings.shape == (len(d2), 24)
-    assert res.teacher_cache.meta["dataset_fingerprint"] == d2.fingerprint()
+    from facekd.config import build_dataset
+
+    assert res.teacher_cache.embeddings.shape == (48, 24)
+    assert res.teacher_cache.meta["dataset_fingerprint"] == build_dataset(d2).fingerprint()
     # 5: feature-only student: no head, no labels, β2 L_emb only
-    stu = torch.load(tmp_path / "student" / "checkpoints" / "last.pt", weights_only=True)["task"]
+    stu = _task_state(res.student.directory)
     assert not any(k.startswith("head.") for k in stu)
-    stu_m = _metrics(tmp_path / "student" / "metrics.jsonl")
+    stu_m = _metrics(res.student.directory)
     assert "cls" not in stu_m[0] and stu_m[0]["loss"] == pytest.approx(stu_m[0]["distill"])
-    assert res.student(torch.zeros(2, 3, 16, 16)).shape == (2, 16)
+    assert res.student.model(torch.zeros(2, 3, 16, 16)).shape == (2, 16)
     # re-running reuses every stage and changes no file
-    stamp = (tmp_path / "student" / "backbone.pth").stat().st_mtime_ns
+    stamp = (res.student.directory / "backbone.pth").stat().st_mtime_ns
     logs.clear()
-    run_refo(tiny_config(), tmp_path, d1, d2, progress=False, log=logs.append)
+    run_refo(tiny_config(), tmp_path / "run", d1, d2, progress=False, log=logs.append)
     assert sum("done, reused" in line for line in logs) == 5
-    assert (tmp_path / "student" / "backbone.pth").stat().st_mtime_ns == stamp
-    # a changed β2 is refused at the student stage, naming it
-    with pytest.raises(ValueError, match="'student' was finished with a different"):
-        run_refo(tiny_config(beta2=1.0), tmp_path, d1, d2, progress=False, log=logs.append)
+    assert (res.student.directory / "backbone.pth").stat().st_mtime_ns == stamp
+    # a changed β2 trains only a new student; the first four stages and the old student stay
+    logs.clear()
+    other = run_refo(tiny_config(beta2=1.0), tmp_path / "run", d1, d2, progress=False, log=logs.append)
+    assert sum("done, reused" in line for line in logs) == 4 and "[refo] stage 5 student: starting" in logs
+    assert other.student.directory != res.student.directory
+    assert other.tailored_teacher.directory == res.tailored_teacher.directory
+    assert (res.student.directory / "backbone.pth").stat().st_mtime_ns == stamp
+
+
+def test_shared_store_shares_stages_across_pipelines(tmp_path):
+    # A β1 sweep in one store trains the proxy once; a proxy of another architecture is its own stage.
+    torch.set_num_threads(1)
+    d1 = tiny(tmp_path)
+    store = StageStore(tmp_path / "store", progress=False)
+    logs: list[str] = []
+    a = run_refo(tiny_config(), tmp_path / "a", d1, store=store, progress=False, log=logs.append)
+    logs.clear()
+    b = run_refo(tiny_config(beta1=2.0), tmp_path / "b", d1, store=store, progress=False, log=logs.append)
+    assert logs[:2] == ["[refo] stage 1 proxy: done, reused", "[refo] stage 2 proxy_embed: done, reused"]
+    assert b.proxy.directory == a.proxy.directory and b.tailored_teacher.directory != a.tailored_teacher.directory
+    other_proxy = tiny_config(proxy={"arch": "iresnet_mini", "embedding_size": 8})
+    c = run_refo(other_proxy, tmp_path / "c", d1, store=store, progress=False)
+    assert c.proxy.directory != a.proxy.directory and c.proxy_cache.embeddings.shape[1] == 8
+    assert c.student.model(torch.zeros(1, 3, 16, 16)).shape == (1, 16)  # the student keeps its own size
+    assert sorted(p.name for p in (tmp_path / "store" / "runs").iterdir()) == sorted(
+        {r.directory.name for r in (a.proxy, a.tailored_teacher, a.student, b.tailored_teacher, b.student)}
+        | {c.proxy.directory.name, c.tailored_teacher.directory.name, c.student.directory.name}
+    )
 
 
 def test_labels_of_distillation_data_are_not_used(tmp_path):
     # Feature-only student: permuting D2's labels must not change the trained student at all.
-    from facekd.data.arrays import ArrayDataset
-    from facekd.embed import embed_dataset
-    from facekd.refo import NetSpec, build_backbone, train_feature_only
-    from facekd.train import TrainConfig
+    from facekd.config import build_dataset
+    from facekd.models import get_model
 
     torch.set_num_threads(1)
-    d2 = tiny(1)
-    shuffled = ArrayDataset(d2.images, np.random.default_rng(0).permutation(d2.labels), name="perm")
-    teacher = build_backbone(NetSpec(arch="iresnet_mini", embedding_size=16), 16, seed=0)
-    tc = TrainConfig(epochs=1, batch_size=16, lr=0.05, seed=0)
-    spec = NetSpec(arch="iresnet_mini", embedding_size=16)
+    d2 = tiny(tmp_path, 1)
+    with np.load(d2.path) as z:
+        images, labels = z["images"], z["labels"]
+    np.savez(tmp_path / "perm.npz", images=images, labels=np.random.default_rng(0).permutation(labels))
+    shuffled = DataConfig(kind="arrays", path=tmp_path / "perm.npz")
+    torch.manual_seed(0)
+    teacher = get_model("iresnet_mini", embedding_size=16, input_size=16)
+    store = StageStore(tmp_path / "store", progress=False)
+    cfg = tiny_config()
     out = []
-    for name, ds in (("a", d2), ("b", shuffled)):
-        cache = embed_dataset(teacher, ds, tmp_path / f"cache_{name}", progress=False)
-        model = build_backbone(spec, 16, seed=0)
-        out.append(train_feature_only(model, ds, cache, tc, tmp_path / name, progress=False).state_dict())
-    for k in out[0]:
-        assert torch.equal(out[0][k], out[1][k]), k
+    for data in (d2, shuffled):
+        cache = store.embed(teacher, build_dataset(data))
+        out.append(store.train(student_config(cfg, data, cache)))
+    assert out[0].directory != out[1].directory  # different data, different runs ...
+    a, b = out[0].model.state_dict(), out[1].model.state_dict()
+    for k in a:  # ... and the same student
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_refo_plus_proxy_is_distilled_from_original(tmp_path):
-    from facekd.refo import NetSpec, build_backbone
+    from facekd.models import get_model
 
     torch.set_num_threads(1)
-    spec = NetSpec(arch="iresnet_mini", embedding_size=24)
+    spec = {"arch": "iresnet_mini", "embedding_size": 24}
     ckpt = tmp_path / "original.pth"
-    torch.save(build_backbone(spec, 16, seed=3).state_dict(), ckpt)
-    cfg = tiny_config(
-        variant="refo_plus", original_teacher=spec.model_dump(), original_checkpoint=str(ckpt), proxy_lambda=2.0
-    )
-    run_refo(cfg, tmp_path / "run", tiny(0), progress=False, log=lambda s: None)
-    orig = json.loads((tmp_path / "run" / "original_embed" / "stage.json").read_text())
-    assert Path(orig["artifacts"]["cache"]).is_dir()
-    proxy_m = _metrics(tmp_path / "run" / "proxy" / "metrics.jsonl")
+    torch.manual_seed(3)
+    torch.save(get_model(spec["arch"], embedding_size=24, input_size=16).state_dict(), ckpt)
+    cfg = tiny_config(variant="refo_plus", original_teacher=spec, original_checkpoint=ckpt, proxy_lambda=2.0)
+    res = run_refo(cfg, tmp_path / "run", tiny(tmp_path), progress=False, log=lambda s: None)
+    assert res.original_cache is not None and res.stages["original_embed"]["dir"] == str(res.original_cache.directory)
+    assert res.original_cache.embeddings.shape == (48, 24)
+    proxy_m = _metrics(res.proxy.directory)
     assert "cls" in proxy_m[0] and proxy_m[0]["distill"] > 0  # L_cls + λ_p L_emb(f_s', f_t)
+    assert res.proxy.config.distill.lam == 2.0 and res.proxy.config.teacher.cache == res.original_cache.directory
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        missing = cfg.model_copy(update={"original_checkpoint": tmp_path / "missing.pth"})
+        run_refo(missing, tmp_path / "r2", tiny(tmp_path), progress=False)
 
 
 KILL_SCRIPT = TINY_DATA + textwrap.dedent(
     """
     import sys, torch
+    from facekd.config import DataConfig
     from facekd.refo import RefoConfig, run_refo
 
     def kill_config():  # a reverse stage long enough (120 steps, checkpoint every 3) to be killed in
@@ -166,7 +207,7 @@ KILL_SCRIPT = TINY_DATA + textwrap.dedent(
 
     if __name__ == "__main__":
         torch.set_num_threads(1)
-        run_refo(kill_config(), sys.argv[1], tiny(0), progress=False)
+        run_refo(kill_config(), sys.argv[1], DataConfig(kind="arrays", path=sys.argv[2]), progress=False)
     """
 )
 exec(KILL_SCRIPT, _ns)
@@ -175,34 +216,47 @@ exec(KILL_SCRIPT, _ns)
 def test_killed_run_resumes_in_its_stage(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
+    data = tiny(tmp_path)
     run_dir = tmp_path / "run"
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, str(script), str(run_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [sys.executable, str(script), str(run_dir), str(data.path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
-    ckpt = run_dir / "reverse" / "checkpoints" / "last.pt"
+    progress = run_dir / "progress.json"
+
+    def reverse_checkpoint() -> Path | None:
+        if not progress.exists():
+            return None
+        p = json.loads(progress.read_text())
+        ckpt = Path(p["dir"]) / "checkpoints" / "last.pt"
+        return ckpt if p["stage"] == "reverse" and ckpt.exists() else None
+
     deadline = time.time() + 60
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+    while reverse_checkpoint() is None and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert ckpt.exists(), proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
+    ckpt = reverse_checkpoint()
+    assert ckpt is not None, proc.stderr.read().decode()[-2000:] if proc.poll() is not None else "timeout"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (run_dir / "reverse" / "stage.json").exists()
-    assert json.loads((run_dir / "progress.json").read_text())["stage"] == "reverse"
+    assert not (ckpt.parent.parent / "done").exists()
     step_at_kill = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < step_at_kill < 40 * 3
 
     logs: list[str] = []
-    run_refo(_ns["kill_config"](), run_dir, tiny(0), progress=False, log=logs.append)
+    res = run_refo(_ns["kill_config"](), run_dir, data, progress=False, log=logs.append)
     assert logs[:3] == [
         "[refo] stage 1 proxy: done, reused",
         "[refo] stage 2 proxy_embed: done, reused",
         "[refo] stage 3 reverse: resuming",
     ]
-    steps = [m["step"] for m in _metrics(run_dir / "reverse" / "metrics.jsonl")]
+    assert res.tailored_teacher.directory == ckpt.parent.parent
+    steps = [m["step"] for m in _metrics(res.tailored_teacher.directory)]
     assert steps[-1] == 40 * 3 and steps == sorted(set(steps))  # continued, not restarted
-    assert (run_dir / "student" / "stage.json").is_file()
+    assert (res.student.directory / "done").is_file()
 
 
 def test_class_centre_memory_matches_a_real_optimizer():
@@ -223,9 +277,10 @@ def test_class_centre_memory_matches_a_real_optimizer():
 
 def test_cli_refo_runs_and_resumes(tmp_path):
     import typer
+    import yaml
     from typer.testing import CliRunner
 
-    from facekd.refo_commands import register
+    from facekd.refo.commands import register
 
     torch.set_num_threads(1)
     app = typer.Typer()
@@ -258,61 +313,15 @@ def test_cli_refo_runs_and_resumes(tmp_path):
         },
     }
     path = tmp_path / "refo.yaml"
-    import yaml
-
     path.write_text(yaml.safe_dump(cfg))
     r = CliRunner().invoke(app, ["refo", str(path), "refo.beta2=2", "--no-progress"])
     assert r.exit_code == 0, (r.output, r.exception)
     assert "stage 5 student: starting" in r.output
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["refo"]["beta2"] == 2
+    student_dir = json.loads((tmp_path / "run" / "stages.json").read_text())["student"]["dir"]
+    assert student_dir in r.output and (Path(student_dir) / "backbone.pth").is_file()
     r = CliRunner().invoke(app, ["refo", str(path), "refo.beta2=2", "--no-progress"])
     assert r.exit_code == 0 and r.output.count("done, reused") == 5
     r = CliRunner().invoke(app, ["refo", str(path), "refo.beta3=2"])
     assert r.exit_code != 0 and "refo.beta3" in str(r.exception)
-
-
-def test_demo_main_experiment_on_tiny_settings(tmp_path):
-    from facekd.demo import refo as demo_refo
-    from facekd.demo.core import DemoContext, DemoSettings
-
-    torch.set_num_threads(1)
-    net = {"embedding_size": 16, "epochs": 1, "batch_size": 16, "warmup_epochs": 0}
-    settings = DemoSettings(
-        tier="default",
-        seeds=[0, 1],
-        data_preset="quick",
-        data={
-            "image_size": 16,
-            "num_train_identities": 6,
-            "max_images_per_identity": 10,
-            "num_test_identities": 4,
-            "test_images_per_identity": 4,
-            "num_genuine_pairs": 8,
-            "num_impostor_pairs": 16,
-            "hard_pair_fraction": None,
-        },
-        teacher={"arch": "iresnet_mini", **net},
-        student={"arch": "iresnet_mini", **net},
-        eval_flip=False,
-    )
-    ctx = DemoContext(tmp_path, settings, progress=False)
-    result = demo_refo.run_main(ctx)
-    assert set(result["students"]) == {"FO from original", "FO from refo"}
-    assert all(len(v) == 1 for v in result["students"].values())  # default tier: first seed only
-    assert set(result["id"]) == {
-        "teacher: original",
-        "FO student from original",
-        "teacher: refo",
-        "FO student from refo",
-        "proxy (ReFO, L_cls)",
-    }
-    # the ReFO proxy is the spine's scratch student, reused, and the FO student has no head
-    assert (tmp_path / "students" / "scratch" / "seed0" / "done").is_file()
-    fo = torch.load(
-        tmp_path / "students" / "refo_fo" / "original" / "iresnet_mini_b5" / "seed0" / "checkpoints" / "last.pt",
-        weights_only=True,
-    )["task"]
-    assert not any(k.startswith("head.") for k in fo)
-    text = demo_refo.report_main(ctx, json.loads(json.dumps(result)))
-    assert "FO from refo" in text and "574.0 MB" in text

@@ -4,25 +4,39 @@ default tier: Table 1 (uniformity of the baseline / USI / ES / IS lists, demogra
 Fig. 6 grids, Fig. 7 images per identity) and Table 2 (scratch, KD, KD+ES, KD+IS).
 full tier: Table 5 (USI, Focal, CB, LDAM), Table 6 (scratch + ES / IS), Fig. 4 (within-identity
 angle histograms), Fig. 5 (TAR vs the IS bandwidth h).
-Sample lists are regenerated every epoch (seed + epoch) from the teacher's EmbeddingCache.
+Sample lists are regenerated every epoch (seed + epoch) from the teacher's EmbeddingCache; each
+student's sampler is part of its run config (`{name, options}`), so students that differ only in
+the sampler or its bandwidth are different runs.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from facekd.bias import bandwidth_rule, epoch_fn, list_weights, uniformity
-from facekd.demo.core import DemoContext, Experiment, group_table, mean_std, metrics_table, register
-from facekd.demo.spine import KEY_KD, KEY_SCRATCH, kd_baseline
+from facekd.demo.context import DemoContext
+from facekd.demo.registry import Experiment, register
+from facekd.demo.report import group_table, mean_std, metrics_table
+from facekd.demo.spine import kd_baseline
 
-H_IS = math.radians(12)
+H_IS_DEG = 12  # the paper's Intrinsic Sampling bandwidth h, in degrees
+H_IS = math.radians(H_IS_DEG)
 LISTS = ("uniform", "usi", "extrinsic", "intrinsic")
 NAMES = {"uniform": "baseline", "usi": "USI", "extrinsic": "ES", "intrinsic": "IS"}
 
 
+def sampler_config(method: str, h_deg: float = H_IS_DEG) -> dict:
+    """The `sampler` block of a student trained with `method`; the bandwidth h applies to IS only."""
+    if method == "intrinsic":
+        return {"name": method, "options": {"bandwidth": f"{h_deg:g}deg"}}
+    return {"name": method}
+
+
 def _sampler(ctx: DemoContext, method: str, seed: int, bandwidth: float = H_IS):
+    """One sample list per epoch, for the statistics of the lists themselves (Table 1, Fig. 6, 7)."""
     cache = ctx.teacher_cache()
     return epoch_fn(
         method,
@@ -69,7 +83,7 @@ def run_lists(ctx: DemoContext) -> dict:
     n = len(labels)
     groups = np.asarray(ctx.data.train.groups)
     bw = bandwidth_rule(x, labels)
-    out = {
+    out: dict[str, Any] = {
         "n": n,
         "bandwidth_rule_deg": bw.degrees,
         "bandwidth_skipped": bw.n_skipped,
@@ -77,7 +91,7 @@ def run_lists(ctx: DemoContext) -> dict:
         "group_share": {},
         "per_identity": {},
     }
-    lists = {}
+    lists: dict[str, np.ndarray] = {}
     for seed in ctx.seeds:
         for m in LISTS:
             s = _sampler(ctx, m, seed)(0)
@@ -130,15 +144,21 @@ def report_lists(ctx: DemoContext, r: dict) -> str:
 
 
 def _students(ctx: DemoContext, variants: dict[str, dict]) -> dict:
-    out = {}
+    """Train (or reuse) and evaluate students over the seeds: {name: [evaluate() dict per seed]}.
+
+    A variant is {"key": run label, "sample": sampler name, "h": IS bandwidth in degrees, and any
+    keyword of `DemoContext.student_config` (distill, cls_loss, head, head_options)}.
+    """
+    out: dict[str, list[dict]] = {}
     for name, kw in variants.items():
         out[name] = []
         for seed in ctx.seeds:
             kw2 = dict(kw)
+            key, h = kw2.pop("key"), kw2.pop("h", H_IS_DEG)
             if "sample" in kw2:
-                kw2["sampler"] = _sampler(ctx, kw2.pop("sample"), seed, kw2.pop("h", H_IS))
-            key = kw2.pop("key")
-            out[name].append(ctx.evaluate(ctx.train_student(key, seed, **kw2), f"{key}/seed{seed}"))
+                kw2["sampler"] = sampler_config(kw2.pop("sample"), h)
+            run = ctx.train(ctx.student_config(seed, **kw2), f"students/{key}/seed{seed}")
+            out[name].append(ctx.evaluate(run.model))
     return out
 
 
@@ -147,8 +167,8 @@ def run_table2(ctx: DemoContext) -> dict:
     return _students(
         ctx,
         {
-            "scratch": {"key": KEY_SCRATCH},
-            "KD": {"key": KEY_KD, "distill": kd},
+            "scratch": {"key": "scratch"},
+            "KD": {"key": "kd_l2", "distill": kd},
             "KD + ES": {"key": "bias_kd_es", "distill": kd, "sample": "extrinsic"},
             "KD + IS": {"key": "bias_kd_is", "distill": kd, "sample": "intrinsic"},
         },
@@ -160,7 +180,7 @@ def run_table5(ctx: DemoContext) -> dict:
     return _students(
         ctx,
         {
-            "KD": {"key": KEY_KD, "distill": kd},
+            "KD": {"key": "kd_l2", "distill": kd},
             "KD + USI": {"key": "bias_kd_usi", "distill": kd, "sample": "usi"},
             "KD + Focal": {"key": "bias_kd_focal", "distill": kd, "cls_loss": "focal"},
             "KD + CB": {"key": "bias_kd_cb", "distill": kd, "cls_loss": "cb"},
@@ -184,14 +204,13 @@ def run_fig5(ctx: DemoContext) -> dict:
     degs = (3, 6, 12, 24, 48)
     res = _students(
         ctx,
-        {
-            f"KD + IS h={d}°": {"key": f"bias_kd_is_h{d}", "distill": kd, "sample": "intrinsic", "h": math.radians(d)}
-            for d in degs
-        },
+        {f"KD + IS h={d}°": {"key": f"bias_kd_is_h{d}", "distill": kd, "sample": "intrinsic", "h": d} for d in degs},
     )
-    base = _students(ctx, {"KD": {"key": KEY_KD, "distill": kd}})["KD"]
+    base = _students(ctx, {"KD": {"key": "kd_l2", "distill": kd}})["KD"]
     res["KD"] = base
-    tar = lambda evs: float(np.mean([t["tar"] for ev in evs for t in ev["tar_at_far"] if math.isclose(t["far"], 1e-3)]))
+
+    def tar(evs: list[dict]) -> float:
+        return float(np.mean([t["tar"] for ev in evs for t in ev["tar_at_far"] if math.isclose(t["far"], 1e-3)]))
 
     def draw(plt):
         fig, ax = plt.subplots(figsize=(4.5, 3))
@@ -276,8 +295,9 @@ register(
         "default",
         run_table2,
         _student_report(
-            "Students trained with uniform, Extrinsic and Intrinsic (h = 12°) sampling lists regenerated each epoch; "
-            "mean ± std over seeds {seeds} (Table 2). Compare the direction with the paper: KD+IS ≥ KD+ES ≥ KD > scratch."
+            "Students trained with uniform, Extrinsic and Intrinsic (h = 12°) sampling lists regenerated each "
+            "epoch; mean ± std over seeds {seeds} (Table 2). Compare the direction with the paper: "
+            "KD+IS ≥ KD+ES ≥ KD > scratch."
         ),
         title="Data bias: KD with Extrinsic / Intrinsic Sampling (Table 2)",
         order=31,
@@ -302,7 +322,8 @@ register(
         "full",
         run_fig5,
         _student_report(
-            "TAR vs the Intrinsic Sampling bandwidth h (Fig. 5); the dashed line is KD with uniform sampling; seeds {seeds}."
+            "TAR vs the Intrinsic Sampling bandwidth h (Fig. 5); the dashed line is KD with uniform sampling; "
+            "seeds {seeds}."
         ),
         title="Data bias: IS bandwidth sweep (Fig. 5)",
         order=33,

@@ -1,9 +1,10 @@
-"""Issue-4 experiments: PAD and the per-sample weighting baselines on SynthFaces.
+"""PAD ("Prime-Aware Adaptive Distillation") and the per-sample weighting baselines on SynthFaces.
 
-Default tier (`pad.weighting`): ArcFace + λ·L2 with all samples equal, with PAD (Eq. 7) and with hard-discarding, mean ± std over the tier's seeds; then the analysis of
-the trained PAD student on the training set: distillation gap against learned variance, binned
-(Fig. 2), the correlation of the learned variance with SynthFaces' known nuisances, and the images
-with the smallest / largest learned variance (Fig. 3).
+Default tier (`pad.weighting`): ArcFace + λ·L2 with all samples equal, with PAD (Eq. 7) and with
+hard-discarding, mean ± std over the tier's seeds; then the analysis of the trained PAD student on
+the training set: distillation gap against learned variance, binned (Fig. 2), the correlation of
+the learned variance with SynthFaces' known nuisances, and the images with the smallest / largest
+learned variance (Fig. 3).
 
 Full tier: Table 1 (uniform / hard-mining / hard-discarding), Table 6 (soft-exp over T, soft-poly
 over α), Table 7 (uniform / soft-exp / soft-poly / warm-up / PAD) and the Table 2 analogue (L2,
@@ -11,18 +12,23 @@ FitNet, AT and their PAD versions, RKD, CC, VID).
 
 λ is not tuned per method here (the paper tunes it): each method's λ and normalisation are listed in
 `METHODS` and printed in the report. When the demo's `kd_lambda` equals `L2_LAMBDA`, the uniform-L2
-student is the spine's KD-baseline run (shared, not trained twice). PAD's settings are explained at `PAD_DEMO`.
+student is the spine's KD-baseline run (shared, not trained twice). PAD's settings are explained at
+`PAD_DEMO`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import numpy as np
 import torch
 
-from facekd.demo.core import DemoContext, Experiment, metrics_table, register
-from facekd.demo.spine import KEY_KD, kd_baseline
+from facekd.demo.context import DemoContext
+from facekd.demo.registry import Experiment, register
+from facekd.demo.report import metrics_table
+from facekd.demo.spine import kd_baseline
+from facekd.refo.stages import TrainedRun
 
 # PAD in the demo: one σ per sample (its log-variance gets an O(1) gradient; a per-dimension σ under
 # dim_reduce="mean" gets 1/D of it and barely moves in a few epochs), mean over dimensions, and
@@ -70,10 +76,10 @@ SEP = "\n"
 
 
 def _spec(ctx: DemoContext, method: str) -> tuple[str, dict, str]:
-    """(student key, distill spec, teacher source) of a method."""
+    """(student label, distill block, teacher source) of a method."""
     base, lam, source = METHODS[method]
     if method == "uniform" and ctx.settings.kd_lambda == lam:
-        return KEY_KD, kd_baseline(ctx), source  # the same run as the spine's KD baseline: share it
+        return "kd_l2", kd_baseline(ctx), source  # the same run as the spine's KD baseline: share it
     spec = {**base, "lam": lam, "options": dict(base.get("options", {}))}
     if spec["loss"] == "l2" and spec.get("weighting") == "pad":
         spec["options"]["init_logvar"] = round(-math.log(ctx.settings.teacher.embedding_size), 4)
@@ -84,16 +90,15 @@ def _spec(ctx: DemoContext, method: str) -> tuple[str, dict, str]:
     return f"pad_{method}", spec, source
 
 
+def _train(ctx: DemoContext, method: str, seed: int) -> TrainedRun:
+    """Train (or reuse) the student of `method` with `seed`."""
+    key, spec, source = _spec(ctx, method)
+    return ctx.train(ctx.student_config(seed, distill=spec, teacher=source), f"students/{key}/seed{seed}")
+
+
 def _train_eval(ctx: DemoContext, methods: list[str], seeds: list[int]) -> dict[str, list[dict]]:
     """Train (or reuse) and evaluate each method for every seed: {method: [evaluate() dict per seed]}."""
-    out: dict[str, list[dict]] = {}
-    for m in methods:
-        key, spec, source = _spec(ctx, m)
-        out[m] = []
-        for seed in seeds:
-            student = ctx.train_student(key, seed, distill=spec, teacher=source)
-            out[m].append(ctx.evaluate(student, f"{key}/seed{seed}"))
-    return out
+    return {m: [ctx.evaluate(_train(ctx, m, seed).model) for seed in seeds] for m in methods}
 
 
 def _label(ctx: DemoContext, method: str) -> str:
@@ -128,37 +133,18 @@ def _direction(results: dict[str, list[dict]], better: str, worse: str, far: flo
 # --------------------------------------------------------------------------------------------
 
 
-def _load_distiller(ctx: DemoContext, key: str, seed: int, spec: dict, student_dim: int, teacher_dim: int):
-    """Rebuild the run's Distiller (incl. the PAD variance branch) from its training checkpoint."""
-    from facekd.losses.distiller import Distiller
-    from facekd.train import load_checkpoint
-
-    ckpt = load_checkpoint(ctx.run_dir / "students" / key / f"seed{seed}" / "checkpoints" / "last.pt")
-    d = Distiller.from_config(dict(spec), student_dim, teacher_dim)
-    state = {k[len("distiller.") :]: v for k, v in ckpt["task"].items() if k.startswith("distiller.")}
-    d.load_state_dict(state)
-    return d.eval()
-
-
 def _train_set_stats(ctx: DemoContext, method: str, seed: int) -> dict[str, np.ndarray]:
     """Per training image: gap d_i = ‖s − t‖² of the compared (projected, normalised) embeddings, the
     same measure for every student, and, for PAD, the learned σ² and weight 1/σ²."""
-    from facekd.embed import embed_dataset
-    from facekd.losses.distiller import Features
+    from facekd.losses.distiller import Distiller, Features
 
-    key, spec, _ = _spec(ctx, method)
-    student = ctx.train_student(key, seed, distill=spec)
-    cache = embed_dataset(
-        student,
-        ctx.data.train,
-        ctx.run_dir / "eval" / f"train_{key}_seed{seed}",
-        normalize=False,
-        progress=ctx.progress,
-    )
+    run = _train(ctx, method, seed)
+    cache = ctx.store.embed(run.model, ctx.data.train, normalize=False)
     s_emb = torch.from_numpy(np.array(cache.embeddings, dtype=np.float32))
     t_emb = torch.from_numpy(np.array(ctx.teacher_cache().embeddings, dtype=np.float32))
-    d = _load_distiller(ctx, key, seed, spec, s_emb.shape[1], t_emb.shape[1])
-    gap, var = [], []
+    d = cast(Distiller, run.task.distiller).eval()  # the trained distiller (with the PAD variance branch)
+    gap: list[torch.Tensor] = []
+    var: list[torch.Tensor] = []
     with torch.no_grad():
         for i in range(0, len(s_emb), 512):
             fs, ft = Features(s_emb[i : i + 512]), Features(t_emb[i : i + 512])
@@ -166,7 +152,7 @@ def _train_set_stats(ctx: DemoContext, method: str, seed: int) -> dict[str, np.n
             gap.append((s - t).pow(2).sum(dim=1))
             if d.is_pad:
                 d(fs, ft)
-                var.append(d.per_sample_stats["variance"])
+                var.append(cast(torch.Tensor, d.per_sample_stats["variance"]))
     out = {"gap": torch.cat(gap).numpy()}
     if var:
         v = torch.cat(var).numpy()

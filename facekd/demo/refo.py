@@ -1,21 +1,27 @@
 """ReFO / ReFO+ experiments on SynthFaces (the supplementary's Tables 1–3 and the intrinsic gap).
 
-Pieces shared with the spine's experiment (so they are trained once):
-* the original teacher (`ctx.teacher()`) and its train-set cache;
-* the ReFO proxy s′ is the spine's student trained from scratch with ArcFace (`"scratch"`): it is
-  exactly step 1 of Algorithm 1 (student architecture, L_cls only);
-* the ReFO+ proxy is the spine's KD student (`"kd_l2"`: ArcFace + λ·L2 to the original teacher),
-  our reading of ReFO+ (a proxy distilled from the original teacher); it is also the
-  "KD with identity supervision" baseline.
-The distillation data D2 is the SynthFaces training set itself (labels never read by the
-feature-only students). Tailored teachers are one run each (seed 0, on the seed-0 proxy); the
-feature-only students are trained over the demo's seeds (default tier: the first seed only).
+Every tailored teacher and feature-only (FO) student comes from the `facekd refo` pipeline
+(`facekd.refo.run_refo`) run in the demo's store, so stages shared between pipelines and with the
+spine are trained once:
+* ReFO's proxy s′ (student architecture, L_cls only: step 1 of Algorithm 1) is the same run as the
+  spine's student trained from scratch;
+* ReFO+'s proxy (ArcFace + λ·L2 to the original teacher, our reading of ReFO+) is the same run as
+  the spine's KD student, which is also the "KD with identity supervision" baseline;
+* the β1 / β2 sweeps and the transfer grid reuse every stage their settings do not change.
+The distillation data D2 is the SynthFaces training set itself (labels never read by the FO
+students). Tailored teachers are one run each (seed 0, on the seed-0 proxy); the FO students are
+trained over the demo's seeds (default tier: the first seed only). FO students of the original
+teacher are the pipeline's step 5 applied to the original teacher's cache.
 """
 
 from __future__ import annotations
 
-from facekd.demo.core import DemoContext, Experiment, mean_std, metrics_table, register
-from facekd.demo.spine import KEY_KD, KEY_SCRATCH, kd_baseline
+from facekd.demo.context import DemoContext
+from facekd.demo.registry import Experiment, register
+from facekd.demo.report import headline, mean_std, metrics_table
+from facekd.demo.spine import kd, scratch
+from facekd.refo import RefoConfig, RefoResult, run_refo, student_config
+from facekd.refo.stages import TrainedRun
 
 BETA1 = 0.5  # supplementary §4 default for normalised embeddings
 BETA2 = 5.0  # supplementary §5 default
@@ -26,76 +32,64 @@ def _seeds(ctx: DemoContext) -> list[int]:
     return ctx.seeds if ctx.tier == "full" else ctx.seeds[:1]
 
 
-def _train_cache(ctx: DemoContext, model, name: str):
-    """Normalised train-set embeddings of `model` (no flip), cached in run_dir/refo/train_emb/name."""
-    from facekd.embed import embed_dataset
-
-    return embed_dataset(model, ctx.data.train, ctx.run_dir / "refo" / "train_emb" / name, progress=ctx.progress)
-
-
-def proxy(ctx: DemoContext, variant: str, arch: str | None = None, seed: int = 0):
-    """Step 1: the proxy s′ (ReFO: L_cls from scratch; ReFO+: distilled from the original teacher)."""
-    default = arch is None or arch == ctx.settings.student.arch
-    if variant == "refo":
-        return ctx.train_student(KEY_SCRATCH if default else f"{KEY_SCRATCH}_{arch}", seed, arch=arch)
-    if variant == "refo_plus":
-        return ctx.train_student(KEY_KD if default else f"{KEY_KD}_{arch}", seed, arch=arch, distill=kd_baseline(ctx))
-    raise ValueError(f"unknown ReFO variant {variant!r}; expected 'refo' or 'refo_plus'")
-
-
-def tailored_teacher(ctx: DemoContext, variant: str = "refo", arch: str | None = None, beta1: float | None = None):
-    """Steps 1–4: proxy, its train-set cache, reverse distillation, the tailored teacher's cache.
-
-    Returns (name, tailored teacher, its train-set EmbeddingCache).
-    """
-    from facekd.models import get_model
-    from facekd.models.heads import get_head
-    from facekd.refo import make_distiller
-    from facekd.tasks import CachedTeacher, FaceTask
-
-    arch = arch or ctx.settings.student.arch
-    beta1 = BETA1 if beta1 is None else beta1
-    p_name = f"proxy_{variant}_{arch}"
-    p_cache = _train_cache(ctx, proxy(ctx, variant, arch, seed=0), p_name)
-    net = ctx.settings.teacher
-    data = ctx.data.train.with_augmentation({"hflip": True}) if net.hflip else ctx.data.train
-    name = f"teacher_{variant}_{arch}_b{beta1:g}"
-
-    def build():
-        t_dim = int(p_cache.embeddings.shape[1])
-        return FaceTask(
-            get_model(net.arch, embedding_size=net.embedding_size, input_size=data.image_size),
-            head=get_head("arcface", net.embedding_size, data.num_classes),
-            distiller=make_distiller(beta1, net.embedding_size, t_dim),
-            teacher=CachedTeacher(p_cache),
-        )
-
-    spec = {
-        "kind": "refo_tailored_teacher",
+def refo_config(
+    ctx: DemoContext,
+    variant: str = "refo",
+    *,
+    proxy_arch: str | None = None,
+    student_arch: str | None = None,
+    beta1: float = BETA1,
+    beta2: float = BETA2,
+    seed: int = 0,
+) -> RefoConfig:
+    """The demo's ReFO pipeline: the tier's teacher and student networks and training, proxy and
+    tailored teacher with seed 0, the FO student with `seed`. ReFO+ distils its proxy from the demo
+    teacher with the spine's KD λ."""
+    s, t = ctx.settings.student, ctx.settings.teacher
+    student = s.model_copy(update={"arch": student_arch or s.arch})
+    proxy = s.model_copy(update={"arch": proxy_arch or s.arch})
+    cfg: dict = {
         "variant": variant,
-        "proxy": p_cache.meta["model_sha256"],
+        "teacher": ctx.model_config(t),
+        "student": ctx.model_config(student),
+        "proxy": ctx.model_config(proxy),
         "beta1": beta1,
-        "head": "arcface",
-        "emb_loss": "l2",
-        "normalize": True,
+        "beta2": beta2,
+        "proxy_train": ctx.train_config(proxy, 0),
+        "teacher_train": ctx.train_config(t, 0),
+        "student_train": ctx.train_config(student, seed),
     }
-    teacher = ctx.train_task(f"refo/{name}", build, spec, net, seed=0, dataset=data).student.eval()
-    return name, teacher, _train_cache(ctx, teacher, name)
+    if variant == "refo_plus":
+        cfg["proxy_lambda"] = ctx.settings.kd_baseline_lambda
+        cfg["original_teacher"] = ctx.model_config(t)
+        cfg["original_checkpoint"] = ctx.teacher().directory / "backbone.pth"
+    return RefoConfig.model_validate(cfg)
 
 
-def feature_only(ctx: DemoContext, teacher_name: str, cache, seed: int, arch: str | None = None, beta2: float = BETA2):
-    """Step 5: β2 · L2(f_s, f_t) only, no head; returns (eval name, model)."""
-    arch_tag = arch or ctx.settings.student.arch
-    key = f"refo_fo/{teacher_name}/{arch_tag}_b{beta2:g}"
-    model = ctx.train_student(
-        key, seed, arch=arch, head=None, distill={"loss": "l2", "weighting": "uniform", "lam": beta2}, teacher=cache
+def pipeline(ctx: DemoContext, cfg: RefoConfig) -> RefoResult:
+    """Run (or reuse) the ReFO pipeline `cfg` on the tier's training split, in the demo's store."""
+    p = cfg.proxy_model
+    name = (
+        f"{cfg.variant}_proxy-{p.arch}_student-{cfg.student.arch}_b1-{cfg.beta1_value:g}_b2-{cfg.beta2:g}"
+        f"_seed{cfg.student_train.seed}"
     )
-    return f"{key}/seed{seed}", model
+    data = ctx.data_config(ctx.settings.student.hflip)
+    res = run_refo(cfg, ctx.run_dir / "refo" / name, data, store=ctx.store, progress=ctx.progress, log=ctx.log)
+    for stage, record in res.stages.items():
+        ctx.label(f"refo/{name}/{stage}", record["dir"])
+    return res
 
 
-def twonn(ctx: DemoContext, cache) -> dict:
+def fo_from_original(ctx: DemoContext, seed: int, arch: str | None = None, beta2: float = BETA2) -> TrainedRun:
+    """Step 5 alone on the original teacher's cache: the FO student of the untailored teacher."""
+    cfg = refo_config(ctx, student_arch=arch, beta2=beta2, seed=seed)
+    label = f"students/fo_original/{cfg.student.arch}_b2-{beta2:g}/seed{seed}"
+    return ctx.train(student_config(cfg, ctx.data_config(ctx.settings.student.hflip), ctx.teacher_cache()), label)
+
+
+def twonn(cache) -> dict:
     """TwoNN (supplementary protocol: fixed-seed subset, normalised, 20 × 90 %) of a train-set cache."""
-    from facekd.intrinsic import intrinsic_dimension
+    from facekd.refo.intrinsic import intrinsic_dimension
 
     res = intrinsic_dimension(cache.embeddings, subset=min(TWONN_POINTS, len(cache)), reps=20, seed=0)
     return {"mean": res.mean, "std": res.std, "n": res.n_per_rep}
@@ -106,35 +100,28 @@ def twonn(ctx: DemoContext, cache) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def run_main(ctx: DemoContext) -> dict:
-    variants = ["refo"] + (["refo_plus"] if ctx.tier == "full" else [])
-    teachers = {"original": ("original", ctx.teacher(), ctx.teacher_cache())}
-    for v in variants:
-        teachers[v] = tailored_teacher(ctx, v)
-    out: dict = {"teachers": {}, "students": {}, "id": {}}
-    for label, (tname, model, cache) in teachers.items():
-        out["teachers"][label] = [ctx.evaluate(model, "teacher" if label == "original" else f"refo/{tname}")]
-        out["id"][f"teacher: {label}"] = twonn(ctx, cache)
-        out["students"][f"FO from {label}"] = []
-        for seed in _seeds(ctx):
-            ev_name, student = feature_only(ctx, tname, cache, seed)
-            out["students"][f"FO from {label}"].append(ctx.evaluate(student, ev_name))
-            if seed == _seeds(ctx)[0]:
-                out["id"][f"FO student from {label}"] = twonn(
-                    ctx, _train_cache(ctx, student, ev_name.replace("/", "_"))
-                )
-    out["id"]["proxy (ReFO, L_cls)"] = twonn(
-        ctx, _train_cache(ctx, proxy(ctx, "refo"), f"proxy_refo_{ctx.settings.student.arch}")
-    )
-    if ctx.tier == "full":
-        out["students"]["KD with identity (ArcFace + λ·L2)"] = [
-            ctx.evaluate(proxy(ctx, "refo_plus", seed=s), f"{KEY_KD}/seed{s}") for s in _seeds(ctx)
-        ]
-        out["students"]["scratch (ArcFace)"] = [
-            ctx.evaluate(proxy(ctx, "refo", seed=s), f"{KEY_SCRATCH}/seed{s}") for s in _seeds(ctx)
-        ]
-    from facekd.refo import class_centre_memory
+def _teacher_row(ctx: DemoContext, out: dict, label: str, teacher, cache, students: list[TrainedRun]) -> None:
+    """Evaluate a teacher and its FO students; TwoNN of the teacher's and the first student's caches."""
+    out["teachers"][label] = [ctx.evaluate(teacher)]
+    out["id"][f"teacher: {label}"] = twonn(cache)
+    out["students"][f"FO from {label}"] = [ctx.evaluate(s.model) for s in students]
+    out["id"][f"FO student from {label}"] = twonn(ctx.store.embed(students[0].model, ctx.data.train))
 
+
+def run_main(ctx: DemoContext) -> dict:
+    from facekd.refo.memory import class_centre_memory
+
+    out: dict = {"teachers": {}, "students": {}, "id": {}}
+    original = [fo_from_original(ctx, seed) for seed in _seeds(ctx)]
+    _teacher_row(ctx, out, "original", ctx.teacher().model, ctx.teacher_cache(), original)
+    tailored: dict[str, list[RefoResult]] = {}
+    for variant in ["refo"] + (["refo_plus"] if ctx.tier == "full" else []):
+        res = tailored[variant] = [pipeline(ctx, refo_config(ctx, variant, seed=seed)) for seed in _seeds(ctx)]
+        _teacher_row(ctx, out, variant, res[0].tailored_teacher.model, res[0].teacher_cache, [r.student for r in res])
+    out["id"]["proxy (ReFO, L_cls)"] = twonn(tailored["refo"][0].proxy_cache)
+    if ctx.tier == "full":
+        out["students"]["KD with identity (ArcFace + λ·L2)"] = [ctx.evaluate(kd(ctx, s).model) for s in _seeds(ctx)]
+        out["students"]["scratch (ArcFace)"] = [ctx.evaluate(scratch(ctx, s).model) for s in _seeds(ctx)]
     out["memory"] = class_centre_memory()
     out["memory_demo"] = class_centre_memory(
         ctx.data.train.num_classes, ctx.settings.student.embedding_size, ctx.settings.student.batch_size
@@ -149,7 +136,7 @@ def _id_table(ids: dict) -> str:
 
 
 def report_main(ctx: DemoContext, result: dict) -> str:
-    from facekd.refo import format_bytes
+    from facekd.refo.memory import format_bytes
 
     m, md = result["memory"], result["memory_demo"]
     s = ctx.settings
@@ -189,25 +176,19 @@ BETA2_SWEEP = (1.0, 5.0, 20.0)
 
 
 def run_transfer(ctx: DemoContext) -> dict:
-    teachers = {"original": ("original", ctx.teacher_cache())}
-    for arch in TRANSFER_ARCHS:
-        name, _, cache = tailored_teacher(ctx, "refo", arch)
-        teachers[f"tailored to {arch}"] = (name, cache)
-    return {
-        label: {
-            arch: [
-                ctx.evaluate(m, n)
-                for n, m in (feature_only(ctx, tname, cache, seed, arch=arch) for seed in _seeds(ctx))
-            ]
-            for arch in TRANSFER_ARCHS
-        }
-        for label, (tname, cache) in teachers.items()
-    }
+    def students(proxy_arch: str | None, arch: str) -> list[dict]:
+        if proxy_arch is None:
+            runs = [fo_from_original(ctx, seed, arch) for seed in _seeds(ctx)]
+        else:
+            cfgs = [refo_config(ctx, proxy_arch=proxy_arch, student_arch=arch, seed=seed) for seed in _seeds(ctx)]
+            runs = [pipeline(ctx, cfg).student for cfg in cfgs]
+        return [ctx.evaluate(r.model) for r in runs]
+
+    teachers = {"original": None} | {f"tailored to {a}": a for a in TRANSFER_ARCHS}
+    return {label: {arch: students(proxy, arch) for arch in TRANSFER_ARCHS} for label, proxy in teachers.items()}
 
 
 def _grid(result: dict, metric: str = "TAR@1e-03") -> str:
-    from facekd.demo.core import headline
-
     cols = list(next(iter(result.values())).keys())
     lines = ["| teacher | " + " | ".join(f"student `{c}`" for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row, cells in result.items():
@@ -234,24 +215,20 @@ def report_transfer(ctx: DemoContext, result: dict) -> str:
 def run_beta1(ctx: DemoContext) -> dict:
     out = {}
     for b in BETA1_SWEEP:
-        name, teacher, cache = tailored_teacher(ctx, "refo", beta1=b)
+        results = [pipeline(ctx, refo_config(ctx, beta1=b, seed=s)) for s in _seeds(ctx)]
         out[f"β1 = {b:g}"] = {
-            "teacher": [ctx.evaluate(teacher, f"refo/{name}")],
-            "student": [ctx.evaluate(m, n) for n, m in (feature_only(ctx, name, cache, s) for s in _seeds(ctx))],
+            "teacher": [ctx.evaluate(results[0].tailored_teacher.model)],
+            "student": [ctx.evaluate(r.student.model) for r in results],
         }
     return out
 
 
 def run_beta2(ctx: DemoContext) -> dict:
-    name, _, cache = tailored_teacher(ctx, "refo")
-    return {
-        f"β2 = {b:g}": {
-            "student": [
-                ctx.evaluate(m, n) for n, m in (feature_only(ctx, name, cache, s, beta2=b) for s in _seeds(ctx))
-            ]
-        }
-        for b in BETA2_SWEEP
-    }
+    out = {}
+    for b in BETA2_SWEEP:
+        results = [pipeline(ctx, refo_config(ctx, beta2=b, seed=s)) for s in _seeds(ctx)]
+        out[f"β2 = {b:g}"] = {"student": [ctx.evaluate(r.student.model) for r in results]}
+    return out
 
 
 def _sweep_report(what: str):

@@ -1,37 +1,49 @@
-"""Issue-2 experiment: teacher, student from scratch, student with the data-bias paper's KD baseline.
+"""The shared baseline: teacher, student from scratch, student with the data-bias paper's KD baseline.
 
-KD baseline (data-bias paper, Sec. 4.1): ArcFace loss + λ · L2 between the L2-normalised student
-and teacher embeddings (`Distiller("l2", "uniform", lam=λ)`; a linear projection is added when the
-sizes differ), teacher embeddings read from the teacher's EmbeddingCache.
+KD baseline ("Rectifying the Data Bias in Knowledge Distillation", Sec. 4.1): ArcFace loss + λ · L2
+between the L2-normalised student and teacher embeddings (distill `{loss: l2, weighting: uniform}`;
+a linear projection is added when the sizes differ), teacher embeddings read from the teacher's
+EmbeddingCache. The other papers' experiments reuse these runs (same configs, same directories).
 """
 
 from __future__ import annotations
 
-from facekd.demo.core import DemoContext, Experiment, group_table, metrics_table, register
-
-KEY_SCRATCH = "scratch"
-KEY_KD = "kd_l2"
+from facekd.demo.context import DemoContext
+from facekd.demo.registry import Experiment, register
+from facekd.demo.report import group_table, metrics_table
+from facekd.refo.stages import TrainedRun
 
 
 def kd_baseline(ctx: DemoContext) -> dict:
-    """The `distill` spec of the baseline KD with this demo's λ (reused by other experiments)."""
+    """The `distill` block of the baseline KD with this demo's λ (reused by other experiments)."""
     return {"loss": "l2", "weighting": "uniform", "lam": ctx.settings.kd_baseline_lambda}
 
 
+def scratch(ctx: DemoContext, seed: int) -> TrainedRun:
+    """The student trained from scratch with ArcFace (also ReFO's proxy)."""
+    return ctx.train(ctx.student_config(seed), f"students/scratch/seed{seed}")
+
+
+def kd(ctx: DemoContext, seed: int) -> TrainedRun:
+    """The student trained with ArcFace + λ·L2 to the cached teacher embeddings."""
+    return ctx.train(ctx.student_config(seed, distill=kd_baseline(ctx)), f"students/kd_l2/seed{seed}")
+
+
 def run(ctx: DemoContext) -> dict:
-    teacher = ctx.teacher()
-    out = {"teacher": [ctx.evaluate(teacher, "teacher")], "scratch": [], "kd": []}
+    teacher = ctx.teacher().model
+    out: dict = {"teacher": [ctx.evaluate(teacher)], "scratch": [], "kd": []}
+    first: dict = {}
     for seed in ctx.seeds:
-        scratch = ctx.train_student(KEY_SCRATCH, seed)
-        out["scratch"].append(ctx.evaluate(scratch, f"{KEY_SCRATCH}/seed{seed}"))
-        kd = ctx.train_student(KEY_KD, seed, distill=kd_baseline(ctx))
-        out["kd"].append(ctx.evaluate(kd, f"{KEY_KD}/seed{seed}"))
+        s, k = scratch(ctx, seed).model, kd(ctx, seed).model
+        out["scratch"].append(ctx.evaluate(s))
+        out["kd"].append(ctx.evaluate(k))
+        first = first or {"scratch": s, "kd": k}
     s0 = ctx.seeds[0]
     out["roc"] = ctx.plot_roc(
         {
-            "teacher": "teacher",
-            f"student, scratch (seed {s0})": f"{KEY_SCRATCH}/seed{s0}",
-            f"student + KD (seed {s0})": f"{KEY_KD}/seed{s0}",
+            "teacher": teacher,
+            f"student, scratch (seed {s0})": first["scratch"],
+            f"student + KD (seed {s0})": first["kd"],
         },
         "roc_spine.png",
         title="SynthFaces test pairs",
@@ -50,7 +62,8 @@ def report(ctx: DemoContext, result: dict) -> str:
         [
             "Teacher trained once with ArcFace; students with ArcFace alone or ArcFace + λ·L2 to the cached "
             "teacher embeddings (data-bias paper's baseline KD). Mean ± std over seeds "
-            f"{ctx.seeds}; {result['teacher'][0]['n_genuine']} genuine / {result['teacher'][0]['n_impostor']} impostor pairs.",
+            f"{ctx.seeds}; {result['teacher'][0]['n_genuine']} genuine / "
+            f"{result['teacher'][0]['n_impostor']} impostor pairs.",
             "",
             metrics_table(rows),
             "",

@@ -5,7 +5,7 @@ F(μ) = 1 − μ^(−d), so −log(1 − F(μ)) = d · log μ. The estimator sor
 a least-squares line through the origin on the smallest (1 − discard_fraction) share of the ratios;
 its slope is d̂ (supplementary §2, Eq. 1–3; the code of Ansuini et al. 2019 that it follows).
 
-Choices pinned down (docs/refo.md and `../shared/reference/numerics.md` §3.4 list the variants):
+Choices pinned down (docs/refo.md lists the variants between implementations):
 
 * neighbours: exact FAISS search (`IndexFlatL2`), k = 4 including the query itself; the self
   match is removed *by index* (not by position, so ties at distance 0 cannot hide it) and r1, r2
@@ -240,7 +240,7 @@ def _subset_size(subset: float | int | None, n: int) -> int:
         return min(int(subset), n)
     if not 0.0 < float(subset) <= 1.0:
         raise ValueError(f"subset fraction must be in (0, 1], got {subset}")
-    return max(int(round(float(subset) * n)), min(3, n))
+    return max(round(float(subset) * n), min(3, n))
 
 
 def parse_subset(text: str) -> float | int:

@@ -9,15 +9,9 @@ import typer
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from facekd.config import (
-    ConfigError,
-    DataConfig,
-    apply_overrides,
-    build_dataset,
-    format_validation_error,
-    read_yaml_mapping,
-)
-from facekd.refo import RefoConfig, run_refo
+from facekd.config import ConfigError, DataConfig, apply_overrides, format_validation_error, read_yaml_mapping
+from facekd.refo.config import RefoConfig
+from facekd.refo.pipeline import run_refo
 from facekd.utils import atomic_path, save_json
 
 
@@ -34,7 +28,7 @@ def intrinsic_dim(
     """TwoNN intrinsic dimension of an embedding cache (ReFO supplementary protocol): mean ± std."""
     import numpy as np
 
-    from facekd.intrinsic import intrinsic_dimension, parse_subset
+    from facekd.refo.intrinsic import intrinsic_dimension, parse_subset
 
     if cache.is_dir():
         from facekd.embed import EmbeddingCache
@@ -70,9 +64,9 @@ class RefoRunFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     run_dir: str = "runs/refo"
-    data: DataConfig = Field(default_factory=DataConfig)
+    data: DataConfig = Field(default_factory=lambda: DataConfig.model_validate({}))
     distill_data: DataConfig | None = None
-    refo: RefoConfig = Field(default_factory=RefoConfig)
+    refo: RefoConfig = Field(default_factory=lambda: RefoConfig.model_validate({}))
 
 
 def load_refo_file(path: Path, overrides: Sequence[str] = ()) -> RefoRunFile:
@@ -91,17 +85,17 @@ def refo(
     overrides: list[str] | None = typer.Argument(None, help="key=value overrides, e.g. refo.beta2=2"),
     progress: bool = typer.Option(True, help="Progress bars."),
 ) -> None:
-    """Run or resume ReFO / ReFO+ (Algorithm 1): proxy, embed, reverse distillation, embed, FO student."""
+    """Run or resume ReFO / ReFO+ (Algorithm 1): proxy, embed, reverse distillation, embed, FO student.
+
+    Finished stages are reused; a changed setting runs only the stages it changes."""
     cfg = load_refo_file(config, overrides or [])
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(run_dir / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-    d1 = build_dataset(cfg.data)
-    d2 = build_dataset(cfg.distill_data) if cfg.distill_data is not None else None
-    res = run_refo(cfg.refo, run_dir, d1, d2, progress=progress, log=typer.echo)
+    res = run_refo(cfg.refo, run_dir, cfg.data, cfg.distill_data, progress=progress, log=typer.echo)
     for stage, record in res.stages.items():
-        typer.echo(f"  {stage:14s} {record['seconds']:8.1f} s  {record['artifacts']}")
+        typer.echo(f"  {stage:14s} {record['seconds']:8.1f} s  {record['dir']}")
 
 
 def register(app: typer.Typer) -> None:

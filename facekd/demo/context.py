@@ -1,0 +1,226 @@
+"""`DemoContext`: what experiments use to train, embed and evaluate.
+
+Every training run of the demo is a `facekd.config.RunConfig` (from `teacher_config` /
+`student_config`, or a ReFO pipeline's stages) trained through `run_training` in the directory its
+content digest names (`facekd.refo.stages.StageStore`), and every embedding (teacher caches, test
+embeddings) is a content-addressed cache. Experiments that need the same run share it, and a run
+whose settings differ in anything (a sampler's bandwidth included) gets a directory of its own.
+
+    run_dir/data/              SynthFaces arrays
+    run_dir/runs/<digest>/     training runs: teacher, students, ReFO stages
+    run_dir/caches/<digest>/   embedding caches: train-set caches, test-set embeddings
+    run_dir/runs.json          label → run directory (for browsing)
+    run_dir/refo/<name>/       bookkeeping of each ReFO pipeline (its stages live in runs/, caches/)
+    run_dir/experiments/<name>.json   results      run_dir/report.md, config.yaml, *.png
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from facekd.config import DataConfig, RunConfig
+from facekd.demo.report import FARS
+from facekd.demo.settings import DemoSettings, NetSettings
+from facekd.embed import EmbeddingCache
+from facekd.refo.stages import StageStore, TrainedRun
+from facekd.utils import save_json
+
+TEACHER_SOURCES = ("cache", "online", "online_logits")
+
+
+class DemoContext:
+    """Runs, caches and evaluations of one demo run directory; everything expensive is reused."""
+
+    def __init__(self, run_dir: str | Path, settings: DemoSettings, progress: bool = True):
+        self.run_dir = Path(run_dir)
+        self.settings = settings
+        self.tier = settings.tier
+        self.seeds = list(settings.seeds)
+        self.progress = progress
+        self.store = StageStore(self.run_dir, progress=progress)
+        self._teacher: TrainedRun | None = None
+        self._evals: dict[str, dict] = {}
+        index = self.run_dir / "runs.json"
+        self._labels: dict[str, str] = json.loads(index.read_text()) if index.exists() else {}
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+
+    # ---- paths and logging
+    def path(self, *parts: str) -> Path:
+        """`run_dir/parts...` with its parent directory created."""
+        p = self.run_dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def log(self, msg: str) -> None:
+        print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    def label(self, name: str, directory: str | Path) -> None:
+        """Record `name` → `directory` in run_dir/runs.json."""
+        self._labels[name] = str(Path(directory).relative_to(self.run_dir))
+        save_json(self.run_dir / "runs.json", self._labels)
+
+    # ---- data and configs
+    def data_config(self, hflip: bool = False) -> DataConfig:
+        """The tier's SynthFaces training split as a run config's `data` block (the arrays are
+        rendered into run_dir/data by `data` first, so that runs load them from there)."""
+        _ = self.data
+        return DataConfig.model_validate(
+            {
+                "kind": "synthfaces",
+                "preset": self.settings.data_preset,
+                "synthfaces": dict(self.settings.data),
+                "cache_dir": self.run_dir / "data",
+                "hflip": hflip,
+            }
+        )
+
+    @cached_property
+    def data(self):
+        """SynthFaces for this tier (`.train`, `.test`, `.pairs`), rendered once, cached on disk."""
+        from facekd.synthfaces import SynthFacesConfig, make_synthfaces
+
+        cfg = SynthFacesConfig.preset(self.settings.data_preset, **self.settings.data)
+        self.log(f"SynthFaces ({self.settings.data_preset}, {cfg.fingerprint()})")
+        return make_synthfaces(cfg, cache_dir=self.run_dir / "data")
+
+    @staticmethod
+    def model_config(net: NetSettings) -> dict:
+        """`model` block of a network."""
+        return {"arch": net.arch, "embedding_size": net.embedding_size}
+
+    @staticmethod
+    def train_config(net: NetSettings, seed: int) -> dict:
+        """`train` block of a network's runs with `seed`."""
+        return {
+            "epochs": net.epochs,
+            "batch_size": net.batch_size,
+            "lr": net.lr,
+            "warmup_epochs": net.warmup_epochs,
+            "seed": seed,
+            "log_every": 10,
+        }
+
+    # ---- training
+    def train(self, cfg: RunConfig, label: str) -> TrainedRun:
+        """Train (or reuse) the run `cfg`; `label` names it in the log and in runs.json."""
+        if self.store.run_state(cfg) != "done":
+            self.log(f"training {label} ({cfg.train.epochs} epochs)")
+        run = self.store.train(cfg)
+        self.label(label, run.directory)
+        return run
+
+    def teacher_config(self) -> RunConfig:
+        """The demo teacher: ArcFace on the training split, seed 0."""
+        net = self.settings.teacher
+        return RunConfig.model_validate(
+            {
+                "data": self.data_config(net.hflip),
+                "model": self.model_config(net),
+                "head": {"name": "arcface"},
+                "train": self.train_config(net, seed=0),
+            }
+        )
+
+    def teacher(self) -> TrainedRun:
+        """The trained demo teacher (trained once, then reused)."""
+        if self._teacher is None:
+            self._teacher = self.train(self.teacher_config(), "teacher")
+        return self._teacher
+
+    def teacher_cache(self) -> EmbeddingCache:
+        """EmbeddingCache of the teacher on the training split (normalised, no flip)."""
+        return self.store.embed(self.teacher().model, self.data.train)
+
+    def teacher_block(self, source: str = "cache") -> dict:
+        """`teacher` block: "cache" (the teacher's EmbeddingCache), "online" (its checkpoint, run on
+        each batch, for feature-map losses) or "online_logits" (online with its ArcFace head, whose
+        logits logit losses such as HKD read)."""
+        if source == "cache":
+            return {"cache": self.teacher_cache().directory}
+        if source not in TEACHER_SOURCES:
+            raise ValueError(f"teacher source must be one of {TEACHER_SOURCES}, got {source!r}")
+        net, run = self.settings.teacher, self.teacher()
+        block = {"checkpoint": run.directory / "backbone.pth", "online": True, **self.model_config(net)}
+        if source == "online_logits":
+            block["head"] = run.directory / "head.pth"
+        return block
+
+    def student_config(
+        self,
+        seed: int,
+        *,
+        arch: str | None = None,
+        head: str | None = "arcface",
+        head_options: dict | None = None,
+        cls_loss: str = "ce",
+        distill: dict | None = None,
+        teacher: str = "cache",
+        sampler: dict | None = None,
+    ) -> RunConfig:
+        """A student run: the tier's student network (or `arch`) trained with `seed`.
+
+        head: "arcface" | "cosface" | "softmax" (+ head_options, e.g. {"m": 0.0}) | None
+            (feature-only: needs `distill`). cls_loss: "ce" | "focal" | "cb" | "ldam".
+        distill: a `distill` block ({"loss", "weighting", "lam", "options"}); teacher: its source
+            (see `teacher_block`). sampler: a `sampler` block ({"name", "options"}); Intrinsic and
+            Extrinsic Sampling read the teacher's cache.
+        """
+        net = self.settings.student
+        if arch is not None:
+            net = net.model_copy(update={"arch": arch})
+        cfg: dict = {
+            "data": self.data_config(net.hflip),
+            "model": self.model_config(net),
+            "head": {"name": head, **(head_options or {})} if head is not None else None,
+            "cls_loss": {"name": cls_loss},
+            "train": self.train_config(net, seed),
+        }
+        if distill is not None:
+            cfg["distill"] = distill
+            cfg["teacher"] = self.teacher_block(teacher)
+        if sampler is not None:
+            cfg["sampler"] = sampler
+            if sampler["name"] in ("intrinsic", "extrinsic") and "teacher" not in cfg:
+                cfg["teacher"] = self.teacher_block("cache")
+        return RunConfig.model_validate(cfg)
+
+    # ---- evaluation
+    def test_cache(self, model: nn.Module) -> EmbeddingCache:
+        """Embeddings of the SynthFaces test split by `model` (flip-summed if `eval_flip`)."""
+        return self.store.embed(model, self.data.test, flip=self.settings.eval_flip)
+
+    def evaluate(self, model: nn.Module) -> dict:
+        """Verification on the SynthFaces test pairs: `facekd.evaluate.verification.evaluate_pairs`
+        (strict TAR@FAR 1e-2/1e-3/1e-4, insightface TAR, 10-fold accuracy, hard pairs, per group)."""
+        from facekd.evaluate.verification import evaluate_pairs
+
+        cache = self.test_cache(model)
+        key = cache.directory.name
+        if key not in self._evals:
+            emb = np.asarray(cache.embeddings)
+            self._evals[key] = evaluate_pairs(emb, self.data.pairs, groups=self.data.test.groups, fars=FARS)
+        return self._evals[key]
+
+    def scores(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine scores (P,), issame (P,)) of `model` on the test pairs (for ROC plots)."""
+        e = np.asarray(self.test_cache(model).embeddings)
+        p = self.data.pairs
+        return np.einsum("ij,ij->i", e[p.a], e[p.b]), np.asarray(p.issame, bool)
+
+    def plot_roc(self, curves: dict[str, nn.Module], filename: str, title: str = "ROC") -> str:
+        """Plot ROC curves {label: model} to run_dir/filename; returns the relative path."""
+        from facekd.evaluate.verification import plot_roc
+
+        plot_roc({label: self.scores(m) for label, m in curves.items()}, self.path(filename), title=title)
+        return filename
+
+
+__all__ = ["TEACHER_SOURCES", "DemoContext"]
