@@ -20,11 +20,11 @@ from PIL import Image
 
 from facekd.build import build_dataset, run_training
 from facekd.config import load_config
-from facekd.synthfaces.export import dataset_images, export_synthfaces
-from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 from facekd.losses.distiller import LOSSES, Distiller
 from facekd.models import get_model, list_models
 from facekd.refo.commands import load_refo_file
+from facekd.synthfaces import SynthFacesConfig, make_synthfaces
+from facekd.synthfaces.export import dataset_images, export_synthfaces
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = sorted((ROOT / "configs").glob("*.yaml"))
