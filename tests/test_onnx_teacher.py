@@ -200,6 +200,12 @@ def test_cli_embed_and_eval_take_onnx_like_a_checkpoint(tmp_path, capsys):
         assert code == 0, err
         caches[name] = EmbeddingCache.open(tmp_path / name)
     np.testing.assert_allclose(caches["onnx"].embeddings, caches["pt"].embeddings, atol=2e-5, rtol=0)
+    # the width (and input size) of a 64-d checkpoint is read from it by embed, eval and export alike
+    assert caches["pt"].embeddings.shape[1] == 64
+    code, _, err = _facekd(["export", ckpt, "--arch", "mbf_tiny", "--out", tmp_path / "again.onnx"], capsys)
+    assert code == 0, err
+    again = OnnxTeacher(tmp_path / "again.onnx")
+    assert again.embedding_size == 64 and again.input_size == (SIZE, SIZE)
     # a .bin set at the teacher's input size: the same accuracy and XNorm lines
     pairs = [(i, j) for i in range(0, 48, 4) for j in (i + 1, i + 2)]  # 24 pairs, half genuine
     pair_images = np.stack([images[[a, b]] for a, b in pairs]).reshape(-1, SIZE, SIZE, 3)
