@@ -4,8 +4,8 @@
 (the order fixes which random numbers each part draws, so the same seed gives the same weights):
 
     dataset  = build_dataset(cfg.data)                           facekd.data
-    teacher  = build_teacher(cfg, dataset)                       a cache, an online checkpoint (+ head),
-                                                                 or a checkpoint embedded once
+    teacher  = build_teacher(cfg, dataset)                       a cache, an online checkpoint or ONNX
+                                                                 model (+ head), or one embedded once
     sampler  = build_sampler(cfg.sampler, dataset, seed, cache)  facekd.bias
     seed_everything(cfg.train.seed)
     task     = build_task(cfg, dataset, teacher)                 student, head, classification loss,
@@ -73,12 +73,43 @@ def input_size_of(cfg: RunConfig, dataset) -> int | tuple[int, int]:
     return cfg.model.input_size or dataset.image_size
 
 
-def load_teacher_model(t: TeacherConfig, input_size: int | tuple[int, int]) -> nn.Module:
-    """The teacher backbone of `t.checkpoint`; its embedding width is read from the weights
-    (`load_backbone`, as `facekd eval` / `embed` / `export` do) unless `t.embedding_size` is given."""
-    assert t.checkpoint is not None and t.arch is not None  # TeacherConfig guarantees both
-    given: dict[str, Any] = {"embedding_size": t.embedding_size} if t.embedding_size is not None else {}
-    return load_backbone(t.checkpoint, t.arch, input_size=input_size, **given)
+def load_network(
+    arch: str | None = None,
+    checkpoint: str | Path | None = None,
+    onnx: str | Path | None = None,
+    embedding_size: int | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """The one way a trained network is loaded for embedding, evaluation or teaching (eval mode, on
+    `device`): an ONNX graph (`facekd.onnx.OnnxTeacher`: architecture, width and normalisation read
+    from the graph; CUDA execution provider when the device is a GPU and onnxruntime has it), or
+    `arch` with the weights of `checkpoint` (`load_backbone`: widths not given are read from the
+    weights), or `arch` with random weights when neither is given."""
+    if onnx is not None:
+        if arch is not None or checkpoint is not None or embedding_size is not None:
+            raise ValueError(
+                f"{onnx}: an ONNX model brings its own architecture, weights and width; "
+                "give no arch / checkpoint / embedding size with it"
+            )
+        from facekd.onnx.teacher import OnnxTeacher
+
+        return OnnxTeacher(onnx, device=device).eval()
+    if arch is None:
+        raise ValueError("give an architecture (arch) with a checkpoint, or an ONNX model")
+    given = (("embedding_size", embedding_size), ("input_size", input_size))
+    sizes: dict[str, Any] = {k: v for k, v in given if v is not None}
+    model = load_backbone(checkpoint, arch, **sizes) if checkpoint is not None else get_model(arch, **sizes)
+    return model.eval().to(device)
+
+
+def load_teacher_model(t: TeacherConfig, input_size: int | tuple[int, int], device: str = "cpu") -> nn.Module:
+    """The teacher network of `t`: its ONNX graph, or the backbone of `t.checkpoint` (embedding width
+    read from the weights unless `t.embedding_size` is given), on `device`."""
+    if t.onnx is not None:
+        return load_network(onnx=t.onnx, device=device)
+    assert t.checkpoint is not None and t.arch is not None  # TeacherConfig guarantees one source
+    return load_network(t.arch, t.checkpoint, embedding_size=t.embedding_size, input_size=input_size, device=device)
 
 
 def load_teacher_head(t: TeacherConfig, task: str, dim: int) -> nn.Module:
@@ -100,25 +131,27 @@ def load_teacher_head(t: TeacherConfig, task: str, dim: int) -> nn.Module:
 
 
 def build_teacher(cfg: RunConfig, dataset) -> Teacher:
-    """`cfg.teacher` as a provider: a given cache; an online checkpoint (with its head when
-    `teacher.head` is set); or a checkpoint embedded once into `run_dir/teacher_cache` from the
-    un-augmented images (under torchrun each rank embeds its shard)."""
+    """`cfg.teacher` as a provider: a given cache; an online checkpoint or ONNX model (with its
+    head when `teacher.head` is set); or a checkpoint / ONNX model embedded once into
+    `run_dir/teacher_cache` from the un-augmented images (under torchrun each rank embeds its
+    shard). An ONNX teacher's identity is its file's sha256."""
     t = cfg.teacher
     assert t is not None
     if t.cache is not None:
         cache = EmbeddingCache.open(t.cache)
         return Teacher(CachedTeacher(cache), cache, {"cache": cache.meta})
-    model = load_teacher_model(t, input_size_of(cfg, dataset))
+    device = dist.resolve_device(cfg.train.device)
+    input_size = input_size_of(cfg, dataset)
+    model = load_teacher_model(t, input_size, str(device))
     if t.online:
         head = None
         if t.head is not None:
-            head = load_teacher_head(t, cfg.task, embedding_dim(model, input_size_of(cfg, dataset)))
+            head = load_teacher_head(t, cfg.task, embedding_dim(model, input_size))
         identity = {"model_sha256": model_checksum(model), "head_sha256": model_checksum(head) if head else None}
         if cfg.task == "classification" and head is not None:
             return Teacher(ClassifierTeacher(model, head), None, identity)
         return Teacher(OnlineTeacher(model, head), None, identity)
-    device = dist.resolve_device(cfg.train.device)
-    cache = embed_dataset(model.to(device), dataset.without_augmentation(), cfg.run_dir / "teacher_cache", flip=t.flip)
+    cache = embed_dataset(model, dataset.without_augmentation(), cfg.run_dir / "teacher_cache", flip=t.flip)
     return Teacher(CachedTeacher(cache), cache, {"cache": cache.meta})
 
 
@@ -311,10 +344,16 @@ def describe_sampler(sampler) -> Any:
     return describe() if describe is not None else None
 
 
+TEACHER_FILES = {"cache", "checkpoint", "onnx", "head"}  # recorded by content in the teacher's identity
+
+
 def config_record(cfg: RunConfig) -> dict:
-    """The config values a result depends on: all but `run_dir` and what only observes the run
-    (`train.val`); train's RESUMABLE settings are kept but never compared."""
-    return json.loads(cfg.model_dump_json(by_alias=True, exclude={"run_dir": True, "train": set(TRAIN_OBSERVERS)}))
+    """The config values a result depends on: all but `run_dir`, what only observes the run
+    (`train.val`) and the teacher's file paths, whose contents the record's teacher identity holds
+    (a teacher file moved or renamed is the same teacher). Train's RESUMABLE settings are kept but
+    never compared."""
+    exclude: dict[str, Any] = {"run_dir": True, "teacher": TEACHER_FILES, "train": set(TRAIN_OBSERVERS)}
+    return json.loads(cfg.model_dump_json(by_alias=True, exclude=exclude))
 
 
 def run_record(cfg: RunConfig, dataset, teacher: Teacher | None, sampler) -> dict:
@@ -398,6 +437,7 @@ __all__ = [
     "describe_sampler",
     "head_sharding",
     "input_size_of",
+    "load_network",
     "load_teacher_head",
     "load_teacher_model",
     "run_record",

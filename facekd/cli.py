@@ -21,7 +21,7 @@ import re
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Literal, cast
 
 import typer
 from pydantic import ValidationError
@@ -209,23 +209,34 @@ def _data_config(data: str, kind: str, split: str):
         raise ConfigError(format_validation_error(e, "--kind / --data / --split")) from None
 
 
-def _load_model(arch: str, checkpoint: Path | None, embedding_size: int | None, input_size: int | None):
-    """`arch` with the weights of `checkpoint` (sizes not given are inferred from it), else random weights."""
-    from facekd.models import get_model
-    from facekd.models.checkpoint import load_backbone
+def _load_model(
+    arch: str | None,
+    checkpoint: Path | None,
+    embedding_size: int | None,
+    input_size: int | None,
+    onnx: Path | None = None,
+    device: str = "cpu",
+):
+    """The network of `--onnx`, or `--arch` with the weights of `--checkpoint` (sizes not given
+    are read from it), else `--arch` with random weights (with a warning): `facekd.build.load_network`."""
+    from facekd.build import load_network
 
-    if checkpoint is not None:
-        sizes = (("embedding_size", embedding_size), ("input_size", input_size))
-        kw: dict[str, Any] = {k: v for k, v in sizes if v is not None}
-        return load_backbone(checkpoint, arch, **kw)
-    typer.echo(f"warning: no --checkpoint, {arch} has random weights", err=True)
-    return get_model(arch, embedding_size=embedding_size, input_size=input_size).eval()
+    if onnx is None and arch is None:
+        raise typer.BadParameter("give --arch (with --checkpoint), or --onnx")
+    if onnx is None and checkpoint is None:
+        typer.echo(f"warning: no --checkpoint, {arch} has random weights", err=True)
+    return load_network(arch, checkpoint, onnx, embedding_size, input_size, device=device)
+
+
+_ARCH_HELP = "model name (facekd.models.list_models()); not with --onnx"
+_ONNX_HELP = "an ONNX recognition model (insightface model zoo, facekd export) instead of --arch/--checkpoint"
 
 
 @app.command()
 def embed(
-    arch: str = typer.Option(..., "--arch", help="model name (facekd.models.list_models())"),
+    arch: str | None = typer.Option(None, "--arch", help=_ARCH_HELP),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="backbone.pth"),
+    onnx: Path | None = typer.Option(None, "--onnx", help=_ONNX_HELP),
     data: str = typer.Option("default", "--data", help="SynthFaces preset, or a path for --kind"),
     kind: str = typer.Option(
         "synthfaces", "--kind", help="synthfaces | recordio | folder | list | arrays | idx | market1501 | dukemtmc"
@@ -251,7 +262,7 @@ def embed(
     _set_threads(threads)
     dist.init_from_env()  # under torchrun each rank embeds its shard and rank 0 assembles the cache
     dataset = build_dataset(data_cfg)
-    model = _load_model(arch, checkpoint, embedding_size, dataset.image_size).to(dist.resolve_device("auto"))
+    model = _load_model(arch, checkpoint, embedding_size, dataset.image_size, onnx, str(dist.resolve_device("auto")))
     cache = embed_dataset(model, dataset, out, flip=flip, batch_size=batch_size, normalize=normalize, progress=progress)
     if dist.is_main():
         typer.echo(f"{cache.directory}: {cache.embeddings.shape[0]} × {cache.embeddings.shape[1]} float32")
@@ -259,8 +270,9 @@ def embed(
 
 @app.command("eval")
 def eval_(
-    arch: str = typer.Option(..., "--arch"),
+    arch: str | None = typer.Option(None, "--arch", help=_ARCH_HELP),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="backbone.pth (or a run dir)"),
+    onnx: Path | None = typer.Option(None, "--onnx", help=_ONNX_HELP),
     bins: list[Path] = typer.Option([], "--bin", help="insightface .bin set(s): `--bin lfw.bin cfp_fp.bin ...`"),
     more_bins: list[Path] | None = typer.Argument(
         None, metavar="BIN", help="further .bin sets after --bin", show_default=False
@@ -276,10 +288,17 @@ def eval_(
     """Verification. With --bin: insightface's Accuracy-Flip on each .bin set, printed in its log
     format (XNorm, Accuracy-Flip, Accuracy-Highest). Without: SynthFaces test pairs, TAR@FAR (both
     conventions) and 10-fold accuracy."""
+    from facekd.dist import resolve_device
+
     if more_bins and not bins:
         raise typer.BadParameter(f"unexpected argument {more_bins[0]}; .bin sets go after --bin")
+    for path in bins + list(more_bins or []):
+        if not path.is_file():
+            raise FileNotFoundError(f"verification set {path} does not exist")
     if bins:
-        _eval_bins(arch, checkpoint, bins + list(more_bins or []), embedding_size, step, batch_size, device, out)
+        model = _load_model(arch, checkpoint, embedding_size, None, onnx, str(resolve_device(device)))
+        source = {"arch": arch, "checkpoint": _str_or_none(checkpoint), "onnx": _str_or_none(onnx)}
+        _eval_bins(model, bins + list(more_bins or []), step, batch_size, out, source)
         return
     import numpy as np
     import torch
@@ -292,7 +311,7 @@ def eval_(
     if preset not in _PRESETS:
         raise typer.BadParameter(f"--preset must be one of {' / '.join(_PRESETS)}, got {preset!r}")
     data = make_synthfaces(SynthFacesConfig.preset(cast(Preset, preset)))
-    model = _load_model(arch, checkpoint, embedding_size, data.test.image_size)
+    model = _load_model(arch, checkpoint, embedding_size, data.test.image_size, onnx)
     images = [data.test[i]["image"] for i in range(len(data.test))]
     emb = np.concatenate(
         [embed_batch(model, torch.stack(images[i : i + 256]), flip=flip).numpy() for i in range(0, len(images), 256)]
@@ -303,28 +322,15 @@ def eval_(
         save_json(out / "eval.json", res)
         p = data.pairs
         scores = np.einsum("ij,ij->i", emb[p.a], emb[p.b])
-        plot_roc({arch: (scores, p.issame)}, out / "roc.png")
+        plot_roc({arch or str(onnx): (scores, p.issame)}, out / "roc.png")
 
 
-def _eval_bins(
-    arch: str,
-    checkpoint: Path | None,
-    bins: list[Path],
-    embedding_size: int | None,
-    step: int,
-    batch_size: int,
-    device: str,
-    out: Path | None,
-) -> None:
-    from facekd.dist import resolve_device
+def _eval_bins(model, bins: list[Path], step: int, batch_size: int, out: Path | None, source: dict) -> None:
+    """insightface's CallBackVerification lines for each .bin set; `out/eval_bin.json` when asked."""
     from facekd.evaluate.model_eval import evaluate_bin
     from facekd.evaluate.verification import format_insightface_line
     from facekd.utils import save_json
 
-    for path in bins:
-        if not path.is_file():
-            raise FileNotFoundError(f"verification set {path} does not exist")
-    model = _load_model(arch, checkpoint, embedding_size, None).to(resolve_device(device))
     results = []
     for path in bins:
         r = evaluate_bin(model, path, batch_size=batch_size)
@@ -336,7 +342,11 @@ def _eval_bins(
         )
         results.append(r)
     if out is not None:
-        save_json(out / "eval_bin.json", {"arch": arch, "checkpoint": str(checkpoint), "step": step, "sets": results})
+        save_json(out / "eval_bin.json", {**source, "step": step, "sets": results})
+
+
+def _str_or_none(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def format_verification(res: dict) -> str:

@@ -8,6 +8,7 @@
     cls_loss: {name: ce}
     distill:  {loss: l2, weighting: uniform, lambda: 1.0, options: {}}     # optional
     teacher:  {cache: runs/teacher/cache_train}            # or {checkpoint: backbone.pth, arch: r50, online: true}
+                                                           #    or {onnx: w600k_r50.onnx}
     sampler:  {name: uniform}                              # file (path: list.npy), intrinsic, extrinsic, usi,
                                                            #    pk (options: {p: 16, k: 4}; metric task)
     train:    {epochs: 10, batch_size: 128, lr: 0.1, ...}  # facekd.train.TrainConfig
@@ -109,16 +110,23 @@ class DistillConfig(_Strict):
 
 
 class TeacherConfig(_Strict):
-    """Either `cache` (an EmbeddingCache directory computed on the training data), or
-    `checkpoint` (backbone.pth) + `arch` run online (`online: true`) or embedded once, from the
-    un-augmented images, into `run_dir/teacher_cache` (`online: false`). The embedding width is
-    read from the checkpoint unless `embedding_size` is given. `head`: the
-    teacher's head.pth (written by `facekd train` beside backbone.pth), for logit losses (HKD) with
-    an online teacher: a margin head `head_name` (task face / metric) or a Linear classifier (task
-    classification), its number of classes read from the file."""
+    """Exactly one source of teacher embeddings:
+
+    - `cache`: an EmbeddingCache directory computed on the training rows;
+    - `checkpoint` (backbone.pth) + `arch`: a facekd / insightface backbone; its embedding width is
+      read from the weights unless `embedding_size` is given;
+    - `onnx`: an ONNX recognition model (insightface's model zoo, or `facekd export`); its
+      architecture, width and input normalisation are read from the graph (no `arch`).
+
+    A checkpoint or ONNX teacher runs on every batch (`online: true`) or is embedded once, from the
+    un-augmented images, into `run_dir/teacher_cache` (`online: false`; `flip`: insightface's
+    flip-sum). `head`: the teacher's head.pth (written by `facekd train` beside backbone.pth), for
+    logit losses (HKD, GKD) with an online teacher: a margin head `head_name` (task face / metric)
+    or a Linear classifier (task classification), its number of classes read from the file."""
 
     cache: Path | None = None
     checkpoint: Path | None = None
+    onnx: Path | None = None
     arch: str | None = None
     embedding_size: int | None = Field(default=None, ge=1)
     online: bool = False
@@ -130,15 +138,19 @@ class TeacherConfig(_Strict):
     def _check(self):
         _existing(self.cache, "teacher cache")
         _existing(self.checkpoint, "teacher checkpoint")
+        _existing(self.onnx, "teacher onnx")
         _existing(self.head, "teacher head")
-        if (self.cache is None) == (self.checkpoint is None):
-            raise ValueError("give exactly one of cache or checkpoint")
+        given = [k for k in ("cache", "checkpoint", "onnx") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of cache, checkpoint or onnx (got {', '.join(given) or 'none'})")
         if self.checkpoint is not None and self.arch is None:
             raise ValueError("checkpoint needs arch")
-        if self.online and self.checkpoint is None:
-            raise ValueError("online needs checkpoint (a cache cannot run online)")
+        if self.onnx is not None and (self.arch is not None or self.embedding_size is not None):
+            raise ValueError("onnx: the architecture and the width come from the graph; drop arch / embedding_size")
+        if self.online and self.cache is not None:
+            raise ValueError("online needs checkpoint or onnx (a cache cannot run online)")
         if self.head is not None and not self.online:
-            raise ValueError("head needs an online teacher (checkpoint + online: true)")
+            raise ValueError("head needs an online teacher (checkpoint or onnx + online: true)")
         return self
 
 

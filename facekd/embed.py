@@ -39,8 +39,12 @@ FORMAT_VERSION = 1
 
 
 def model_checksum(model: nn.Module) -> str:
-    """sha256 over the state_dict (sorted names, dtypes, shapes and raw bytes), hex string."""
+    """sha256 over the state_dict (sorted names, dtypes, shapes and raw bytes), hex string; for a
+    model that is a file (`facekd.onnx.OnnxTeacher`), its `sha256` (the file's content hash)."""
     model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    own = getattr(model, "sha256", None)
+    if isinstance(own, str):
+        return own
     h = hashlib.sha256()
     for name, t in sorted(model.state_dict().items()):
         t = t.detach().cpu().contiguous().reshape(-1)

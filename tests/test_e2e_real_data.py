@@ -147,7 +147,7 @@ def test_synthfaces_real_data_path_from_the_cli(tmp_path, capsys):
 
 def test_cli_input_errors(tmp_path, capsys):
     code, _, err = _facekd(["eval-ijb", "--meta", tmp_path], capsys)
-    assert code == 2 and "exactly one of --features or --checkpoint" in err
+    assert code == 2 and "exactly one of --features, --checkpoint or --onnx" in err
     code, _, err = _facekd(["eval-ijb", "--checkpoint", tmp_path, "--meta", tmp_path], capsys)
     assert code == 2 and "--checkpoint needs --arch" in err
     code, _, err = _facekd(["eval", "--arch", "mbf_tiny", "lfw.bin"], capsys)

@@ -20,6 +20,9 @@ def eval_ijb(
         None, help="Instead of --features: embed the release with this backbone (file or run dir)."
     ),
     arch: str | None = typer.Option(None, help="Architecture of --checkpoint (facekd.models.list_models())."),
+    onnx: Path | None = typer.Option(
+        None, help="Instead of --features / --checkpoint: embed the release with this ONNX recognition model."
+    ),
     meta: Path = typer.Option(
         ..., help="IJB release folder holding meta/<t>_*.txt (and loose_crop/ with --checkpoint)."
     ),
@@ -40,20 +43,25 @@ def eval_ijb(
 ) -> None:
     """IJB-B/C 1:1 verification (arcface_torch eval_ijbc.py protocol) from precomputed features or a checkpoint.
 
-    With --checkpoint/--arch the faces of `meta`/loose_crop are aligned at the model's input size,
-    embedded with their mirrors, the raw features saved to `out`, and evaluated exactly as --features.
+    With --checkpoint/--arch or --onnx the faces of `meta`/loose_crop are aligned at the model's input
+    size, embedded with their mirrors, the raw features saved to `out`, and evaluated exactly as
+    --features.
     """
     from facekd.data.ijb import read_ijb_meta
     from facekd.evaluate.ijb import evaluate_ijb, write_ijb_outputs
 
-    if (features is None) == (checkpoint is None):
-        raise typer.BadParameter("give exactly one of --features or --checkpoint (with --arch)")
-    if checkpoint is not None:
-        if arch is None:
+    if sum(x is not None for x in (features, checkpoint, onnx)) != 1:
+        raise typer.BadParameter("give exactly one of --features, --checkpoint or --onnx")
+    if checkpoint is not None or onnx is not None:
+        if checkpoint is not None and arch is None:
             raise typer.BadParameter("--checkpoint needs --arch")
         if features_flip is not None or halves:
-            raise typer.BadParameter("--features-flip / --halves apply to --features, not --checkpoint")
-        features, features_flip = _embed_ijb_to(out, checkpoint, arch, meta, target, batch_size, num_workers, device)
+            raise typer.BadParameter("--features-flip / --halves apply to --features, not to a model")
+        from facekd.build import load_network
+        from facekd.dist import resolve_device
+
+        model = load_network(None if onnx else arch, checkpoint, onnx, device=str(resolve_device(device)))
+        features, features_flip = _embed_ijb_to(out, model, meta, target, batch_size, num_workers)
     assert features is not None  # one of --features / --checkpoint, checked above
     x = _load_npy(features, "features")
     xf = _load_npy(features_flip, "features_flip") if features_flip is not None else None
@@ -84,21 +92,17 @@ def eval_ijb(
     )
 
 
-def _embed_ijb_to(
-    out: Path, checkpoint: Path, arch: str, meta: Path, target: str, batch_size: int, num_workers: int, device: str
-) -> tuple[Path, Path]:
-    """Embed the release with the checkpoint; write raw features (+ flip) as .npy in `out`; return their paths."""
-    from facekd.dist import resolve_device
+def _embed_ijb_to(out: Path, model, meta: Path, target: str, batch_size: int, num_workers: int) -> tuple[Path, Path]:
+    """Embed the release with `model`; write raw features (+ flip) as .npy in `out`; return their paths."""
     from facekd.evaluate.model_eval import embed_ijb
-    from facekd.models.checkpoint import load_backbone
     from facekd.utils import save_npy
 
-    model = load_backbone(checkpoint, arch).to(resolve_device(device))
     feats, feats_flip = embed_ijb(model, meta, target, batch_size=batch_size, num_workers=num_workers)
     paths = out / f"{target.upper()}_features.npy", out / f"{target.upper()}_features_flip.npy"
     save_npy(paths[0], feats)
     save_npy(paths[1], feats_flip)
-    typer.echo(f"embedded {feats.shape[0]} faces with {arch} ({feats.shape[1]}-d) -> {paths[0]}, {paths[1]}")
+    name = getattr(model, "path", None) or type(model).__name__
+    typer.echo(f"embedded {feats.shape[0]} faces with {name} ({feats.shape[1]}-d) -> {paths[0]}, {paths[1]}")
     return paths
 
 
