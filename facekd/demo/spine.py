@@ -1,75 +1,139 @@
-"""The shared baseline: teacher, student from scratch, student with the data-bias paper's KD baseline.
+"""The shared baseline: teacher(s), student from scratch, student with the data-bias paper's KD baseline.
 
 KD baseline ("Rectifying the Data Bias in Knowledge Distillation", Sec. 4.1): ArcFace loss + λ · L2
 between the L2-normalised student and teacher embeddings (distill `{loss: l2, weighting: uniform}`;
 a linear projection is added when the sizes differ), teacher embeddings read from the teacher's
-EmbeddingCache. The other papers' experiments reuse these runs (same configs, same directories).
+EmbeddingCache. λ is chosen on the validation split (`facekd.demo.selection`, grid
+`settings.grid.kd_lambda`). The other papers' experiments reuse these runs (same configs, same
+directories).
 """
 
 from __future__ import annotations
 
+from facekd.config import RunConfig
+from facekd.demo.compare import claim, metric_values, rows_of, student_metrics
 from facekd.demo.context import DemoContext
 from facekd.demo.registry import Experiment, register
-from facekd.demo.report import group_table, metrics_table
+from facekd.demo.report import comparison_table, group_table, teacher_note
+from facekd.demo.selection import select
 from facekd.refo.stages import TrainedRun
+
+BIAS_PAPER = "data bias"
+
+
+def kd_block(lam: float) -> dict:
+    """The `distill` block of the KD baseline with λ = lam (every uniform-L2 student uses this form,
+    so equal settings give the same run)."""
+    return {"loss": "l2", "weighting": "uniform", "lam": float(lam)}
+
+
+def kd_selection(ctx: DemoContext) -> dict:
+    """λ of the KD baseline, chosen on the validation split."""
+    return select(
+        ctx, "kd_lambda", ctx.settings.grid.kd_lambda, lambda v, s: ctx.student_config(s, distill=kd_block(v)), "kd"
+    )
 
 
 def kd_baseline(ctx: DemoContext) -> dict:
-    """The `distill` block of the baseline KD with this demo's λ (reused by other experiments)."""
-    return {"loss": "l2", "weighting": "uniform", "lam": ctx.settings.kd_baseline_lambda}
+    """The `distill` block of the baseline KD with the validation-chosen λ (reused by other experiments)."""
+    return kd_block(kd_selection(ctx)["best"])
+
+
+def scratch_config(ctx: DemoContext, seed: int) -> RunConfig:
+    return ctx.student_config(seed)
+
+
+def kd_config(ctx: DemoContext, seed: int) -> RunConfig:
+    return ctx.student_config(seed, distill=kd_baseline(ctx))
 
 
 def scratch(ctx: DemoContext, seed: int) -> TrainedRun:
     """The student trained from scratch with ArcFace (also ReFO's proxy)."""
-    return ctx.train(ctx.student_config(seed), f"students/scratch/seed{seed}")
+    return ctx.train(scratch_config(ctx, seed), f"students/scratch/seed{seed}")
 
 
 def kd(ctx: DemoContext, seed: int) -> TrainedRun:
     """The student trained with ArcFace + λ·L2 to the cached teacher embeddings."""
-    return ctx.train(ctx.student_config(seed, distill=kd_baseline(ctx)), f"students/kd_l2/seed{seed}")
+    return ctx.train(kd_config(ctx, seed), f"students/kd_l2/seed{seed}")
+
+
+def teacher_rows(ctx: DemoContext) -> list[dict]:
+    """Rows of table "teacher": every teacher seed on the test pairs."""
+    seeds = ctx.settings.teacher_seeds
+    runs = ctx.train_many([(ctx.teacher_config(s), f"teacher/seed{s}") for s in seeds])
+    return rows_of("teacher", {"teacher": {s: student_metrics(ctx.evaluate(r.model)) for s, r in zip(seeds, runs)}})
 
 
 def run(ctx: DemoContext) -> dict:
-    teacher = ctx.teacher().model
-    out: dict = {"teacher": [ctx.evaluate(teacher)], "scratch": [], "kd": []}
-    first: dict = {}
-    for seed in ctx.seeds:
-        s, k = scratch(ctx, seed).model, kd(ctx, seed).model
-        out["scratch"].append(ctx.evaluate(s))
-        out["kd"].append(ctx.evaluate(k))
-        first = first or {"scratch": s, "kd": k}
-    s0 = ctx.seeds[0]
-    out["roc"] = ctx.plot_roc(
+    selection = kd_selection(ctx)
+    seeds = ctx.seeds
+    jobs = [(scratch_config(ctx, s), f"students/scratch/seed{s}") for s in seeds]
+    jobs += [(kd_config(ctx, s), f"students/kd_l2/seed{s}") for s in seeds]
+    runs = ctx.train_many(jobs)
+    scratch_runs, kd_runs = runs[: len(seeds)], runs[len(seeds) :]
+    evals = {
+        "scratch": {s: student_metrics(ctx.evaluate(r.model)) for s, r in zip(seeds, scratch_runs)},
+        "KD": {s: student_metrics(ctx.evaluate(r.model)) for s, r in zip(seeds, kd_runs)},
+    }
+    rows = teacher_rows(ctx) + rows_of("spine", evals)
+    claims = [
+        claim(
+            BIAS_PAPER,
+            "KD (ArcFace + λ·L2 to the teacher) beats the student trained from scratch (Table 2)",
+            metric_values(rows, "spine", "KD", "TAR@1e-03"),
+            metric_values(rows, "spine", "scratch", "TAR@1e-03"),
+        )
+    ]
+    s0 = seeds[0]
+    roc = ctx.plot_roc(
         {
-            "teacher": teacher,
-            f"student, scratch (seed {s0})": first["scratch"],
-            f"student + KD (seed {s0})": first["kd"],
+            "teacher": ctx.teacher().model,
+            f"student, scratch (seed {s0})": scratch_runs[0].model,
+            f"student + KD (seed {s0})": kd_runs[0].model,
         },
         "roc_spine.png",
         title="SynthFaces test pairs",
     )
-    return out
+    pairs = ctx.split("test")[1]
+    return {
+        "rows": rows,
+        "claims": claims,
+        "selections": [selection],
+        "roc": roc,
+        "pairs": {"genuine": int(pairs.issame.sum()), "impostor": int((~pairs.issame.astype(bool)).sum())},
+    }
+
+
+def methods(ctx: DemoContext, lam: float) -> dict[str, str]:
+    s = ctx.settings
+    return {
+        "scratch": f"student `{s.student.arch}`, from scratch",
+        "KD": f"student `{s.student.arch}`, KD (ArcFace + {lam:g}·L2)",
+    }
 
 
 def report(ctx: DemoContext, result: dict) -> str:
     s = ctx.settings
-    rows = {
-        f"teacher `{s.teacher.arch}`": result["teacher"],
-        f"student `{s.student.arch}`, from scratch": result["scratch"],
-        f"student `{s.student.arch}`, KD (ArcFace + {s.kd_baseline_lambda:g}·L2)": result["kd"],
-    }
+    rows = result["rows"]
+    lam = result["selections"][0]["best"]
+    teacher = {"teacher": f"teacher `{s.teacher.arch}` (seeds {s.teacher_seeds})"}
     return "\n".join(
         [
-            "Teacher trained once with ArcFace; students with ArcFace alone or ArcFace + λ·L2 to the cached "
-            "teacher embeddings (data-bias paper's baseline KD). Mean ± std over seeds "
-            f"{ctx.seeds}; {result['teacher'][0]['n_genuine']} genuine / "
-            f"{result['teacher'][0]['n_impostor']} impostor pairs.",
+            f"Teacher trained with ArcFace (seeds {s.teacher_seeds}; the first teaches every student); students with "
+            "ArcFace alone or ArcFace + λ·L2 to the cached teacher embeddings (data-bias paper's baseline KD; λ = "
+            f"{lam:g} chosen on the validation split). Mean ± std over student seeds {ctx.seeds}; Δ is the paired "
+            f"difference over seeds with its 95 % interval. {result['pairs']['genuine']} genuine / "
+            f"{result['pairs']['impostor']} impostor test pairs.",
             "",
-            metrics_table(rows),
+            comparison_table(rows, "teacher", teacher),
+            "",
+            comparison_table(rows, "spine", methods(ctx, lam), baseline="scratch"),
+            "",
+            teacher_note(rows, {"KD": "KD"}, "spine"),
             "",
             "Per demographic group, TAR at the global FAR=1e-3 threshold:",
             "",
-            group_table(rows, far=1e-3),
+            group_table(rows, "spine", methods(ctx, lam)),
             "",
             f"![ROC]({result['roc']})",
         ]

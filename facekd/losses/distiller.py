@@ -31,7 +31,7 @@ from facekd.losses.distill import LOSSES, DistillLoss, Features, LossContext
 from facekd.losses.gradient import scale_grad
 from facekd.losses.registry import parse_options
 from facekd.losses.variance import BackboneTap, probe_backbone_dim
-from facekd.losses.weighting import WEIGHTINGS, Term, Weighting, get_weighting, warmup_factor
+from facekd.losses.weighting import WEIGHTINGS, Term, Weighting, gap, get_weighting, warmup_factor
 
 __all__ = ["LOSSES", "Distiller", "Features", "probe_feature_shapes"]
 
@@ -337,7 +337,7 @@ class Distiller(nn.Module):
                 t.logvar = scale_grad(t.logvar, 1.0 / factor) if t.logvar is not None else None
         loss, w, d = self.weighting(terms, step)
         log_vars = [pad.log_variance(t.logvar.detach()) for t in terms if t.logvar is not None] if pad else []
-        self._last = (d, w, log_vars)
+        self._last = (d, w, log_vars, gap(terms, "sum").detach() if log_vars else d)
         logs = {"distill/loss": loss.detach(), "distill/gap": d.mean()}
         if log_vars:
             logs["distill/logvar"] = torch.stack([lv.mean() for lv in log_vars]).mean()
@@ -350,11 +350,13 @@ class Distiller(nn.Module):
     def per_sample_stats(self) -> dict[str, torch.Tensor | None]:
         """Detached (B,) tensors of the last forward: "gap" d_i, "weight" (normalised per-sample
         weight) and, with PAD (else None), "variance" and "log_variance" (mean σ² and mean ln σ² of
-        each sample over its elements) and "effective_weight" (`PADWeighting.parts`)."""
+        each sample over its elements), "effective_weight" (`PADWeighting.parts`) and "gap_sum" (the
+        gap summed over elements, ‖s − t‖² for l2, whatever PAD's dim_reduce)."""
         if self._last is None:
             raise RuntimeError("per_sample_stats: run a forward pass first")
-        d, w, logvars = self._last
+        d, w, logvars, d_sum = self._last
         out: dict[str, torch.Tensor | None] = {"gap": d, "weight": w, "variance": None, "log_variance": None}
+        out["gap_sum"] = d_sum
         out["effective_weight"] = None
         if logvars:
             out["variance"] = torch.stack([lv.exp().mean(dim=1) for lv in logvars]).mean(dim=0)

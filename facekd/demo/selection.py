@@ -1,0 +1,76 @@
+"""Hyper-parameters chosen on the validation split, never on the test pairs.
+
+`select(ctx, name, values, config)` trains one student per grid value and selection seed
+(`settings.grid.seeds`) on the training split, scores each on the SynthFaces *validation* pairs
+(identities disjoint from train and test) by strict TAR@FAR=1e-3, averages over the selection
+seeds and keeps the best value (ties: the first listed). The result is stored in
+`run_dir/selection/<name>.json` under the digest of everything it depends on (every grid run's
+content key, the validation data, the metric), and reused while that holds: a grid is trained and
+scored once. The grid runs are ordinary runs of the store, so the run of the chosen value at a
+selection seed is the same run the main table then reports for that seed (on the test pairs).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from facekd.config import RunConfig
+from facekd.demo.compare import student_metrics
+from facekd.demo.context import DemoContext
+from facekd.refo.stages import digest
+from facekd.utils import save_json
+
+__all__ = ["METRIC", "select"]
+
+METRIC = "TAR@1e-03"
+
+
+def _key(ctx: DemoContext, name: str, grid: list[tuple[float, int, RunConfig]]) -> str:
+    val = ctx.split("val")[0]
+    return digest(
+        {
+            "name": name,
+            "runs": [[v, s, ctx.store.run_key(cfg)] for v, s, cfg in grid],
+            "val": str(val.fingerprint()),
+            "eval_flip": ctx.settings.eval_flip,
+            "metric": METRIC,
+        }
+    )
+
+
+def select(
+    ctx: DemoContext, name: str, values: Sequence[float], config: Callable[[float, int], RunConfig], label: str = ""
+) -> dict:
+    """The best of `values` on the validation split for the student `config(value, seed)`.
+
+    Returns {"name", "values", "seeds", "metric", "scores" (value → [score per seed]), "mean"
+    (value → mean score), "best"}. A one-value grid is returned as chosen without training.
+    """
+    values = [float(v) for v in values]
+    if not values:
+        raise ValueError(f"selection {name!r}: empty grid")
+    seeds = list(ctx.settings.grid.seeds)
+    result: dict = {"name": name, "values": values, "seeds": seeds, "metric": f"validation {METRIC}"}
+    if len(values) == 1:
+        return result | {"scores": {}, "mean": {}, "best": values[0]}
+    grid = [(v, s, config(v, s)) for v in values for s in seeds]
+    key = _key(ctx, name, grid)
+    path = ctx.run_dir / "selection" / f"{name}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            ctx.log(f"selection {name}: stored result reused (best {saved['result']['best']:g})")
+            return saved["result"]
+    runs = ctx.train_many([(cfg, f"selection/{label or name}/{v:g}/seed{s}") for v, s, cfg in grid])
+    scores: dict[str, list[float]] = {f"{v:g}": [] for v in values}
+    for (v, _, _), run in zip(grid, runs):
+        scores[f"{v:g}"].append(student_metrics(ctx.evaluate(run.model, "val"))[METRIC])
+    mean = {k: float(np.mean(v)) for k, v in scores.items()}
+    best = max(values, key=lambda v: (mean[f"{v:g}"], -values.index(v)))
+    result |= {"scores": scores, "mean": mean, "best": best}
+    save_json(path, {"key": key, "result": result})
+    ctx.log(f"selection {name}: best {best:g} ({METRIC} on validation: {mean})")
+    return result
