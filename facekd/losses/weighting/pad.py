@@ -54,8 +54,8 @@ class PADOptions(WeightingOptions):
     init_logvar: float | Literal["auto"] = Field(
         "auto", description="BN bias of the branch at init; auto: σ² = 1/D under dim_reduce mean, 1 under sum"
     )
-    branch_grad: Literal["as_loss", "lambda_free"] = Field(
-        "as_loss", description="lambda_free: the Distiller divides the branch's gradient by λ·warm-up"
+    branch_grad: Literal["lambda_free", "as_loss"] = Field(
+        "lambda_free", description="lambda_free: the Distiller divides the branch's gradient by λ·warm-up"
     )
     l2_stage_steps: int = Field(0, ge=0, description="plain L2 for this many steps, then PAD")
     var_eps: float = Field(1e-6, gt=0, description="variance floor: σ² = exp(s) + var_eps")
@@ -73,9 +73,11 @@ class PADWeighting(Weighting):
     "sum": at σ² = 1/D (resp. 1) the weighted error equals the summed squared error d_i, so PAD
     starts with the weight of uniform L2 (`dim_reduce: sum`) at the same λ.
 
-    branch_grad "lambda_free": the Distiller divides the gradient that flows through the predicted
-    log-variance by λ·warm-up, so the branch (and, not detached, its path into the backbone) learns
-    at a λ-free rate; "as_loss" (default) leaves the gradient of λ·Eq. 7 as it is.
+    branch_grad "lambda_free" (default): the Distiller divides the gradient that flows through the
+    predicted log-variance by λ·warm-up, so the branch (and, not detached, its path into the
+    backbone) learns at a λ-free rate; "as_loss" leaves the gradient of λ·Eq. 7 as it is. Needed:
+    with "as_loss" at the demo's λ = 20 (SGD, lr 0.1) the log-variance ran away to ≈ 1700 within an
+    epoch and distillation stopped (docs/distillation.md, "PAD").
 
     l2_stage_steps: before this step, plain uniform L2 is used (PAD "after an L2 stage", as in
     torchdistill's official config); 0 (default) = PAD from scratch. The variance branch still takes
@@ -99,7 +101,7 @@ class PADWeighting(Weighting):
         branch_input: str = "backbone",
         detach: bool = False,
         init_logvar: float | str = "auto",
-        branch_grad: str = "as_loss",
+        branch_grad: str = "lambda_free",
         l2_stage_steps: int = 0,
         var_eps: float = 1e-6,
         dim_reduce: str = "mean",
