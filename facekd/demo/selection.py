@@ -14,38 +14,63 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from facekd.config import RunConfig
 from facekd.demo.compare import student_metrics
 from facekd.demo.context import DemoContext
-from facekd.refo.stages import digest
+from facekd.refo.stages import TrainedRun, digest
 from facekd.utils import save_json
 
-__all__ = ["METRIC", "select"]
+__all__ = ["METRIC", "Scorer", "select", "synthfaces_scorer"]
 
 METRIC = "TAR@1e-03"
 
 
-def _key(ctx: DemoContext, name: str, grid: list[tuple[float, int, RunConfig]]) -> str:
+@dataclass(frozen=True)
+class Scorer:
+    """How a grid run is scored on validation data: `score(run)` (higher is better), described by
+    `metric` and `data` (what the stored result's digest covers)."""
+
+    metric: str
+    data: str
+    score: Callable[[TrainedRun], float]
+
+
+def synthfaces_scorer(ctx: DemoContext) -> Scorer:
+    """Strict TAR@FAR=1e-3 on the SynthFaces validation pairs."""
     val = ctx.split("val")[0]
+    return Scorer(
+        f"validation {METRIC}",
+        f"synthfaces-val:{val.fingerprint()}:flip={ctx.settings.eval_flip}",
+        lambda run: student_metrics(ctx.evaluate(run.model, "val"))[METRIC],
+    )
+
+
+def _key(ctx: DemoContext, name: str, grid: list[tuple[float, int, RunConfig]], scorer: Scorer) -> str:
     return digest(
         {
             "name": name,
             "runs": [[v, s, ctx.store.run_key(cfg)] for v, s, cfg in grid],
-            "val": str(val.fingerprint()),
-            "eval_flip": ctx.settings.eval_flip,
-            "metric": METRIC,
+            "data": scorer.data,
+            "metric": scorer.metric,
         }
     )
 
 
 def select(
-    ctx: DemoContext, name: str, values: Sequence[float], config: Callable[[float, int], RunConfig], label: str = ""
+    ctx: DemoContext,
+    name: str,
+    values: Sequence[float],
+    config: Callable[[float, int], RunConfig],
+    label: str = "",
+    scorer: Scorer | None = None,
 ) -> dict:
-    """The best of `values` on the validation split for the student `config(value, seed)`.
+    """The best of `values` on validation data for the student `config(value, seed)`.
 
+    scorer: default `synthfaces_scorer` (TAR@1e-3 on the SynthFaces validation pairs).
     Returns {"name", "values", "seeds", "metric", "scores" (value → [score per seed]), "mean"
     (value → mean score), "best"}. A one-value grid is returned as chosen without training.
     """
@@ -53,11 +78,20 @@ def select(
     if not values:
         raise ValueError(f"selection {name!r}: empty grid")
     seeds = list(ctx.settings.grid.seeds)
-    result: dict = {"name": name, "values": values, "seeds": seeds, "metric": f"validation {METRIC}"}
     if len(values) == 1:
-        return result | {"scores": {}, "mean": {}, "best": values[0]}
+        return {
+            "name": name,
+            "values": values,
+            "seeds": seeds,
+            "metric": "–",
+            "scores": {},
+            "mean": {},
+            "best": values[0],
+        }
+    scorer = scorer or synthfaces_scorer(ctx)
+    result: dict = {"name": name, "values": values, "seeds": seeds, "metric": scorer.metric}
     grid = [(v, s, config(v, s)) for v in values for s in seeds]
-    key = _key(ctx, name, grid)
+    key = _key(ctx, name, grid, scorer)
     path = ctx.run_dir / "selection" / f"{name}.json"
     if path.exists():
         saved = json.loads(path.read_text())
@@ -67,10 +101,10 @@ def select(
     runs = ctx.train_many([(cfg, f"selection/{label or name}/{v:g}/seed{s}") for v, s, cfg in grid])
     scores: dict[str, list[float]] = {f"{v:g}": [] for v in values}
     for (v, _, _), run in zip(grid, runs):
-        scores[f"{v:g}"].append(student_metrics(ctx.evaluate(run.model, "val"))[METRIC])
+        scores[f"{v:g}"].append(float(scorer.score(run)))
     mean = {k: float(np.mean(v)) for k, v in scores.items()}
     best = max(values, key=lambda v: (mean[f"{v:g}"], -values.index(v)))
     result |= {"scores": scores, "mean": mean, "best": best}
     save_json(path, {"key": key, "result": result})
-    ctx.log(f"selection {name}: best {best:g} ({METRIC} on validation: {mean})")
+    ctx.log(f"selection {name}: best {best:g} ({scorer.metric}: {mean})")
     return result
