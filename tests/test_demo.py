@@ -361,3 +361,23 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     assert "spine.kd_baseline: running" in log and "stored result reused" not in log and "training" not in log
     assert json.loads(store.read_text())["key"] != "stale"
     assert body((out / "report.md").read_text()) == body(report)
+
+
+def test_face_baselines_train_on_the_same_budget(tiny_ctx):
+    from facekd.demo import baselines
+
+    ctx = tiny_ctx
+    ctx.seeds = [0]
+    result = baselines.run_baselines(ctx)
+    methods = [r["method"] for r in result["rows"]]
+    assert methods == ["KD", "KD + IS", "PAD", "EKD", "GKD", "AdaDistill", "MarginDistillation"]
+    index = json.loads((ctx.run_dir / "runs.json").read_text())
+    configs = {
+        m: yaml.safe_load((ctx.run_dir / index[f"students/baseline_{m}/seed0"] / "config.yaml").read_text())
+        for m in methods
+    }
+    assert {c["train"]["epochs"] for c in configs.values()} == {1} and {
+        c["train"]["seed"] for c in configs.values()
+    } == {0}
+    assert configs["AdaDistill"]["head"] is None and configs["EKD"]["head"]["name"] == "arcface"
+    assert len(result["claims"]) == 4
