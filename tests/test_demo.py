@@ -381,3 +381,24 @@ def test_face_baselines_train_on_the_same_budget(tiny_ctx):
     } == {0}
     assert configs["AdaDistill"]["head"] is None and configs["EKD"]["head"]["name"] == "arcface"
     assert len(result["claims"]) == 4
+
+
+def test_prefetch_trains_every_default_run_before_the_experiments(tiny_ctx, capsys):
+    """The runner's prefetch rounds name every run of the default tier (teacher and scratch first,
+    then grids, then what the chosen values need), so the experiments themselves train nothing."""
+    from facekd.demo.registry import experiments_for
+    from facekd.demo.runner import prefetch
+
+    ctx = tiny_ctx
+    ctx.settings = ctx.settings.model_copy(
+        update={"grid": ctx.settings.grid.model_copy(update={"kd_lambda": [1.0, 5.0]})}
+    )
+    chosen = experiments_for("default")
+    prefetch(ctx, chosen)
+    log = capsys.readouterr().out
+    # round 1: the teacher and the scratch students, nothing else being ready (here the scratch student
+    # of seed 0 is the teacher's run: the tiny settings give both the same network and training)
+    assert "prefetch round 1: 2 runs" in log
+    for exp in chosen:
+        exp.run(ctx)
+    assert "training" not in capsys.readouterr().out

@@ -24,8 +24,8 @@ from facekd.demo.compare import claim, metric_values, rows_of, student_metrics
 from facekd.demo.context import DemoContext
 from facekd.demo.registry import Experiment, register
 from facekd.demo.report import comparison_table, group_table, mean_std, teacher_note
-from facekd.demo.selection import select
-from facekd.demo.spine import BIAS_PAPER, kd_baseline
+from facekd.demo.selection import grid_jobs, select, select_if_ready
+from facekd.demo.spine import BIAS_PAPER, kd_baseline, kd_block, kd_selection_if_ready
 
 H_IS_DEG = 12  # the paper's Intrinsic Sampling bandwidth h, in degrees (Table 1 lists)
 H_IS = math.radians(H_IS_DEG)
@@ -173,6 +173,37 @@ def is_selection(ctx: DemoContext) -> dict:
         lambda h, s: ctx.student_config(s, distill=kd, sampler=sampler_config("intrinsic", h)),
         "kd_is",
     )
+
+
+def prefetch(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
+    """scratch + ES (needs the teacher), then KD + ES and the IS grid (need KD's λ), then KD + IS and
+    scratch + IS (need h)."""
+    if not ctx.teacher_ready():
+        return []
+    jobs = [(variant_config(ctx, s, {"sample": "extrinsic"}), f"students/bias_scratch_es/seed{s}") for s in ctx.seeds]
+    kd_sel = kd_selection_if_ready(ctx)
+    if kd_sel is None:
+        return jobs
+    kd = kd_block(kd_sel["best"])
+    jobs += [
+        (variant_config(ctx, s, {"distill": kd, "sample": "extrinsic"}), f"students/bias_kd_es/seed{s}")
+        for s in ctx.seeds
+    ]
+
+    def is_config(h: float, s: int) -> RunConfig:
+        return ctx.student_config(s, distill=kd, sampler=sampler_config("intrinsic", h))
+
+    grid = ctx.settings.grid.is_bandwidth_deg
+    jobs += grid_jobs(ctx, "is_bandwidth_deg", grid, is_config, "kd_is")
+    sel = select_if_ready(ctx, "is_bandwidth_deg", grid, is_config)
+    if sel is not None:
+        h = sel["best"]
+        jobs += [(is_config(h, s), f"students/bias_kd_is/seed{s}") for s in ctx.seeds]
+        jobs += [
+            (variant_config(ctx, s, {"sample": "intrinsic", "h": h}), f"students/bias_scratch_is/seed{s}")
+            for s in ctx.seeds
+        ]
+    return jobs
 
 
 def variant_config(ctx: DemoContext, seed: int, variant: dict) -> RunConfig:
@@ -391,6 +422,7 @@ register(
         ),
         title="Data bias: KD with Extrinsic / Intrinsic Sampling (Table 2)",
         order=31,
+        prefetch=prefetch,
     )
 )
 register(
@@ -407,6 +439,7 @@ register(
         ),
         title="Data bias: sampling without distillation (Table 6)",
         order=32,
+        prefetch=prefetch,
     )
 )
 register(

@@ -41,7 +41,7 @@ TEACHER_SOURCES = ("cache", "online", "online_logits")
 class DemoContext:
     """Runs, caches and evaluations of one demo run directory; everything expensive is reused."""
 
-    def __init__(self, run_dir: str | Path, settings: DemoSettings, progress: bool = True):
+    def __init__(self, run_dir: str | Path, settings: DemoSettings, progress: bool = True, index: bool = True):
         self.run_dir = Path(run_dir)
         self.settings = settings
         self.tier = settings.tier
@@ -50,8 +50,9 @@ class DemoContext:
         self.store = StageStore(self.run_dir, progress=progress)
         self._teachers: dict[int, TrainedRun] = {}
         self._evals: dict[str, dict] = {}
-        index = self.run_dir / "runs.json"
-        self._labels: dict[str, str] = json.loads(index.read_text()) if index.exists() else {}
+        path = self.run_dir / "runs.json"
+        self._labels: dict[str, str] = json.loads(path.read_text()) if index and path.exists() else {}
+        self._index = index
         if settings.threads:
             torch.set_num_threads(settings.threads)
 
@@ -66,7 +67,9 @@ class DemoContext:
         print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     def label(self, name: str, directory: str | Path) -> None:
-        """Record `name` → `directory` in run_dir/runs.json."""
+        """Record `name` → `directory` in run_dir/runs.json (not in worker processes: index=False)."""
+        if not self._index:
+            return
         self._labels[name] = str(Path(directory).relative_to(self.run_dir))
         save_json(self.run_dir / "runs.json", self._labels)
 
@@ -120,24 +123,29 @@ class DemoContext:
         self.label(label, run.directory)
         return run
 
-    def train_many(self, runs: Sequence[tuple[RunConfig, str]]) -> list[TrainedRun]:
+    def ready(self, cfg: RunConfig) -> bool:
+        """True when the run `cfg` is finished (its result can be used without training)."""
+        return self.store.run_state(cfg) == "done"
+
+    def train_many(self, runs: Sequence[tuple[RunConfig, str]], splits: Sequence[str] = ("test",)) -> list[TrainedRun]:
         """Train (or reuse) independent runs [(cfg, label)], `settings.workers` processes side by
-        side (each with `settings.threads` threads); returns them in order. A failed run raises."""
+        side (each with `settings.threads` threads), and embed the SynthFaces `splits` of each face
+        run there; returns the runs in order. A failed run raises."""
         pending: dict[Path, tuple[RunConfig, str]] = {}
         for cfg, label in runs:
-            if self.store.run_state(cfg) != "done":
+            if not self.ready(cfg):
                 pending.setdefault(self.store.run_dir(cfg), (cfg, label))
         workers = min(self.settings.workers, len(pending))
         if workers > 1:
             from facekd.demo.workers import train_in_worker
 
+            settings = self.settings.model_dump_json()
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
                 jobs = []
                 for cfg, label in pending.values():
                     self.log(f"training {label} ({cfg.train.epochs} epochs, {workers} processes)")
-                    jobs.append(
-                        pool.submit(train_in_worker, str(self.run_dir), cfg.model_dump_json(), self.settings.threads)
-                    )
+                    embed = tuple(splits) if cfg.task == "face" and cfg.data.kind == "synthfaces" else ()
+                    jobs.append(pool.submit(train_in_worker, str(self.run_dir), settings, cfg.model_dump_json(), embed))
                 for job in jobs:
                     job.result()
         return [self.train(cfg, label) for cfg, label in runs]
@@ -153,6 +161,10 @@ class DemoContext:
                 "train": self.train_config(net, seed=self.settings.teacher_seeds[0] if seed is None else seed),
             }
         )
+
+    def teacher_ready(self) -> bool:
+        """True when the teacher that teaches every student is trained."""
+        return self.ready(self.teacher_config())
 
     def teacher(self, seed: int | None = None) -> TrainedRun:
         """A trained demo teacher (default: the first teacher seed, which teaches every student)."""
@@ -232,6 +244,10 @@ class DemoContext:
                 raise ValueError("this SynthFaces build has no validation split (data.val, data.val_pairs)")
             return val, pairs
         raise ValueError(f"unknown split {name!r}; expected 'test' or 'val'")
+
+    def has_val(self) -> bool:
+        """True when this SynthFaces build has a validation split."""
+        return getattr(self.data, "val", None) is not None and getattr(self.data, "val_pairs", None) is not None
 
     def split_cache(self, model: nn.Module, split: str = "test") -> EmbeddingCache:
         """Embeddings of a SynthFaces split by `model` (flip-summed if `eval_flip`)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -27,7 +28,7 @@ from facekd.demo.compare import claim, metric_values, rows_of, student_metrics
 from facekd.demo.context import DemoContext
 from facekd.demo.registry import Experiment, register
 from facekd.demo.report import comparison_table, group_table
-from facekd.demo.selection import select
+from facekd.demo.selection import grid_jobs, select, select_if_ready
 from facekd.demo.spine import kd_baseline, kd_block
 from facekd.losses.pad_variance import pad_run_statistics, per_sample_variance
 from facekd.refo.stages import TrainedRun
@@ -41,22 +42,47 @@ def pad_block(lam: float) -> dict:
     return {"loss": "l2", "weighting": "pad", "lam": float(lam)}
 
 
+def pad_grid_config(ctx: DemoContext, lam: float, seed: int) -> RunConfig:
+    return ctx.student_config(seed, distill=pad_block(lam))
+
+
 def pad_selection(ctx: DemoContext) -> dict:
-    return select(
-        ctx, "pad_lambda", ctx.settings.grid.pad_lambda, lambda v, s: ctx.student_config(s, distill=pad_block(v)), "pad"
-    )
+    return select(ctx, "pad_lambda", ctx.settings.grid.pad_lambda, lambda v, s: pad_grid_config(ctx, v, s), "pad")
 
 
-def effective_lambda(run: TrainedRun) -> float:
+def prefetch(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
+    """The PAD grid (needs the teacher), PAD over the seeds (needs λ), then uniform L2 at each PAD
+    seed's effective λ (needs that PAD run)."""
+    if not ctx.teacher_ready():
+        return []
+    grid = ctx.settings.grid.pad_lambda
+    jobs = grid_jobs(ctx, "pad_lambda", grid, lambda v, s: pad_grid_config(ctx, v, s), "pad")
+    sel = select_if_ready(ctx, "pad_lambda", grid, lambda v, s: pad_grid_config(ctx, v, s))
+    if sel is None:
+        return jobs
+    for s in ctx.seeds:
+        cfg = pad_grid_config(ctx, sel["best"], s)
+        jobs.append((cfg, f"students/pad/seed{s}"))
+        if ctx.ready(cfg):
+            lam = effective_lambda(ctx.store.run_dir(cfg), sel["best"])
+            jobs.append((ctx.student_config(s, distill=kd_block(lam)), f"students/kd_l2_pad_effective/seed{s}"))
+    return jobs
+
+
+def effective_lambda(run: TrainedRun | Path, lam: float | None = None) -> float:
     """λ · mean over the logged training steps of PAD's effective weight (`distill/pad_weight`, the
-    factor by which PAD weighs the summed squared error relative to uniform L2), to 3 digits."""
-    path = run.directory / "metrics.jsonl"
+    factor by which PAD weighs the summed squared error relative to uniform L2), to 3 digits.
+    `run`: a trained PAD run, or its directory with `lam` its λ."""
+    directory = run if isinstance(run, Path) else run.directory
+    if lam is None:
+        assert isinstance(run, TrainedRun) and run.config.distill is not None
+        lam = float(run.config.distill.lam)
+    path = directory / "metrics.jsonl"
     weights = [
         r["distill/pad_weight"] for r in map(json.loads, path.read_text().splitlines()) if "distill/pad_weight" in r
     ]
     if not weights:
         raise ValueError(f"{path}: no distill/pad_weight records (not a PAD run?)")
-    lam = float(run.config.distill.lam) if run.config.distill is not None else 1.0
     return float(f"{lam * float(np.mean(weights)):.3g}")
 
 
@@ -514,6 +540,7 @@ register(
         report=report_weighting,
         title="PAD: uniform vs PAD vs uniform at PAD's effective weight (L2), what σ² learned, Fig. 2 and Fig. 3",
         order=40,
+        prefetch=prefetch,
     )
 )
 register(

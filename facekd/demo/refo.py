@@ -17,12 +17,14 @@ the supplementary's defaults (its §4, §5), not tuned here; the full tier sweep
 
 from __future__ import annotations
 
+from facekd.config import RunConfig
 from facekd.demo.compare import claim, metric_values, rows_of, student_metrics
 from facekd.demo.context import DemoContext
 from facekd.demo.registry import Experiment, register
 from facekd.demo.report import comparison_table, headline, mean_std
 from facekd.demo.spine import kd, kd_baseline, scratch
 from facekd.refo import RefoConfig, RefoResult, run_refo, student_config
+from facekd.refo.pipeline import proxy_config, reverse_config
 from facekd.refo.stages import TrainedRun
 
 REFO_PAPER = "ReFO"
@@ -112,6 +114,31 @@ def fo_students(ctx: DemoContext, variant: str, teacher_cache, arch: str | None 
         cfg = refo_config(ctx, "refo" if variant == "original" else variant, student_arch=arch, beta2=beta2, seed=seed)
         out.append((student_config(cfg, data, teacher_cache), f"students/fo_{variant}/{cfg.student.arch}/seed{seed}"))
     return out
+
+
+def prefetch(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
+    """FO students of the original teacher (need the teacher), ReFO's reverse-distillation teacher
+    (needs the proxy, the spine's scratch student of seed 0), then the FO students of the tailored
+    teacher: the pipeline's stages as far as they can be named without training."""
+    if not ctx.teacher_ready():
+        return []
+    jobs = fo_students(ctx, "original", ctx.teacher_cache())
+    cfg = refo_config(ctx, "refo", seed=_seeds(ctx)[0])
+    data = ctx.data_config(ctx.settings.student.hflip)
+
+    def embed(run_cfg: RunConfig):
+        model = ctx.store.train(run_cfg).model
+        return ctx.store.embed(
+            model, ctx.data.train, flip=cfg.flip, normalize=cfg.normalize, batch_size=cfg.embed_batch_size
+        )
+
+    proxy = proxy_config(cfg, data)
+    if not ctx.ready(proxy):
+        return [*jobs, (proxy, "refo/proxy")]
+    reverse = reverse_config(cfg, data, embed(proxy))
+    if not ctx.ready(reverse):
+        return [*jobs, (reverse, "refo/teacher_refo")]
+    return jobs + fo_students(ctx, "refo", embed(reverse))
 
 
 def run_main(ctx: DemoContext) -> dict:
@@ -319,6 +346,7 @@ register(
         run=run_main,
         report=report_main,
         order=30,
+        prefetch=prefetch,
         title="ReFO: feature-only students from original vs tailored teachers; intrinsic gap",
     )
 )

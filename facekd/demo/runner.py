@@ -40,6 +40,31 @@ def result_key(settings: DemoSettings, exp: Experiment) -> str:
     return digest({"settings": settings.results_key(), "code": code})
 
 
+def _stored(ctx: DemoContext, exp: Experiment) -> bool:
+    """True when the experiment's stored result is still valid (it will be reused)."""
+    store = ctx.run_dir / "experiments" / f"{exp.name}.json"
+    return store.exists() and json.loads(store.read_text()).get("key") == result_key(ctx.settings, exp)
+
+
+def prefetch(ctx: DemoContext, chosen: list[Experiment], rounds: int = 8) -> None:
+    """Train, side by side, every run the chosen experiments can name before running them: each
+    round asks every experiment's `prefetch` for the runs buildable now and trains their union;
+    rounds stop when nothing new is named (what runs then is trained by the experiments themselves)."""
+    hooks = [exp.prefetch for exp in chosen if exp.prefetch is not None]
+    for r in range(rounds):
+        jobs: dict[Path, tuple] = {}
+        for hook in hooks:
+            for cfg, label in hook(ctx):
+                if not ctx.ready(cfg):
+                    jobs.setdefault(ctx.store.run_dir(cfg), (cfg, label))
+        if not jobs:
+            return
+        ctx.log(f"prefetch round {r + 1}: {len(jobs)} runs")
+        # longest first (teacher-sized runs), so that the processes finish together
+        order = sorted(jobs.values(), key=lambda job: -job[0].train.epochs)
+        ctx.train_many(order, splits=("val", "test") if ctx.has_val() else ("test",))
+
+
 def _run_or_reuse(ctx: DemoContext, exp: Experiment) -> tuple[dict, float]:
     """(result, wall seconds) of `exp`: the stored one when its key still matches, else computed and stored."""
     store = ctx.run_dir / "experiments" / f"{exp.name}.json"
@@ -81,6 +106,7 @@ def run_demo(
     chosen = experiments_for(settings.tier, only)
     if not chosen:
         raise ValueError(f"no experiment registered for tier {settings.tier!r}")
+    prefetch(ctx, [exp for exp in chosen if not _stored(ctx, exp)])
     results = {exp.name: _run_or_reuse(ctx, exp) for exp in chosen}
     wall_total = time.perf_counter() - t0
     machine = {"load_start": list(load_start), "load_end": list(os.getloadavg()), "cpus": os.cpu_count()}

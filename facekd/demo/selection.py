@@ -24,7 +24,7 @@ from facekd.demo.context import DemoContext
 from facekd.refo.stages import TrainedRun, digest
 from facekd.utils import save_json
 
-__all__ = ["METRIC", "Scorer", "select", "synthfaces_scorer"]
+__all__ = ["METRIC", "Scorer", "grid_jobs", "select", "select_if_ready", "synthfaces_scorer"]
 
 METRIC = "TAR@1e-03"
 
@@ -98,7 +98,7 @@ def select(
         if saved.get("key") == key:
             ctx.log(f"selection {name}: stored result reused (best {saved['result']['best']:g})")
             return saved["result"]
-    runs = ctx.train_many([(cfg, f"selection/{label or name}/{v:g}/seed{s}") for v, s, cfg in grid])
+    runs = ctx.train_many(grid_jobs(ctx, name, values, config, label), splits=("val", "test"))
     scores: dict[str, list[float]] = {f"{v:g}": [] for v in values}
     for (v, _, _), run in zip(grid, runs):
         scores[f"{v:g}"].append(float(scorer.score(run)))
@@ -108,3 +108,29 @@ def select(
     save_json(path, {"key": key, "result": result})
     ctx.log(f"selection {name}: best {best:g} ({scorer.metric}: {mean})")
     return result
+
+
+def grid_jobs(
+    ctx: DemoContext, name: str, values: Sequence[float], config: Callable[[float, int], RunConfig], label: str = ""
+) -> list[tuple[RunConfig, str]]:
+    """The (config, label) of every run of a grid (none for a one-value grid, which is not searched)."""
+    if len(values) < 2:
+        return []
+    return [
+        (config(float(v), s), f"selection/{label or name}/{v:g}/seed{s}")
+        for v in values
+        for s in ctx.settings.grid.seeds
+    ]
+
+
+def select_if_ready(
+    ctx: DemoContext,
+    name: str,
+    values: Sequence[float],
+    config: Callable[[float, int], RunConfig],
+    scorer: Scorer | None = None,
+) -> dict | None:
+    """`select(...)` when every run of the grid is finished (scoring only, no training), else None."""
+    if not all(ctx.ready(cfg) for cfg, _ in grid_jobs(ctx, name, values, config)):
+        return None
+    return select(ctx, name, values, config, scorer=scorer)

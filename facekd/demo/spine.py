@@ -15,7 +15,7 @@ from facekd.demo.compare import claim, metric_values, rows_of, student_metrics
 from facekd.demo.context import DemoContext
 from facekd.demo.registry import Experiment, register
 from facekd.demo.report import comparison_table, group_table, teacher_note
-from facekd.demo.selection import select
+from facekd.demo.selection import grid_jobs, select, select_if_ready
 from facekd.refo.stages import TrainedRun
 
 BIAS_PAPER = "data bias"
@@ -27,11 +27,20 @@ def kd_block(lam: float) -> dict:
     return {"loss": "l2", "weighting": "uniform", "lam": float(lam)}
 
 
+def kd_grid_config(ctx: DemoContext, lam: float, seed: int) -> RunConfig:
+    return ctx.student_config(seed, distill=kd_block(lam))
+
+
 def kd_selection(ctx: DemoContext) -> dict:
     """λ of the KD baseline, chosen on the validation split."""
-    return select(
-        ctx, "kd_lambda", ctx.settings.grid.kd_lambda, lambda v, s: ctx.student_config(s, distill=kd_block(v)), "kd"
-    )
+    return select(ctx, "kd_lambda", ctx.settings.grid.kd_lambda, lambda v, s: kd_grid_config(ctx, v, s), "kd")
+
+
+def kd_selection_if_ready(ctx: DemoContext) -> dict | None:
+    """`kd_selection` when its grid is trained (and the teacher, which every KD run needs), else None."""
+    if not ctx.teacher_ready():
+        return None
+    return select_if_ready(ctx, "kd_lambda", ctx.settings.grid.kd_lambda, lambda v, s: kd_grid_config(ctx, v, s))
 
 
 def kd_baseline(ctx: DemoContext) -> dict:
@@ -55,6 +64,20 @@ def scratch(ctx: DemoContext, seed: int) -> TrainedRun:
 def kd(ctx: DemoContext, seed: int) -> TrainedRun:
     """The student trained with ArcFace + λ·L2 to the cached teacher embeddings."""
     return ctx.train(kd_config(ctx, seed), f"students/kd_l2/seed{seed}")
+
+
+def prefetch(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
+    """Teachers and scratch students first (they need nothing), then the KD grid, then KD."""
+    jobs = [(ctx.teacher_config(t), f"teacher/seed{t}") for t in ctx.settings.teacher_seeds]
+    jobs += [(scratch_config(ctx, s), f"students/scratch/seed{s}") for s in ctx.seeds]
+    if not ctx.teacher_ready():
+        return jobs
+    jobs += grid_jobs(ctx, "kd_lambda", ctx.settings.grid.kd_lambda, lambda v, s: kd_grid_config(ctx, v, s), "kd")
+    sel = kd_selection_if_ready(ctx)
+    if sel is not None:
+        lam = sel["best"]
+        jobs += [(ctx.student_config(s, distill=kd_block(lam)), f"students/kd_l2/seed{s}") for s in ctx.seeds]
+    return jobs
 
 
 def teacher_rows(ctx: DemoContext) -> list[dict]:
@@ -148,5 +171,6 @@ EXPERIMENT = register(
         report=report,
         title="Teacher, student from scratch, student with KD",
         order=0,
+        prefetch=prefetch,
     )
 )
