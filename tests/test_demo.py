@@ -402,3 +402,14 @@ def test_prefetch_trains_every_default_run_before_the_experiments(tiny_ctx, caps
     for exp in chosen:
         exp.run(ctx)
     assert "training" not in capsys.readouterr().out
+
+
+def test_teacher_plateau_scores_teachers_on_validation(tiny_ctx):
+    from facekd.demo import spine
+
+    result = spine.run_plateau(tiny_ctx)
+    assert result["epochs"] == [1, 2] and result["tier_epochs"] == 1
+    metrics = {r["method"]: r["metrics"] for r in result["rows"]}
+    assert set(metrics) == {"1 epochs", "2 epochs"}
+    assert {"validation TAR@1e-03", "TAR@1e-03"} <= set(metrics["2 epochs"])
+    assert "Validation TAR@1e-3 at 1 epochs" in spine.report_plateau(tiny_ctx, result)

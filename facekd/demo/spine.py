@@ -163,6 +163,54 @@ def report(ctx: DemoContext, result: dict) -> str:
     )
 
 
+PLATEAU_FACTORS = (0.5, 1.0, 2.0)
+
+
+def run_plateau(ctx: DemoContext) -> dict:
+    """The teacher (first seed) trained for ½, 1 and 2 × the tier's epochs, scored on the validation
+    and test pairs: is the tier's teacher on its validation plateau?"""
+    base = ctx.teacher_config()
+    epochs = sorted({max(1, round(base.train.epochs * f)) for f in PLATEAU_FACTORS})
+    cfgs = [base.model_copy(update={"train": base.train.model_copy(update={"epochs": e})}) for e in epochs]
+    runs = ctx.train_many([(c, f"teacher/plateau/{e}_epochs") for c, e in zip(cfgs, epochs)], splits=("val", "test"))
+    evals = {}
+    for e, run in zip(epochs, runs):
+        val, test = (student_metrics(ctx.evaluate(run.model, split)) for split in ("val", "test"))
+        evals[f"{e} epochs"] = {0: {f"validation {k}": v for k, v in val.items() if "group" not in k} | test}
+    return {"rows": rows_of("teacher_plateau", evals), "epochs": epochs, "tier_epochs": base.train.epochs}
+
+
+def report_plateau(ctx: DemoContext, result: dict) -> str:
+    rows = result["rows"]
+    names = {f"{e} epochs": f"teacher, {e} epochs" for e in result["epochs"]}
+    cols = ("validation TAR@1e-02", "validation TAR@1e-03", "validation TAR@1e-04", "TAR@1e-03")
+    val = {
+        e: metric_values(rows, "teacher_plateau", f"{e} epochs", "validation TAR@1e-03")[0] for e in result["epochs"]
+    }
+    last, tier = max(result["epochs"]), result["tier_epochs"]
+    return "\n".join(
+        [
+            f"The teacher trained for {', '.join(map(str, result['epochs']))} epochs (seed 0): the tier uses {tier}. "
+            f"Validation TAR@1e-3 at {tier} epochs is {val[tier]:.4f}, at {last} epochs {val[last]:.4f} "
+            f"({val[last] - val[tier]:+.4f}); one seed each, so compare with the teachers' seed spread of the "
+            "spine table.",
+            "",
+            comparison_table(rows, "teacher_plateau", names, columns=cols),
+        ]
+    )
+
+
+register(
+    Experiment(
+        "spine.teacher_plateau",
+        tier="full",
+        run=run_plateau,
+        report=report_plateau,
+        title="Teacher: is it trained to its validation plateau?",
+        order=1,
+    )
+)
+
 EXPERIMENT = register(
     Experiment(
         "spine.kd_baseline",
