@@ -413,3 +413,12 @@ def test_teacher_plateau_scores_teachers_on_validation(tiny_ctx):
     assert set(metrics) == {"1 epochs", "2 epochs"}
     assert {"validation TAR@1e-03", "TAR@1e-03"} <= set(metrics["2 epochs"])
     assert "Validation TAR@1e-3 at 1 epochs" in spine.report_plateau(tiny_ctx, result)
+
+
+def test_summary_is_strict_json():
+    from facekd.demo.runner import _finite
+
+    assert _finite({"a": [1.0, float("nan")], "b": {"c": float("inf"), "d": "x"}}) == {
+        "a": [1.0, None],
+        "b": {"c": None, "d": "x"},
+    }

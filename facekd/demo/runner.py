@@ -2,7 +2,7 @@
 (the tier's settings and the source of the module that computes it) and reused while that holds;
 then report.md and summary.json are written from the stored results.
 
-summary.json (for scripts comparing runs): the tier, seeds, wall time and machine load, every table
+summary.json (for scripts comparing runs; strict JSON: a number that does not exist is null): the tier, seeds, wall time and machine load, every table
 as rows {"experiment", "table", "method", "seed", "metrics"}, every paper claim with its paired
 difference and verdict, the hyper-parameters chosen on the validation split, and PAD's statistics
 (per PAD seed: log_sigma2_std, spearman_sigma2_gap, mean σ² by group and by nuisance, ...).
@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -148,8 +149,19 @@ def write_summary(
         "pad": {exp.name: results[exp.name][0]["pad"] for exp in chosen if "pad" in results[exp.name][0]},
     }
     path = ctx.run_dir / "summary.json"
-    save_json(path, summary)
+    save_json(path, _finite(summary))
     return path
+
+
+def _finite(obj):
+    """`obj` with every NaN / infinite float replaced by None, so that summary.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def write_report(
