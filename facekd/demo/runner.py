@@ -3,10 +3,10 @@
 then report.md and summary.json are written from the stored results.
 
 summary.json (for scripts comparing runs; strict JSON: a number that does not exist is null): the
-tier, seeds, wall time and machine load, every table
-as rows {"experiment", "table", "method", "seed", "metrics"}, every paper claim with its paired
-difference and verdict, the hyper-parameters chosen on the validation split, and PAD's statistics
-(per PAD seed: log_sigma2_std, spearman_sigma2_gap, mean σ² by group and by nuisance, ...).
+tier, seeds, wall time and machine load, every table as rows {"experiment", "table", "method",
+"seed", "metrics"}, every paper claim with its paired difference and verdict, the hyper-parameters
+chosen on the validation split, and PAD's statistics (per PAD seed: log_sigma2_std,
+spearman_sigma2_gap, mean σ² by group and by nuisance, ...).
 """
 
 from __future__ import annotations
