@@ -266,7 +266,7 @@ def test_pad_experiment_compares_at_equal_and_effective_weight_without_substitut
         assert cfg("pad")["distill"]["lambda"] == result["lambda"]["PAD"] and cfg("pad")["distill"]["options"] == {}
         effective = cfg("kd_l2_pad_effective")["distill"]
         assert effective["lambda"] == result["lambda"]["effective"][str(seed)] and effective["weighting"] == "uniform"
-    for stats in result["pad"].values():
+    for stats in result["pad"]["PAD"].values():
         assert {"log_sigma2_std", "spearman_sigma2_gap", "by_group", "by_nuisance", "teacher"} <= set(stats)
     assert len(result["claims"]) == 6
     text = demo_pad.report_weighting(ctx, json.loads(json.dumps(result)))
@@ -422,3 +422,32 @@ def test_summary_is_strict_json():
         "a": [1.0, None],
         "b": {"c": None, "d": "x"},
     }
+
+
+def test_fashion_mnist_check_runs_on_idx_files(tiny_ctx, tmp_path, monkeypatch):
+    """The real-data experiment on a tiny stand-in written as IDX files (the Debian package's layout);
+    skipped with a note when the files are absent."""
+    import struct
+
+    from facekd.demo import fmnist
+
+    monkeypatch.setenv(fmnist.PATH_ENV, str(tmp_path / "nowhere"))
+    assert "Fashion-MNIST not found" in fmnist.run_fmnist(tiny_ctx)["skipped"]
+    g = np.random.default_rng(0)
+    for split, n in (("train", 80), ("t10k", 20)):
+        labels = (np.arange(n) % 4).astype(np.uint8)
+        images = np.clip(g.integers(0, 256, (4, 28, 28))[labels] + g.integers(-30, 30, (n, 28, 28)), 0, 255)
+        for stem, data in ((f"{split}-images-idx3-ubyte", images), (f"{split}-labels-idx1-ubyte", labels)):
+            header = bytes([0, 0, 0x08, data.ndim]) + b"".join(struct.pack(">I", d) for d in data.shape)
+            (tmp_path / stem).write_bytes(header + data.astype(">u1").tobytes())
+    monkeypatch.setenv(fmnist.PATH_ENV, str(tmp_path))
+    monkeypatch.setattr(fmnist, "TEACHER", {**fmnist.TEACHER, "epochs": 1})
+    monkeypatch.setattr(fmnist, "STUDENT", {**fmnist.STUDENT, "epochs": 1})
+    monkeypatch.setattr(fmnist, "LAMBDAS", (1.0,))
+    monkeypatch.setattr(fmnist, "IS_DEGREES", (12.0,))
+    monkeypatch.setattr(fmnist, "BATCH", 16)
+    result = fmnist.run_fmnist(tiny_ctx)
+    methods = {r["method"] for r in result["rows"] if r["table"] == "fmnist"}
+    assert methods == {"scratch", "KD (L2)", "PAD-L2", "KD + IS"} and result["n"] == [72, 8, 20]
+    assert {"log_sigma2_std", "spearman_sigma2_gap"} <= set(result["pad"]["PAD-L2"]["0"])
+    assert "top-1" in fmnist.report_fmnist(tiny_ctx, json.loads(json.dumps(result)))

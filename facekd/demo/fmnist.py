@@ -29,7 +29,7 @@ from facekd.data.spec import build_dataset
 from facekd.demo.bias import sampler_config
 from facekd.demo.compare import claim, metric_values, rows_of
 from facekd.demo.context import DemoContext
-from facekd.demo.pad import pad_block
+from facekd.demo.pad import pad_block, pad_run_stats, pad_stats_rows
 from facekd.demo.registry import Experiment, register
 from facekd.demo.report import comparison_table
 from facekd.demo.selection import Scorer, select
@@ -136,10 +136,11 @@ def run_fmnist(ctx: DemoContext) -> dict:
     }
     jobs = [(make(s), f"fmnist/{name}/seed{s}") for name, make in methods.items() for s in ctx.seeds]
     runs = iter(ctx.train_many(jobs))
-    evals = {name: {s: {"top1": top1(next(runs), su.test_set)} for s in ctx.seeds} for name in methods}
-    rows = rows_of("fmnist", evals) + rows_of(
-        "fmnist_teacher", {"teacher": {0: {"top1": top1(su.teacher, su.test_set)}}}
-    )
+    by_method = {name: {s: next(runs) for s in ctx.seeds} for name in methods}
+    evals = {name: {s: {"top1": top1(r, su.test_set)} for s, r in by.items()} for name, by in by_method.items()}
+    pad = {"PAD-L2": {s: pad_run_stats(r, su.train_set)[0] for s, r in by_method["PAD-L2"].items()}}
+    teacher = {"teacher": {0: {"top1": top1(su.teacher, su.test_set)}}}
+    rows = rows_of("fmnist", evals) + rows_of("fmnist_teacher", teacher) + pad_stats_rows("fmnist", pad)
 
     def values(m: str) -> dict[int, float]:
         return metric_values(rows, "fmnist", m, "top1")
@@ -161,6 +162,7 @@ def run_fmnist(ctx: DemoContext) -> dict:
         "claims": claims,
         "selections": [sel_l2, sel_pad, sel_is],
         "n": [len(su.train_set), len(su.val_set), len(su.test_set)],
+        "pad": {m: {str(s): st for s, st in by.items()} for m, by in pad.items()},
     }
 
 

@@ -108,13 +108,30 @@ def _train_pad(ctx: DemoContext) -> tuple[dict, list[TrainedRun], list[TrainedRu
     return sel, kd_runs, pad_runs, ctx.train_many(eff)
 
 
+STAT_KEYS = ("log_sigma2_std", "spearman_sigma2_gap", "mean_effective_weight", "effective_lambda")
+
+
+def pad_run_stats(run: TrainedRun, dataset) -> tuple[dict, dict[str, np.ndarray]]:
+    """What a PAD run's variance branch learned over its training `dataset`: `pad_run_statistics`
+    (spread of ln σ², Spearman with the gap, σ² by group / nuisance / flag, teacher doubt) plus its
+    effective λ; and the per-sample arrays."""
+    samples = per_sample_variance(run.task, dataset)
+    return pad_run_statistics(samples, dataset) | {"effective_lambda": effective_lambda(run)}, samples
+
+
+def pad_stats_rows(table: str, stats: dict[str, dict[int, dict]]) -> list[dict]:
+    """Rows of table `<table>_pad_stats`: the headline PAD statistics of {method: {seed: stats}}."""
+    return rows_of(
+        f"{table}_pad_stats", {m: {s: {k: st[k] for k in STAT_KEYS} for s, st in by.items()} for m, by in stats.items()}
+    )
+
+
 def _pad_stats(ctx: DemoContext, runs: list[TrainedRun]) -> tuple[dict[int, dict], dict]:
     """PAD statistics of every PAD seed over the training set, and the seed-0 per-sample arrays."""
     stats: dict[int, dict] = {}
     first: dict[str, np.ndarray] = {}
     for seed, run in zip(ctx.seeds, runs):
-        samples = per_sample_variance(run.task, ctx.data.train)
-        stats[seed] = pad_run_statistics(samples, ctx.data.train) | {"effective_lambda": effective_lambda(run)}
+        stats[seed], samples = pad_run_stats(run, ctx.data.train)
         first = first or samples
     return stats, first
 
@@ -131,8 +148,7 @@ def run_weighting(ctx: DemoContext) -> dict:
     rows += rows_of(
         "pad_gap", {m: {s: {"train_gap": float(g.mean())} for s, g in by.items()} for m, by in gaps.items()}
     )
-    stat_keys = ("log_sigma2_std", "spearman_sigma2_gap", "mean_effective_weight", "effective_lambda")
-    rows += rows_of("pad_stats", {"PAD": {s: {k: st[k] for k in stat_keys} for s, st in stats.items()}})
+    rows += pad_stats_rows("pad", {"PAD": stats})
     s0 = ctx.seeds[0]
     return {
         "rows": rows,
@@ -143,7 +159,7 @@ def run_weighting(ctx: DemoContext) -> dict:
             "PAD": sel["best"],
             "effective": {str(s): st["effective_lambda"] for s, st in stats.items()},
         },
-        "pad": {str(s): st for s, st in stats.items()},
+        "pad": {"PAD": {str(s): st for s, st in stats.items()}},
         "fig2": _fig2(ctx, samples, gaps["uniform"][s0], gaps["uniform at PAD's effective λ"][s0]),
         "fig3": _fig3(ctx, samples["log_sigma2"]),
     }
@@ -298,7 +314,7 @@ def report_weighting(ctx: DemoContext, r: dict) -> str:
             "",
             comparison_table(rows, "pad_gap", names, baseline="uniform", columns=("train_gap",), metric="train_gap"),
             "",
-            _stats_report(r["pad"]),
+            _stats_report(r["pad"]["PAD"]),
             "",
             "Per demographic group, TAR at the global FAR=1e-3 threshold:",
             "",
@@ -406,17 +422,24 @@ def tuned_loss(ctx: DemoContext, name: str) -> tuple[dict, dict, str]:
     return sel, _with(block, sel["best"]), source
 
 
-def _table(ctx: DemoContext, table: str, methods: dict[str, tuple[dict, str]]) -> list[dict]:
-    """Train every method {name: (distill block, teacher source)} over the seeds; its rows."""
+def _table(ctx: DemoContext, table: str, methods: dict[str, tuple[dict, str]]) -> dict:
+    """Train every method {name: (distill block, teacher source)} over the seeds: {"rows": its rows
+    (and `<table>_pad_stats` rows of the PAD methods), "pad": {method: {seed: statistics}}}."""
     jobs = [
         (_config(ctx, s, block, source), f"students/pad_{table}_{name}/seed{s}")
         for name, (block, source) in methods.items()
         for s in ctx.seeds
     ]
     runs = iter(ctx.train_many(jobs))
-    return rows_of(
-        table, {name: {s: student_metrics(ctx.evaluate(next(runs).model)) for s in ctx.seeds} for name in methods}
-    )
+    by_method = {name: {s: next(runs) for s in ctx.seeds} for name in methods}
+    evals = {name: {s: student_metrics(ctx.evaluate(r.model)) for s, r in by.items()} for name, by in by_method.items()}
+    pad = {
+        name: {s: pad_run_stats(r, ctx.data.train)[0] for s, r in by_method[name].items()}
+        for name, (block, _) in methods.items()
+        if block.get("weighting") == "pad"
+    }
+    rows = rows_of(table, evals) + pad_stats_rows(table, pad)
+    return {"rows": rows, "pad": {m: {str(s): st for s, st in by.items()} for m, by in pad.items()}}
 
 
 def _tar_claims(rows: list[dict], table: str, pairs: list[tuple[str, str, str, str]]) -> list[dict]:
@@ -440,7 +463,8 @@ def run_table1(ctx: DemoContext) -> dict:
         "hard mining": (mining, "cache"),
         "hard discarding (10 %)": (weighting_block(ctx, "hard_discarding", fraction=0.1), "cache"),
     }
-    rows = _table(ctx, "table1", methods)
+    res = _table(ctx, "table1", methods)
+    rows = res["rows"]
     claims = _tar_claims(
         rows,
         "table1",
@@ -461,7 +485,7 @@ def run_table6(ctx: DemoContext) -> dict:
         f"soft-poly α={v:g}": (weighting_block(ctx, "soft_poly", alpha=v), "cache")
         for v in ctx.settings.grid.soft_poly_alpha
     }
-    rows = _table(ctx, "table6", methods)
+    rows = _table(ctx, "table6", methods)["rows"]
     sels = [
         tuned_weighting(ctx, "soft_exp", "T", ctx.settings.grid.soft_exp_T)[0],
         tuned_weighting(ctx, "soft_poly", "alpha", ctx.settings.grid.soft_poly_alpha)[0],
@@ -481,7 +505,8 @@ def run_table7(ctx: DemoContext) -> dict:
         "warm-up (20 % of steps)": (weighting_block(ctx, "warmup", warmup_steps=max(1, steps // 5)), "cache"),
         "PAD": (pad_block(pad_selection(ctx)["best"]), "cache"),
     }
-    rows = _table(ctx, "table7", methods)
+    res = _table(ctx, "table7", methods)
+    rows = res["rows"]
     claims = _tar_claims(
         rows,
         "table7",
@@ -491,7 +516,7 @@ def run_table7(ctx: DemoContext) -> dict:
             ("warm-up (20 % of steps)", "uniform", "loss warm-up is slightly above uniform (Table 7)", "higher"),
         ],
     )
-    return {"rows": rows, "claims": claims}
+    return {"rows": rows, "claims": claims, "pad": res["pad"]}
 
 
 def run_table2(ctx: DemoContext) -> dict:
@@ -503,7 +528,8 @@ def run_table2(ctx: DemoContext) -> dict:
         if name in ("fitnet", "at"):  # PAD at the tuned λ, starting at the uniform (mean) weight: σ² = 1
             pad = {**block, "weighting": "pad", "options": {**block["options"], "init_logvar": 0.0}}
             methods[f"PAD-{'FitNet' if name == 'fitnet' else 'AT'}"] = (pad, source)
-    rows = _table(ctx, "table2", methods)
+    res = _table(ctx, "table2", methods)
+    rows = res["rows"]
     claims = _tar_claims(
         rows,
         "table2",
@@ -514,7 +540,7 @@ def run_table2(ctx: DemoContext) -> dict:
             ("PAD-L2", "VID", "PAD beats VID (Table 2)", "higher"),
         ],
     )
-    return {"rows": rows, "claims": claims, "selections": sels}
+    return {"rows": rows, "claims": claims, "selections": sels, "pad": res["pad"]}
 
 
 def _table_report(table: str, baseline: str, intro: str):
