@@ -142,6 +142,7 @@ COMMAND_MODULES: list[str] = [
     "facekd.evaluate.commands",  # eval-ijb, eval-reid
     "facekd.onnx.commands",  # export, check-onnx
     "facekd.data.commands",  # pack-rec, inspect-rec, export-synth
+    "facekd.losses.commands",  # pad-variance
 ]
 
 
@@ -153,9 +154,10 @@ def demo(
     seeds: int | None = typer.Option(None, "--seeds", min=1, help="number of student seeds (0..N-1)"),
     only: list[str] | None = typer.Option(None, "--only", help="run only these experiments (name or prefix)"),
     threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="training processes side by side (default 2)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Train teacher and students on SynthFaces, evaluate, and write report.md."""
+    """Train teacher and students on SynthFaces, evaluate, and write report.md and summary.json."""
     from facekd.demo import run_demo, tier_settings
 
     if quick and full:
@@ -164,6 +166,8 @@ def demo(
     settings = tier_settings(tier, list(range(seeds)) if seeds else None)
     if threads:
         settings = settings.model_copy(update={"threads": threads})
+    if workers:
+        settings = settings.model_copy(update={"workers": workers})
     report = run_demo(tier, out=out, only=only, progress=progress, settings=settings)
     typer.echo(report.read_text())
 

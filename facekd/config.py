@@ -298,8 +298,6 @@ def save_config(cfg: RunConfig, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-
-
 __all__ = [
     "ClsLossConfig",
     "ConfigError",

@@ -90,11 +90,12 @@ def test_every_loss_with_every_compatible_weighting_runs_and_trains():
                 continue
             context = {"num_classes": 7, "class_centres": torch.randn(7, 5)}  # for the margin-head losses
             shapes = {"student_shapes": S_SHAPES, "teacher_shapes": T_SHAPES}
-            d = Distiller(loss, w, student_dim=4, teacher_dim=5, **shapes, **context)
+            d = Distiller(loss, w, student_dim=4, teacher_dim=5, backbone_dim=6, **shapes, **context)
             s_emb = torch.randn(B, 4, requires_grad=True)
             s_maps = [m.requires_grad_(True) for m in _maps(S_SHAPES, B, 1)]
             labels = torch.arange(B) % 3
-            student = Features(s_emb, s_maps, torch.randn(B, 7, requires_grad=True), labels)
+            backbone = torch.randn(B, 6, requires_grad=True)
+            student = Features(s_emb, s_maps, torch.randn(B, 7, requires_grad=True), labels, backbone)
             teacher = Features(torch.randn(B, 5), _maps(T_SHAPES, B, 2), torch.randn(B, 7))
             out, logs = d(student, teacher, step=1)
             assert out.dim() == 0 and torch.isfinite(out), (loss, w)
@@ -227,16 +228,20 @@ def test_classification_task_trains_through_the_spine(tmp_path, cfg):
     assert all(p.requires_grad is False for p in teacher.parameters())
 
 
-def test_pad_branch_gradient_does_not_scale_with_lambda():
-    s, t = torch.randn(6, 4), torch.randn(6, 4)
+@pytest.mark.parametrize("branch_grad", ["as_loss", "lambda_free"])
+def test_pad_branch_gradient_scaling_option(branch_grad):
+    s, t, x = torch.randn(6, 4), torch.randn(6, 4), torch.randn(6, 3)
     grads = {}
     for lam in (1.0, 10.0):
         torch.manual_seed(0)
-        d = Distiller("l2", "pad", lam, 4, 4, detach=False)
-        emb = s.clone().requires_grad_(True)
-        loss, _ = d(Features(emb), Features(t))
+        d = Distiller("l2", "pad", lam, 4, 4, backbone_dim=3, branch_grad=branch_grad)
+        emb, feat = s.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        loss, _ = d(Features(emb, backbone=feat), Features(t))
         loss.backward()
-        grads[lam] = (emb.grad.clone(), d.var_branches[0].fc.weight.grad.clone())
-    torch.testing.assert_close(grads[10.0][1], grads[1.0][1])  # the branch: λ-free
-    # the student: the weighted-error part scales with λ; the branch path (detach=False) does not
-    assert not torch.allclose(grads[10.0][0], grads[1.0][0])
+        grads[lam] = (emb.grad.clone(), feat.grad.clone(), d.var_branches[0].fc.weight.grad.clone())
+    # the weighted error's gradient on the embedding always scales with λ
+    torch.testing.assert_close(grads[10.0][0], 10 * grads[1.0][0])
+    # the gradient through the log-variance (branch and backbone path): λ-free only when asked
+    scale = 1.0 if branch_grad == "lambda_free" else 10.0
+    torch.testing.assert_close(grads[10.0][1], scale * grads[1.0][1])
+    torch.testing.assert_close(grads[10.0][2], scale * grads[1.0][2])

@@ -3,6 +3,8 @@ and the student they train must be pulled less by the noisy targets than with pl
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -25,28 +27,30 @@ def _toy(n=256, dim=4, seed=0):
     return x, y, clean, noisy
 
 
-def _fit(weighting: str, sigma: str = "per_dim", steps: int = 1000, detach: bool = False):
+def _fit(weighting: str, steps: int = 1000, **opts):
+    """Train a linear student on the toy; PAD's branch reads the student's input x, the feature its
+    "embedding layer" (the Linear) reads, as the paper's branch parallel with f_s."""
     torch.manual_seed(0)
     x, y, clean, noisy = _toy()
     student = nn.Linear(4, 4)
-    opts = {"sigma": sigma, "detach": detach} if weighting == "pad" else {}
-    d = Distiller("l2", weighting, 1.0, 4, 4, normalize=False, **opts)
+    extra = {"backbone_dim": 4, **opts} if weighting == "pad" else {}
+    d = Distiller("l2", weighting, 1.0, 4, 4, normalize=False, **extra)
     opt = torch.optim.Adam(list(student.parameters()) + list(d.parameters()), lr=0.05)
     for step in range(steps):
         opt.zero_grad()
-        loss, _ = d(Features(student(x)), Features(y), step)
+        loss, _ = d(Features(student(x), backbone=x), Features(y), step)
         loss.backward()
         opt.step()
     d.eval()
     with torch.no_grad():
-        d(Features(student(x)), Features(y))
+        d(Features(student(x), backbone=x), Features(y))
         clean_err = (student(x) - clean).pow(2).mean().item()
     return d.per_sample_stats, noisy, clean_err
 
 
 @pytest.mark.parametrize("sigma", ["per_dim", "per_sample"])
 def test_noisy_samples_learn_larger_variance(sigma):
-    stats, noisy, _ = _fit("pad", sigma)
+    stats, noisy, _ = _fit("pad", sigma=sigma)
     var = stats["variance"]
     assert var[noisy].mean() > 3 * var[~noisy].mean()
     # the learned weight 1/σ² is larger on the clean samples
@@ -59,15 +63,15 @@ def test_noisy_samples_learn_larger_variance(sigma):
 
 
 def test_pad_student_recovers_the_clean_function_better_than_plain_l2():
-    """Down-weighting the noisy targets (1/σ²) is weighted least squares: the student ends closer
-    to the noise-free teacher function A x. With detach=True the student only sees the weighted
-    error (textbook WLS) and converges much faster than with the public code's default
-    (detach=False, where the branch's gradient also moves the student)."""
+    """Down-weighting the noisy targets (1/σ²) is weighted least squares: the student ends closer to
+    the noise-free teacher function A x than with plain L2. Reading the branch's own input (the
+    regressed output) instead of the feature beside it, the branch can only use what the student
+    already outputs."""
     _, _, err_l2 = _fit("uniform")
     _, _, err_pad = _fit("pad")
-    _, _, err_pad_detached = _fit("pad", detach=True)
-    assert err_pad < err_l2
-    assert err_pad_detached < 0.1 * err_l2
+    _, _, err_regressed = _fit("pad", branch_input="regressed", detach=True)
+    assert err_pad < 0.5 * err_l2
+    assert err_regressed < err_l2
 
 
 def test_variance_branches_shapes_and_init():
@@ -85,7 +89,7 @@ def test_variance_branches_shapes_and_init():
 
 def test_variance_branch_lives_in_the_distiller_not_the_student():
     student = nn.Linear(4, 4)
-    d = Distiller("l2", "pad", 1.0, 4, 4)
+    d = Distiller("l2", "pad", 1.0, 4, 4, backbone_dim=6)
     names = [n for n, _ in d.named_parameters()]
     assert any(n.startswith("var_branches.") for n in names)
     assert not any("var" in n for n in student.state_dict())
@@ -96,7 +100,9 @@ def test_detach_option_stops_branch_gradient_reaching_student():
     for detach, expect_same in ((True, True), (False, False)):
         torch.manual_seed(0)
         student = nn.Linear(4, 4)
-        d = Distiller("l2", "pad", 1.0, 4, 4, normalize=False, detach=detach)
+        d = Distiller(
+            "l2", "pad", 1.0, 4, 4, normalize=False, detach=detach, branch_input="regressed", dim_reduce="sum"
+        )
         y = torch.randn(8, 4)
         emb = student(x)
         loss, _ = d(Features(emb), Features(y))
@@ -107,7 +113,7 @@ def test_detach_option_stops_branch_gradient_reaching_student():
         assert torch.allclose(g_full, g_err, atol=1e-6) == expect_same
 
 
-def test_demo_fig2_binning_and_direction_verdicts(tmp_path):
+def test_demo_fig2_binning(tmp_path):
     import numpy as np
 
     from facekd.demo import pad as demo
@@ -118,22 +124,94 @@ def test_demo_fig2_binning_and_direction_verdicts(tmp_path):
 
     rng = np.random.default_rng(0)
     v = rng.uniform(0.1, 1.0, 200)
-    pad = {"variance": v, "gap": 2 * v, "weight": (1 / v) / np.mean(1 / v)}
-    base = {"gap": np.full(200, 3.0)}
-    out = demo._fig2(Ctx(), pad, base, bins=4)
+    pad = {"sigma2": v, "gap": 2 * v, "effective_weight": 1 / v}
+    out = demo._fig2(Ctx(), pad, np.full(200, 3.0), np.full(200, 2.0), bins=4)
     assert (tmp_path / "pad_fig2.png").stat().st_size > 0
     assert sum(b["proportion"] for b in out["bins"]) == pytest.approx(1.0)
     gaps = [b["gap_pad"] for b in out["bins"]]
-    assert gaps == sorted(gaps) and out["spearman_variance_gap"] == pytest.approx(1.0)
-    assert all(b["gap_uniform"] == pytest.approx(3.0) for b in out["bins"])
+    assert gaps == sorted(gaps)
+    assert all(b["gap_uniform"] == pytest.approx(3.0) and b["gap_uniform_effective"] == 2.0 for b in out["bins"])
     # weight × gap = 2·mean(1/v)^-1 is flat across bins when gap ∝ variance
     effects = [b["effect_pad"] for b in out["bins"]]
     assert max(effects) == pytest.approx(min(effects))
 
-    def ev(tar):
-        return {"tar_at_far": [{"far": 1e-3, "tar": tar}]}
 
-    res = {"a": [ev(0.5), ev(0.52)], "b": [ev(0.3), ev(0.32)], "c": [ev(0.6), ev(0.2)]}
-    assert "the paper's direction" in demo._direction(res, "a", "b")
-    assert "OPPOSITE" in demo._direction(res, "b", "a")
-    assert "within the seed spread" in demo._direction(res, "a", "c")
+@pytest.mark.parametrize(
+    "arch, size, expected",
+    [
+        ("iresnet_tiny", 32, lambda m: m.fc.in_features),  # flattened last stage map
+        ("mbf_tiny", 32, lambda m: m.conv_sep.layers[0].out_channels * 2 * 2),  # the GDC's input map
+        ("sphere20", 32, lambda m: m.fc.in_features),
+        ("small_cnn", 28, lambda m: m.fc.in_features),  # pooled last stage map
+        ("shufflenet_v2_x0_5", (64, 32), lambda m: m.base.out_channels),  # pooled feature before the BNNeck
+    ],
+)
+def test_branch_reads_the_input_of_the_embedding_layer(arch, size, expected):
+    """The branch is parallel with f_s: it reads what the student's embedding layer reads, captured
+    without changing the student's forward (same output with and without the Distiller attached)."""
+    from facekd.losses.variance import embedding_layer
+    from facekd.models import embedding_dim, get_model
+
+    torch.manual_seed(0)
+    model = get_model(arch, input_size=size).eval()
+    h, w = (size, size) if isinstance(size, int) else size
+    x = torch.randn(3, 3, h, w)
+    seen: dict = {}
+    hook = embedding_layer(model).register_forward_pre_hook(lambda mod, inp: seen.setdefault("x", inp[0]))
+    with torch.no_grad():
+        plain = model(x)
+    hook.remove()
+    dim = embedding_dim(model, size)
+    d = Distiller.from_config({"loss": "l2", "weighting": "pad"}, dim, dim, student=model, input_size=size)
+    assert d.var_branches[0].fc.in_features == expected(model) == seen["x"][0].numel()
+    with torch.no_grad():
+        tapped = model(x)
+    assert torch.equal(plain, tapped)
+    loss, logs = d(Features(tapped), Features(torch.randn(3, dim)))
+    assert torch.isfinite(loss) and logs["distill/pad_weight"] > 0
+    with pytest.raises(ValueError, match="did not run"):  # the feature is used once, never stale
+        d(Features(tapped), Features(torch.randn(3, dim)))
+
+
+def test_backbone_path_trains_the_student_unless_detached():
+    torch.manual_seed(0)
+    feat, t = torch.randn(6, 5), torch.randn(6, 4)
+    for detach in (False, True):
+        x = feat.clone().requires_grad_(True)
+        d = Distiller("l2", "pad", 1.0, 4, 4, backbone_dim=5, detach=detach)
+        emb = torch.randn(6, 4)  # the embedding does not depend on x here: only the branch reads it
+        loss, _ = d(Features(emb, backbone=x), Features(t))
+        loss.backward()
+        assert (x.grad is None) == detach
+
+
+def test_logged_loss_splits_into_weighted_gap_and_log_variance():
+    """distill/loss = weighted gap + ln σ² term; with one σ per sample under the mean over D the
+    effective weight of sample i is 1/(D σ_i²), and `init_logvar: auto` puts BN's bias at −ln D."""
+    torch.manual_seed(0)
+    D = 8
+    d = Distiller("l2", "pad", 3.0, D, D, normalize=False, backbone_dim=5)
+    assert d.var_branches[0].bn.bias.item() == pytest.approx(-math.log(D))
+    assert Distiller("l2", "pad", 1.0, D, D, backbone_dim=5, dim_reduce="sum").var_branches[0].bn.bias.item() == 0
+    s, t, x = torch.randn(6, D), torch.randn(6, D), torch.randn(6, 5)
+    out, logged = d(Features(s, backbone=x), Features(t))
+    logs = {k: float(v) for k, v in logged.items()}  # 0-d tensors, read back as the trainer does
+    assert out.item() == pytest.approx(3.0 * logs["distill/loss"], rel=1e-5)
+    assert logs["distill/loss"] == pytest.approx(logs["distill/pad_weighted_gap"] + logs["distill/pad_log_sigma2"])
+    stats = d.per_sample_stats
+    var = stats["variance"]
+    gap = (s - t).pow(2).sum(dim=1)
+    torch.testing.assert_close(stats["effective_weight"], 1 / (D * var), rtol=1e-5, atol=0)
+    assert logs["distill/pad_weighted_gap"] == pytest.approx((gap / (D * var)).mean().item(), rel=1e-5)
+    torch.testing.assert_close(stats["log_variance"], var.log(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_without_embedding_layer_gets_one_clear_line():
+    with pytest.raises(ValueError, match="embedding_layer"):
+        Distiller.from_config({"loss": "l2", "weighting": "pad"}, 4, 4, student=nn.Linear(4, 4), input_size=4)
+    with pytest.raises(ValueError, match="backbone_dim"):
+        Distiller("l2", "pad", 1.0, 4, 4)
+    d = Distiller.from_config(
+        {"loss": "l2", "weighting": "pad", "options": {"branch_input": "regressed"}}, 4, 4, student=nn.Linear(4, 4)
+    )
+    assert d.var_branches[0].fc.in_features == 4 and not d.needs_backbone

@@ -111,7 +111,7 @@ def test_pad_nll_and_loss_match_eq7():
         assert w.tolist() == pytest.approx([v / sum(inv) for v in inv])
     # one σ per sample, broadcast over dimensions
     s1 = torch.tensor([[0.3], [-0.2], [1.0]], dtype=torch.float64)
-    loss, _, _ = get_weighting("pad")([Term(err, None, s1)])
+    loss, _, _ = get_weighting("pad", dim_reduce="sum")([Term(err, None, s1)])
     v1 = [math.exp(s1[i, 0].item()) + 1e-6 for i in range(3)]
     ref = sum(sum(e / v1[i] + math.log(v1[i]) for e in err[i].tolist()) for i in range(3)) / 3
     assert loss.item() == pytest.approx(ref)
@@ -146,7 +146,7 @@ def test_pad_masked_elements_do_not_count():
 def test_pad_l2_stage_then_pad():
     err = torch.tensor([[1.0, 3.0]])
     s = torch.full((1, 2), 0.5, requires_grad=True)
-    pad = get_weighting("pad", l2_stage_steps=10)
+    pad = get_weighting("pad", l2_stage_steps=10, dim_reduce="sum")
     loss, _, _ = pad([Term(err, None, s)], step=9)
     assert loss.item() == pytest.approx(4.0)  # plain L2 (sum over dims)
     loss.backward()
@@ -159,7 +159,7 @@ def test_pad_l2_stage_then_pad():
 def test_pad_variance_floor_keeps_loss_finite():
     err = torch.tensor([[1.0, 0.0]])
     s = torch.tensor([[-500.0, 500.0]], requires_grad=True)
-    loss, w, _ = get_weighting("pad", var_eps=1e-3)([Term(err, None, s)])
+    loss, w, _ = get_weighting("pad", var_eps=1e-3, dim_reduce="sum")([Term(err, None, s)])
     assert torch.isfinite(loss) and torch.isfinite(w).all()
     assert loss.item() == pytest.approx(1 / 1e-3 + math.log(1e-3) + 500.0, rel=1e-5)
     loss.backward()

@@ -21,6 +21,8 @@ EXPERIMENT_MODULES: list[str] = [
     "facekd.demo.bias",
     "facekd.demo.pad",
     "facekd.demo.refo",
+    "facekd.demo.baselines",
+    "facekd.demo.fmnist",
 ]
 
 for _name in EXPERIMENT_MODULES:

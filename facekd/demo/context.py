@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from functools import cached_property
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -38,17 +41,18 @@ TEACHER_SOURCES = ("cache", "online", "online_logits")
 class DemoContext:
     """Runs, caches and evaluations of one demo run directory; everything expensive is reused."""
 
-    def __init__(self, run_dir: str | Path, settings: DemoSettings, progress: bool = True):
+    def __init__(self, run_dir: str | Path, settings: DemoSettings, progress: bool = True, index: bool = True):
         self.run_dir = Path(run_dir)
         self.settings = settings
         self.tier = settings.tier
         self.seeds = list(settings.seeds)
         self.progress = progress
         self.store = StageStore(self.run_dir, progress=progress)
-        self._teacher: TrainedRun | None = None
+        self._teachers: dict[int, TrainedRun] = {}
         self._evals: dict[str, dict] = {}
-        index = self.run_dir / "runs.json"
-        self._labels: dict[str, str] = json.loads(index.read_text()) if index.exists() else {}
+        path = self.run_dir / "runs.json"
+        self._labels: dict[str, str] = json.loads(path.read_text()) if index and path.exists() else {}
+        self._index = index
         if settings.threads:
             torch.set_num_threads(settings.threads)
 
@@ -63,7 +67,9 @@ class DemoContext:
         print(f"[demo {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     def label(self, name: str, directory: str | Path) -> None:
-        """Record `name` → `directory` in run_dir/runs.json."""
+        """Record `name` → `directory` in run_dir/runs.json (not in worker processes: index=False)."""
+        if not self._index:
+            return
         self._labels[name] = str(Path(directory).relative_to(self.run_dir))
         save_json(self.run_dir / "runs.json", self._labels)
 
@@ -84,7 +90,7 @@ class DemoContext:
 
     @cached_property
     def data(self):
-        """SynthFaces for this tier (`.train`, `.test`, `.pairs`), rendered once, cached on disk."""
+        """SynthFaces for this tier (`.train`, `.val`, `.test` and their pairs), rendered once, cached on disk."""
         from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 
         cfg = SynthFacesConfig.preset(self.settings.data_preset, **self.settings.data)
@@ -117,23 +123,56 @@ class DemoContext:
         self.label(label, run.directory)
         return run
 
-    def teacher_config(self) -> RunConfig:
-        """The demo teacher: ArcFace on the training split, seed 0."""
+    def ready(self, cfg: RunConfig) -> bool:
+        """True when the run `cfg` is finished (its result can be used without training)."""
+        return self.store.run_state(cfg) == "done"
+
+    def train_many(self, runs: Sequence[tuple[RunConfig, str]], splits: Sequence[str] = ("test",)) -> list[TrainedRun]:
+        """Train (or reuse) independent runs [(cfg, label)], `settings.workers` processes side by
+        side (each with `settings.threads` threads), and embed the SynthFaces `splits` of each face
+        run there; returns the runs in order. A failed run raises."""
+        pending: dict[Path, tuple[RunConfig, str]] = {}
+        for cfg, label in runs:
+            if not self.ready(cfg):
+                pending.setdefault(self.store.run_dir(cfg), (cfg, label))
+        workers = min(self.settings.workers, len(pending))
+        if workers > 1:
+            from facekd.demo.workers import train_in_worker
+
+            settings = self.settings.model_dump_json()
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                jobs = []
+                for cfg, label in pending.values():
+                    self.log(f"training {label} ({cfg.train.epochs} epochs, {workers} processes)")
+                    embed = tuple(splits) if cfg.task == "face" and cfg.data.kind == "synthfaces" else ()
+                    jobs.append(pool.submit(train_in_worker, str(self.run_dir), settings, cfg.model_dump_json(), embed))
+                for job in jobs:
+                    job.result()
+        return [self.train(cfg, label) for cfg, label in runs]
+
+    def teacher_config(self, seed: int | None = None) -> RunConfig:
+        """A demo teacher: ArcFace on the training split (seed: default the first teacher seed)."""
         net = self.settings.teacher
         return RunConfig.model_validate(
             {
                 "data": self.data_config(net.hflip),
                 "model": self.model_config(net),
                 "head": {"name": "arcface"},
-                "train": self.train_config(net, seed=0),
+                "train": self.train_config(net, seed=self.settings.teacher_seeds[0] if seed is None else seed),
             }
         )
 
-    def teacher(self) -> TrainedRun:
-        """The trained demo teacher (trained once, then reused)."""
-        if self._teacher is None:
-            self._teacher = self.train(self.teacher_config(), "teacher")
-        return self._teacher
+    def teacher_ready(self) -> bool:
+        """True when the teacher that teaches every student is trained."""
+        return self.ready(self.teacher_config())
+
+    def teacher(self, seed: int | None = None) -> TrainedRun:
+        """A trained demo teacher (default: the first teacher seed, which teaches every student)."""
+        seed = self.settings.teacher_seeds[0] if seed is None else seed
+        if seed not in self._teachers:
+            first = seed == self.settings.teacher_seeds[0]
+            self._teachers[seed] = self.train(self.teacher_config(seed), "teacher" if first else f"teacher/seed{seed}")
+        return self._teachers[seed]
 
     def teacher_cache(self) -> EmbeddingCache:
         """EmbeddingCache of the teacher on the training split (normalised, no flip)."""
@@ -193,20 +232,42 @@ class DemoContext:
         return RunConfig.model_validate(cfg)
 
     # ---- evaluation
+    def split(self, name: str = "test"):
+        """(dataset, verification pairs) of the SynthFaces split `name`: "test" (reported numbers
+        only) or "val" (hyper-parameter choice only; identities disjoint from train and test)."""
+        if name == "test":
+            return self.data.test, self.data.pairs
+        if name == "val":
+            val = getattr(self.data, "val", None)
+            pairs = getattr(self.data, "val_pairs", None)
+            if val is None or pairs is None:
+                raise ValueError("this SynthFaces build has no validation split (data.val, data.val_pairs)")
+            return val, pairs
+        raise ValueError(f"unknown split {name!r}; expected 'test' or 'val'")
+
+    def has_val(self) -> bool:
+        """True when this SynthFaces build has a validation split."""
+        return getattr(self.data, "val", None) is not None and getattr(self.data, "val_pairs", None) is not None
+
+    def split_cache(self, model: nn.Module, split: str = "test") -> EmbeddingCache:
+        """Embeddings of a SynthFaces split by `model` (flip-summed if `eval_flip`)."""
+        return self.store.embed(model, self.split(split)[0], flip=self.settings.eval_flip)
+
     def test_cache(self, model: nn.Module) -> EmbeddingCache:
         """Embeddings of the SynthFaces test split by `model` (flip-summed if `eval_flip`)."""
-        return self.store.embed(model, self.data.test, flip=self.settings.eval_flip)
+        return self.split_cache(model, "test")
 
-    def evaluate(self, model: nn.Module) -> dict:
-        """Verification on the SynthFaces test pairs: `facekd.evaluate.verification.evaluate_pairs`
+    def evaluate(self, model: nn.Module, split: str = "test") -> dict:
+        """Verification on a SynthFaces split's pairs: `facekd.evaluate.verification.evaluate_pairs`
         (strict TAR@FAR 1e-2/1e-3/1e-4, insightface TAR, 10-fold accuracy, hard pairs, per group)."""
         from facekd.evaluate.verification import evaluate_pairs
 
-        cache = self.test_cache(model)
-        key = cache.directory.name
+        cache = self.split_cache(model, split)
+        key = f"{split}/{cache.directory.name}"
         if key not in self._evals:
+            dataset, pairs = self.split(split)
             emb = np.asarray(cache.embeddings)
-            self._evals[key] = evaluate_pairs(emb, self.data.pairs, groups=self.data.test.groups, fars=FARS)
+            self._evals[key] = evaluate_pairs(emb, pairs, groups=dataset.groups, fars=FARS)
         return self._evals[key]
 
     def scores(self, model: nn.Module) -> tuple[np.ndarray, np.ndarray]:

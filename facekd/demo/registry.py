@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from facekd.demo.settings import TIERS, Tier
 
 if TYPE_CHECKING:
+    from facekd.config import RunConfig
     from facekd.demo.context import DemoContext
 
 
@@ -25,6 +26,10 @@ class Experiment:
     run: ctx → JSON-able dict (numbers, lists, dicts, strings).
     report: (ctx, result) → markdown (the body of its section in report.md).
     title: section heading (default: name). order: position in the report (smaller first).
+    prefetch: ctx → [(RunConfig, label)]: runs the experiment will need whose configs can be built
+        *now* without training anything (dependencies it checks with `ctx.ready`). The runner trains
+        the union over all experiments side by side, in rounds, before running them, so that runs of
+        different experiments share the worker processes.
     """
 
     name: str
@@ -33,6 +38,7 @@ class Experiment:
     report: Callable[[DemoContext, dict], str]
     title: str = ""
     order: int = 100
+    prefetch: Callable[[DemoContext], list[tuple[RunConfig, str]]] | None = None
 
 
 EXPERIMENTS: dict[str, Experiment] = {}

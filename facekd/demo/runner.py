@@ -1,12 +1,21 @@
 """Running a demo tier: each experiment's result is stored under the digest of what it depends on
 (the tier's settings and the source of the module that computes it) and reused while that holds;
-then report.md is written from the stored results."""
+then report.md and summary.json are written from the stored results.
+
+summary.json (for scripts comparing runs; strict JSON: a number that does not exist is null): the
+tier, seeds, wall time and machine load, every table as rows {"experiment", "table", "method",
+"seed", "metrics"}, every paper claim with its paired difference and verdict, the hyper-parameters
+chosen on the validation split, and PAD's statistics (per PAD seed: log_sigma2_std,
+spearman_sigma2_gap, mean σ² by group and by nuisance, ...).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import inspect
 import json
+import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +25,7 @@ import yaml
 
 from facekd.demo.context import DemoContext
 from facekd.demo.registry import Experiment, experiments_for
+from facekd.demo.report import claims_table, selection_table
 from facekd.demo.settings import DemoSettings, tier_settings
 from facekd.refo.stages import digest
 from facekd.utils import atomic_path, save_json
@@ -30,6 +40,31 @@ def result_key(settings: DemoSettings, exp: Experiment) -> str:
         raise ValueError(f"experiment {exp.name!r}: the source of its run function cannot be found")
     code = hashlib.sha256(Path(source).read_bytes()).hexdigest()
     return digest({"settings": settings.results_key(), "code": code})
+
+
+def _stored(ctx: DemoContext, exp: Experiment) -> bool:
+    """True when the experiment's stored result is still valid (it will be reused)."""
+    store = ctx.run_dir / "experiments" / f"{exp.name}.json"
+    return store.exists() and json.loads(store.read_text()).get("key") == result_key(ctx.settings, exp)
+
+
+def prefetch(ctx: DemoContext, chosen: list[Experiment], rounds: int = 8) -> None:
+    """Train, side by side, every run the chosen experiments can name before running them: each
+    round asks every experiment's `prefetch` for the runs buildable now and trains their union;
+    rounds stop when nothing new is named (what runs then is trained by the experiments themselves)."""
+    hooks = [exp.prefetch for exp in chosen if exp.prefetch is not None]
+    for r in range(rounds):
+        jobs: dict[Path, tuple] = {}
+        for hook in hooks:
+            for cfg, label in hook(ctx):
+                if not ctx.ready(cfg):
+                    jobs.setdefault(ctx.store.run_dir(cfg), (cfg, label))
+        if not jobs:
+            return
+        ctx.log(f"prefetch round {r + 1}: {len(jobs)} runs")
+        # longest first (teacher-sized runs), so that the processes finish together
+        order = sorted(jobs.values(), key=lambda job: -job[0].train.epochs)
+        ctx.train_many(order, splits=("val", "test") if ctx.has_val() else ("test",))
 
 
 def _run_or_reuse(ctx: DemoContext, exp: Experiment) -> tuple[dict, float]:
@@ -63,6 +98,7 @@ def run_demo(
     out: run directory (default runs/demo/<tier>). Returns the path of report.md.
     """
     t0 = time.perf_counter()
+    load_start = os.getloadavg()
     settings = settings or tier_settings(tier, seeds)
     run_dir = Path(out) if out is not None else Path("runs") / "demo" / tier
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -72,29 +108,98 @@ def run_demo(
     chosen = experiments_for(settings.tier, only)
     if not chosen:
         raise ValueError(f"no experiment registered for tier {settings.tier!r}")
+    prefetch(ctx, [exp for exp in chosen if not _stored(ctx, exp)])
     results = {exp.name: _run_or_reuse(ctx, exp) for exp in chosen}
     wall_total = time.perf_counter() - t0
-    report = write_report(ctx, chosen, results, wall_total)
+    machine = {"load_start": list(load_start), "load_end": list(os.getloadavg()), "cpus": os.cpu_count()}
+    write_summary(ctx, chosen, results, wall_total, machine)
+    report = write_report(ctx, chosen, results, wall_total, machine)
     ctx.log(f"report: {report}  (wall time {wall_total:.1f} s)")
     return report
 
 
-def write_report(
-    ctx: DemoContext, chosen: list[Experiment], results: dict[str, tuple[dict, float]], wall_total: float
+def _collect(chosen: list[Experiment], results: dict[str, tuple[dict, float]], key: str) -> list[dict]:
+    """The `key` entries (rows, claims, selections) of every chosen experiment's result, tagged."""
+    out = []
+    for exp in chosen:
+        for item in results[exp.name][0].get(key, []):
+            out.append({"experiment": exp.name, **item})
+    return out
+
+
+def write_summary(
+    ctx: DemoContext,
+    chosen: list[Experiment],
+    results: dict[str, tuple[dict, float]],
+    wall_total: float,
+    machine: dict,
 ) -> Path:
-    """report.md: header (tier, seeds, wall time, config), then one section per experiment."""
+    """summary.json: every table as rows, claims, validation choices, PAD statistics (see module doc)."""
     s = ctx.settings
+    selections = {sel["name"]: sel for sel in _collect(chosen, results, "selections")}
+    summary = {
+        "tier": s.tier,
+        "seeds": s.seeds,
+        "teacher_seeds": s.teacher_seeds,
+        "wall_s": wall_total,
+        "machine": machine,
+        "experiments": {exp.name: {"wall_s": results[exp.name][1]} for exp in chosen},
+        "rows": _collect(chosen, results, "rows"),
+        "claims": _collect(chosen, results, "claims"),
+        "selections": list(selections.values()),
+        "pad": {exp.name: results[exp.name][0]["pad"] for exp in chosen if "pad" in results[exp.name][0]},
+    }
+    path = ctx.run_dir / "summary.json"
+    save_json(path, _finite(summary))
+    return path
+
+
+def _finite(obj):
+    """`obj` with every NaN / infinite float replaced by None, so that summary.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_report(
+    ctx: DemoContext,
+    chosen: list[Experiment],
+    results: dict[str, tuple[dict, float]],
+    wall_total: float,
+    machine: dict | None = None,
+) -> Path:
+    """report.md: header (tier, seeds, wall time, load, config), the paper claims, the validation
+    choices, then one section per experiment."""
+    s = ctx.settings
+    load = ""
+    if machine:
+        start, end = machine["load_start"][0], machine["load_end"][0]
+        load = f" · load average at start / end: {start:.2f} / {end:.2f} on {machine['cpus']} CPUs"
     parts = [
         f"# facekd demo — tier `{s.tier}`",
         "",
-        f"Seeds: {s.seeds} · wall time of this invocation: {wall_total:.1f} s "
-        f"(stored results are reused) · threads: {torch.get_num_threads()} · settings: [config.yaml](config.yaml)",
+        f"Seeds: students {s.seeds}, teachers {s.teacher_seeds} · wall time of this invocation: {wall_total:.1f} s "
+        f"(stored results are reused){load} · threads: {torch.get_num_threads()} × {s.workers} processes · "
+        "settings: [config.yaml](config.yaml) · every number: [summary.json](summary.json)",
         "",
         f"Data: SynthFaces preset `{s.data_preset}` with overrides {s.data or '{}'}; "
         f"teacher `{s.teacher.arch}` ({s.teacher.epochs} epochs), "
         f"student `{s.student.arch}` ({s.student.epochs} epochs). "
-        "TAR@FAR uses the strict convention (FAR ≤ target); accuracy is insightface's 10-fold protocol.",
+        "TAR@FAR uses the strict convention (FAR ≤ target); accuracy is insightface's 10-fold protocol. "
+        "Hyper-parameters are chosen on the validation split (identities disjoint from train and test); the test "
+        "pairs only produce the numbers below. Δ: the paired difference over seeds (same seed, same initialisation) "
+        'with its 95 % Student-t interval; "within noise" where the interval covers 0.',
     ]
+    claims = _collect(chosen, results, "claims")
+    if claims:
+        parts += ["", "## Paper claims tested", "", claims_table(claims)]
+    selections = list({sel["name"]: sel for sel in _collect(chosen, results, "selections")}.values())
+    if selections:
+        parts += ["", "## Hyper-parameters chosen on the validation split", "", selection_table(selections)]
     for exp in chosen:
         result, wall = results[exp.name]
         parts += [
@@ -111,4 +216,4 @@ def write_report(
     return path
 
 
-__all__ = ["result_key", "run_demo", "write_report"]
+__all__ = ["result_key", "run_demo", "write_report", "write_summary"]

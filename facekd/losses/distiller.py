@@ -30,13 +30,22 @@ from torch import nn
 from facekd.losses.distill import LOSSES, DistillLoss, Features, LossContext
 from facekd.losses.gradient import scale_grad
 from facekd.losses.registry import parse_options
-from facekd.losses.weighting import WEIGHTINGS, Term, Weighting, get_weighting, warmup_factor
+from facekd.losses.variance import BackboneTap, probe_backbone_dim
+from facekd.losses.weighting import WEIGHTINGS, Term, Weighting, gap, get_weighting, warmup_factor
 
 __all__ = ["LOSSES", "Distiller", "Features", "probe_feature_shapes"]
 
 # Options the Distiller itself takes: the warm-up, and the context a loss may need (stage-map shapes,
-# class count, the teacher's class centres), which `from_config` can fill in from the networks.
-DISTILLER_OPTIONS = ("warmup_steps", "student_shapes", "teacher_shapes", "num_classes", "class_centres")
+# class count, the teacher's class centres, the width of the backbone feature PAD's branch reads),
+# which `from_config` can fill in from the networks.
+DISTILLER_OPTIONS = ("warmup_steps", "student_shapes", "teacher_shapes", "num_classes", "class_centres", "backbone_dim")
+
+# PAD's loss split (`PADWeighting.parts`, batch means) → log keys
+PAD_LOGS = {
+    "weighted_gap": "distill/pad_weighted_gap",
+    "log_sigma2": "distill/pad_log_sigma2",
+    "effective_weight": "distill/pad_weight",
+}
 
 
 def probe_feature_shapes(
@@ -85,6 +94,34 @@ def _split_options(
     return loss_opts, w_opts, own
 
 
+def _probe_options(
+    options: dict[str, Any],
+    loss: str,
+    weighting: str,
+    student: nn.Module | None,
+    teacher: nn.Module | None,
+    input_size: int | tuple[int, int] | None,
+    in_channels: int,
+) -> None:
+    """Fill the options a loss needs from the networks when the config does not give them: the
+    stage-map shapes (FitNet, PAD on maps) and the width of the backbone feature PAD's branch reads."""
+    loss_cls, w_cls = LOSSES.get(loss), WEIGHTINGS.get(weighting)
+    if loss_cls is None or w_cls is None:
+        return  # the constructor names the unknown loss or weighting
+    if loss_cls.requires_shapes(w_cls.uses_variance) and not {"student_shapes", "teacher_shapes"} <= set(options):
+        if student is None or teacher is None or input_size is None:
+            raise ValueError(
+                f"distill loss {loss!r}: give options student_shapes/teacher_shapes, "
+                "or student, teacher and input_size to probe them"
+            )
+        options.setdefault("student_shapes", probe_feature_shapes(student, input_size, in_channels))
+        options.setdefault("teacher_shapes", probe_feature_shapes(teacher, input_size, in_channels))
+    w_opts = {k: v for k, v in options.items() if k in w_cls.Options.model_fields}
+    reads_backbone = loss_cls.reads == "embedding" and w_cls.reads_backbone(w_opts)
+    if reads_backbone and "backbone_dim" not in options and student is not None and input_size is not None:
+        options["backbone_dim"] = probe_backbone_dim(student, input_size, in_channels)
+
+
 class Distiller(nn.Module):
     """Distillation loss module: forward(student: Features, teacher: Features, step, mask=None)
     → (scalar loss, logs dict[str, tensor | float]: 0-d tensors, read back by the caller when it logs).
@@ -101,21 +138,25 @@ class Distiller(nn.Module):
         normalize: L2-normalise the (projected) student and the teacher embedding before an
             embedding loss (default True: face embeddings are compared on the unit sphere).
         options (flat; all optional): the loss's options (its `Options` schema), the weighting's
-            (dim_reduce "sum" / "mean", detach_weights, T, alpha, fraction, and PAD's sigma, detach,
-            init_logvar, l2_stage_steps, var_eps), and the Distiller's own:
+            (dim_reduce "sum" / "mean", detach_weights, T, alpha, fraction, and PAD's sigma,
+            branch_input, detach, init_logvar, branch_grad, l2_stage_steps, var_eps), and the
+            Distiller's own:
             warmup_steps: λ ramps linearly from 0 to λ over this many steps (default 0 = off;
                 required > 0 with weighting "warmup").
             student_shapes / teacher_shapes: (C, H, W) of every stage map; needed by fitnet and by
                 PAD on maps (`from_config` probes them from the models).
             num_classes / class_centres: the class count and the teacher's (C, d) class centres
                 (tensor or file), for the losses that live in a margin head.
+            backbone_dim: width of the flattened input of the student's embedding layer, read by
+                PAD's branch on l2 (`from_config` probes it from the student).
 
-    The variance branch's gradient is divided by λ·warmup(step): λ balances distillation against
-    the task for the student only, and the branch (trained by this loss alone) keeps a λ-free
-    learning rate (with λ = 50, an undivided branch diverged in the demo).
+    PAD on an embedding loss with `branch_input: backbone` reads `Features.backbone`; when a task
+    does not fill it, the Distiller takes it from the student it was attached to (`attach`, done by
+    `from_config(student=...)`): a forward pre-hook on the student's embedding layer.
 
     After a forward, `per_sample_stats` gives detached (B,) tensors: "gap" (d_i), "weight" (the
-    normalised weight of each sample) and, with PAD, "variance" (mean σ² of the sample).
+    normalised weight of each sample) and, with PAD, "variance" (mean σ² of the sample),
+    "log_variance" (mean ln σ²) and "effective_weight" (see `PADWeighting`).
     """
 
     def __init__(
@@ -157,8 +198,9 @@ class Distiller(nn.Module):
             s_dim, t_dim = ctx.dims(loss)
             projection = nn.Linear(s_dim, t_dim) if s_dim != t_dim else None
         self.var_branches = nn.ModuleList()
-        ctx.pad = self._pad = self.weighting.variance_branches(self.var_branches)
+        ctx.pad = self._pad = self.weighting.variance_branches(self.var_branches, own.get("backbone_dim"))
         self.is_pad = ctx.pad is not None
+        self._tap: BackboneTap | None = None
         self.loss = loss_cls(parse_options(loss_cls.Options, loss_opts, f"distillation loss {loss!r}"), ctx)
         self.projection = projection
 
@@ -166,6 +208,18 @@ class Distiller(nn.Module):
     def needs_maps(self) -> bool:
         """True when the loss reads stage feature maps (the task must run return_features=True)."""
         return self.loss.reads == "maps"
+
+    @property
+    def needs_backbone(self) -> bool:
+        """True when PAD's branch reads the backbone feature beside the student's embedding layer."""
+        return self._pad is not None and self._pad.reads_backbone and self.loss.reads == "embedding"
+
+    def attach(self, student: nn.Module) -> None:
+        """Read `Features.backbone` from `student` when a task does not give it: a forward pre-hook
+        on the student's embedding layer keeps its input (the student's forward is unchanged)."""
+        if self._tap is not None:
+            self._tap.remove()
+        self._tap = BackboneTap(student) if self.needs_backbone else None
 
     @property
     def needs_logits(self) -> bool:
@@ -195,7 +249,9 @@ class Distiller(nn.Module):
         """Build from a config block ``{loss, weighting, lambda, options}`` (all but loss optional).
 
         For map losses (fitnet, at+pad) without student_shapes / teacher_shapes in the options,
-        the shapes are probed by a dummy forward of `student` and `teacher` at `input_size`.
+        the shapes are probed by a dummy forward of `student` and `teacher` at `input_size`; for
+        PAD reading the backbone beside an embedding, `backbone_dim` likewise, and the Distiller is
+        attached to `student` (`attach`).
         `num_classes` / `class_centres` (the training set's class count, the teacher's class
         centres) fill the options of the same names when the config does not give them.
         """
@@ -208,21 +264,12 @@ class Distiller(nn.Module):
             )
         options = dict(cfg.get("options") or {})
         loss, weighting = cfg.get("loss", "l2"), cfg.get("weighting", "uniform")
-        loss_cls, w_cls = LOSSES.get(loss), WEIGHTINGS.get(weighting)
-        needs_shapes = loss_cls is not None and loss_cls.requires_shapes(w_cls is not None and w_cls.uses_variance)
-        if needs_shapes and ("student_shapes" not in options or "teacher_shapes" not in options):
-            if student is None or teacher is None or input_size is None:
-                raise ValueError(
-                    f"distill loss {loss!r}: give options student_shapes/teacher_shapes, "
-                    "or student, teacher and input_size to probe them"
-                )
-            options.setdefault("student_shapes", probe_feature_shapes(student, input_size, in_channels))
-            options.setdefault("teacher_shapes", probe_feature_shapes(teacher, input_size, in_channels))
+        _probe_options(options, loss, weighting, student, teacher, input_size, in_channels)
         context = {"num_classes": num_classes, "class_centres": class_centres}
         for key, value in context.items():
             if value is not None:
                 options.setdefault(key, value)
-        return cls(
+        distiller = cls(
             loss=loss,
             weighting=weighting,
             lam=cfg.get("lambda", cfg.get("lam", 1.0)),
@@ -231,6 +278,9 @@ class Distiller(nn.Module):
             normalize=cfg.get("normalize", True),
             **options,
         )
+        if student is not None:
+            distiller.attach(student)
+        return distiller
 
     # ------------------------------------------------------------------ forward
     def embedding_pair(self, student: Features, teacher: Features) -> tuple[torch.Tensor, torch.Tensor]:
@@ -271,39 +321,48 @@ class Distiller(nn.Module):
         mask: optional spatial mask (B, H, W) or (B, 1, H, W) for feature-map losses (fitnet, at),
             resized to each stage by nearest neighbour: fine-grained imitation / ROI mimic.
         """
+        if self.needs_backbone and student.backbone is None:
+            if self._tap is None:
+                raise ValueError(
+                    "PAD reads the student's backbone feature (Features.backbone): give it, or attach the "
+                    "Distiller to the student (Distiller.from_config(..., student=) or attach(student))"
+                )
+            student = replace(student, backbone=self._tap.take())
         terms = self._terms(student, teacher, mask)
         factor = self.lam * warmup_factor(step, self.warmup_steps)
-        if self._pad is not None and factor > 0:
-            # λ weighs the distillation against the task for the *student*; the variance branch is
-            # trained only by this loss, so undo λ on its gradient (its learning rate stays λ-free).
+        pad = self._pad
+        if pad is not None and pad.lambda_free and factor > 0:
+            # `branch_grad: lambda_free`: undo λ·warm-up on the gradient through the log-variance
             for t in terms:
                 t.logvar = scale_grad(t.logvar, 1.0 / factor) if t.logvar is not None else None
         loss, w, d = self.weighting(terms, step)
-        stats = [loss.detach(), d.mean()]
-        pad = self._pad
         log_vars = [pad.log_variance(t.logvar.detach()) for t in terms if t.logvar is not None] if pad else []
+        self._last = (d, w, log_vars, gap(terms, "sum").detach() if log_vars else d)
+        logs: dict[str, torch.Tensor | float] = {"distill/loss": loss.detach(), "distill/gap": d.mean()}
         if log_vars:
-            stats.append(torch.stack([lv.mean() for lv in log_vars]).mean())
-        self._last = (d, w, log_vars)
-        values = torch.stack(stats)  # logs stay on the device: the trainer reads them every log_every steps
-        logs: dict[str, torch.Tensor | float] = {
-            "distill/loss": values[0],
-            "distill/gap": values[1],
-            "distill/lambda": factor,
-        }
-        if log_vars:
-            logs["distill/logvar"] = values[2]
-        return factor * loss, logs
+            logs["distill/logvar"] = torch.stack([lv.mean() for lv in log_vars]).mean()
+            parts = getattr(self.weighting, "parts", {})
+            logs |= {PAD_LOGS[k]: v.mean() for k, v in parts.items()}
+        # logs stay on the device: the trainer reads them back every log_every steps
+        return factor * loss, {**logs, "distill/lambda": factor}
 
     @property
     def per_sample_stats(self) -> dict[str, torch.Tensor | None]:
         """Detached (B,) tensors of the last forward: "gap" d_i, "weight" (normalised per-sample
-        weight) and "variance" (PAD: mean σ² of each sample over its elements; else None)."""
+        weight) and, with PAD (else None), "variance" and "log_variance" (mean σ² and mean ln σ² of
+        each sample over its elements), "effective_weight" (`PADWeighting.parts`) and "gap_sum" (the
+        gap summed over elements, ‖s − t‖² for l2, whatever PAD's dim_reduce)."""
         if self._last is None:
             raise RuntimeError("per_sample_stats: run a forward pass first")
-        d, w, logvars = self._last
-        variance = torch.stack([lv.exp().mean(dim=1) for lv in logvars]).mean(dim=0) if logvars else None
-        return {"gap": d, "weight": w, "variance": variance}
+        d, w, logvars, d_sum = self._last
+        out: dict[str, torch.Tensor | None] = {"gap": d, "weight": w, "variance": None, "log_variance": None}
+        out["gap_sum"] = d_sum
+        out["effective_weight"] = None
+        if logvars:
+            out["variance"] = torch.stack([lv.exp().mean(dim=1) for lv in logvars]).mean(dim=0)
+            out["log_variance"] = torch.stack([lv.mean(dim=1) for lv in logvars]).mean(dim=0)
+            out["effective_weight"] = getattr(self.weighting, "parts", {}).get("effective_weight")
+        return out
 
     def extra_repr(self) -> str:
         return f"loss={self.loss_name}, weighting={self.weighting_name}, lam={self.lam}, normalize={self.normalize}"

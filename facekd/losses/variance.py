@@ -1,24 +1,49 @@
-"""PAD variance branch: predicts log σ² for each sample (and dimension) from the student's output.
+"""PAD variance branch: predicts log σ² for each sample (and dimension) beside the student's output.
 
-"Prime-Aware Adaptive Distillation" (Zhang et al., ECCV 2020), Sec. 4 and 5.1: "When combined with
-L2 and AT, PAD adopts a fully connected (FC) layer, followed by a batch normalization (BN) layer to
-generate variance. When combined with FitNet, PAD adopts a 1×1 convolutional layer followed by a BN
-layer." The branch exists only in training: it is held by the `Distiller`, never by the student,
-so it is never part of `backbone.pth` or an ONNX export.
+"Prime-Aware Adaptive Distillation" (Zhang et al., ECCV 2020, arXiv 2008.01458), Sec. 4: "the only
+modification is the addition of a variance branch parallel with f_s(x)"; Sec. 5.1: "When combined
+with L2 and AT, PAD adopts a fully connected (FC) layer, followed by a batch normalization (BN)
+layer to generate variance. When combined with FitNet, PAD adopts a 1×1 convolutional layer
+followed by a BN layer." The branch exists only in training: it is held by the `Distiller`, never
+by the student, so it is never part of `backbone.pth` or an ONNX export.
 
-The output is the *log*-variance s = log σ² (as in torchdistill's `PADL2Loss`), so σ² = exp(s) is
-positive without clamping. At initialisation BN has weight 1 and bias `init_logvar` (default 0),
-so the batch mean of the predicted log-variance starts at `init_logvar` (σ² ≈ 1).
+What the branch reads (`branch_input`):
+
+- ``backbone`` (default): the feature the student's own output is computed from, so that the branch
+  runs *parallel* to f_s. For L2 on the embedding this is the input of the student's embedding
+  layer (the module a backbone names in its `embedding_layer` attribute: IResNet's `fc`, reading the
+  flattened last stage map; MobileFaceNet's GDC `features`, reading the `conv_sep` map; the pooled
+  feature of the re-ID nets and `small_cnn`), captured by a forward pre-hook (`BackboneTap`): the
+  student's forward is unchanged. For FitNet and AT it is the student's stage map (the input of the
+  1×1 regressor, or of the attention map).
+- ``regressed``: the regressed student quantity itself (the projected, normalised embedding, the
+  regressed map, the attention vector).
+
+Not detached by default (`detach: false`, as the public code): the branch's gradient also reaches the
+student's backbone. The output is the *log*-variance s = log σ² (as in torchdistill's `PADL2Loss`),
+so σ² = exp(s) is positive without clamping; BN's bias starts at `init_logvar`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-__all__ = ["ConvVarianceBranch", "PadBranches", "VarianceBranch", "pad_log_variance"]
+__all__ = [
+    "BRANCH_INPUTS",
+    "BackboneTap",
+    "ConvVarianceBranch",
+    "PadBranches",
+    "VarianceBranch",
+    "embedding_layer",
+    "pad_log_variance",
+    "probe_backbone_dim",
+]
+
+BRANCH_INPUTS = ("backbone", "regressed")
 
 
 def pad_log_variance(logvar: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -34,8 +59,8 @@ def pad_log_variance(logvar: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 class VarianceBranch(nn.Module):
     """FC + BN1d: (B, in_dim) → log σ² (B, out_dim).
 
-    out_dim = the regressed dimension D for a per-dimension σ (the default of PAD's public code),
-    or 1 for one σ per sample (broadcast over dimensions by the loss).
+    out_dim = the regressed dimension D for a per-dimension σ, or 1 for one σ per sample
+    (broadcast over dimensions by the loss).
     """
 
     def __init__(self, in_dim: int, out_dim: int, init_logvar: float = 0.0):
@@ -56,7 +81,7 @@ class ConvVarianceBranch(nn.Module):
     """1×1 conv + BN2d: feature map (B, C_in, H, W) → log σ² (B, C_out, H, W).
 
     C_out = the regressed channel count for per-element σ, or 1 for one σ per spatial position
-    (per-sample-per-position; broadcast over channels by the loss).
+    (averaged over positions for one σ per sample).
     """
 
     def __init__(self, in_channels: int, out_channels: int, init_logvar: float = 0.0):
@@ -73,6 +98,73 @@ class ConvVarianceBranch(nn.Module):
         return self.bn(self.conv(x))
 
 
+# --------------------------------------------------------------------------------------------
+# the backbone feature beside the embedding layer
+# --------------------------------------------------------------------------------------------
+
+
+def embedding_layer(model: nn.Module) -> nn.Module:
+    """The student's embedding layer: the submodule named by `model.embedding_layer`, whose input is
+    the backbone feature PAD's branch reads. ValueError (one line) when the model names none."""
+    name = getattr(model, "embedding_layer", None)
+    layer = model.get_submodule(name) if isinstance(name, str) and name else None
+    if layer is None:
+        raise ValueError(
+            f"{type(model).__name__} names no embedding layer (attribute `embedding_layer`), so PAD's variance "
+            "branch cannot read the backbone feature beside it: set `embedding_layer` on the model, or use "
+            "distill options {branch_input: regressed}"
+        )
+    return layer
+
+
+class BackboneTap:
+    """Keeps the input of the student's embedding layer from its latest forward (a forward pre-hook;
+    the student's forward and outputs are unchanged). `take()` returns it flattened (B, F) and
+    forgets it, so a stale feature is never used twice."""
+
+    def __init__(self, model: nn.Module):
+        self.layer_name = str(getattr(model, "embedding_layer", ""))
+        self.value: torch.Tensor | None = None
+        self.handle = embedding_layer(model).register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: tuple) -> None:
+        self.value = inputs[0]
+
+    def take(self) -> torch.Tensor:
+        value, self.value = self.value, None
+        if value is None:
+            raise ValueError(
+                f"PAD: the student's embedding layer {self.layer_name!r} did not run in this forward, so there is "
+                "no backbone feature for the variance branch (use distill options {branch_input: regressed})"
+            )
+        return value.flatten(1)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def probe_backbone_dim(model: nn.Module, input_size: int | tuple[int, int], in_channels: int = 3) -> int:
+    """Width of the flattened input of `model`'s embedding layer for inputs of `input_size`, by one
+    dummy forward of 2 images in eval mode (no BN statistics change)."""
+    h, w = (input_size, input_size) if isinstance(input_size, int) else input_size
+    tap = BackboneTap(model)
+    was_training = model.training
+    model.eval()
+    try:
+        p = next(model.parameters(), None)
+        with torch.no_grad():
+            model(torch.zeros(2, in_channels, h, w, device=p.device if p is not None else "cpu"))
+        return int(tap.take().shape[1])
+    finally:
+        tap.remove()
+        model.train(was_training)
+
+
+# --------------------------------------------------------------------------------------------
+# the branches of one Distiller
+# --------------------------------------------------------------------------------------------
+
+
 class PadBranches:
     """The Distiller's PAD variance branches, as a PAD-compatible loss builds and reads them.
 
@@ -81,33 +173,75 @@ class PadBranches:
     the order the loss needs them) and later asks for the log-variance of branch k.
 
     per_dim: σ per regressed element (True) or one σ per sample (False, broadcast by the loss).
-    detach: the branch reads a detached student output, so the student is trained only by the
-        1/σ²-weighted error (see docs/distillation.md).
+    init_logvar: BN bias at init, as a function of the number of regressed elements per sample
+        (PAD's `init_logvar: auto` starts PAD at its uniform baseline's weight).
+    detach: the branch reads a detached input, so only the 1/σ²-weighted error trains the student.
+    branch_input: "backbone" (the feature beside the student's output) or "regressed" (the output).
+    backbone_dim: width of the flattened backbone feature beside the embedding layer (L2 only).
     var_eps: the variance floor of `pad_log_variance`.
+    lambda_free: the Distiller divides the gradient through the log-variance by λ·warm-up.
     """
 
-    def __init__(self, branches: nn.ModuleList, per_dim: bool, init_logvar: float, detach: bool, var_eps: float = 1e-6):
+    def __init__(
+        self,
+        branches: nn.ModuleList,
+        per_dim: bool,
+        init_logvar: Callable[[int], float],
+        detach: bool,
+        branch_input: str = "backbone",
+        backbone_dim: int | None = None,
+        var_eps: float = 1e-6,
+        lambda_free: bool = False,
+    ):
+        if branch_input not in BRANCH_INPUTS:
+            raise ValueError(f"PAD branch_input must be one of {BRANCH_INPUTS}, got {branch_input!r}")
         self.branches, self.per_dim, self.init_logvar, self.detach = branches, per_dim, init_logvar, detach
-        self.var_eps = var_eps
+        self.branch_input, self.backbone_dim, self.var_eps = branch_input, backbone_dim, var_eps
+        self.lambda_free = lambda_free
 
-    def add_linear(self, dim: int) -> int:
-        """A `VarianceBranch` for a (B, dim) quantity; returns its index."""
-        self.branches.append(VarianceBranch(dim, dim if self.per_dim else 1, self.init_logvar))
+    @property
+    def reads_backbone(self) -> bool:
+        return self.branch_input == "backbone"
+
+    def embedding_input_dim(self, regressed_dim: int) -> int:
+        """Input width of an embedding loss's branch: the backbone feature's, or the regressed width."""
+        if not self.reads_backbone:
+            return regressed_dim
+        if self.backbone_dim is None:
+            raise ValueError(
+                "PAD reads the backbone feature beside the student's embedding layer: give the Distiller the "
+                "student (Distiller.from_config(..., student=, input_size=)) or options.backbone_dim, or use "
+                "options {branch_input: regressed}"
+            )
+        return self.backbone_dim
+
+    def add_linear(self, in_dim: int, regressed: int) -> int:
+        """A `VarianceBranch` reading (B, in_dim) for a (B, regressed) quantity; returns its index."""
+        out = regressed if self.per_dim else 1
+        self.branches.append(VarianceBranch(in_dim, out, self.init_logvar(regressed)))
         return len(self.branches) - 1
 
-    def add_conv(self, channels: int) -> int:
-        """A `ConvVarianceBranch` for a (B, channels, H, W) map; returns its index."""
-        self.branches.append(ConvVarianceBranch(channels, channels if self.per_dim else 1, self.init_logvar))
+    def add_conv(self, in_channels: int, channels: int, positions: int) -> int:
+        """A `ConvVarianceBranch` reading a (B, in_channels, H, W) map for a (B, channels, H, W)
+        quantity (positions = H·W); returns its index."""
+        out = channels if self.per_dim else 1
+        self.branches.append(ConvVarianceBranch(in_channels, out, self.init_logvar(channels * positions)))
         return len(self.branches) - 1
 
     def log_variance(self, logvar: torch.Tensor) -> torch.Tensor:
         """log σ² with the variance floor: σ² = exp(logvar) + var_eps (`pad_log_variance`)."""
         return pad_log_variance(logvar, self.var_eps)
 
-    def logvar(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """log σ² of branch `index` for the student quantity x: (B, D) or (B, 1) (maps are flattened
-        per element, or averaged over positions for one σ per sample)."""
+    def logvar(self, index: int, x: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """log σ² of branch `index` for the branch input x: (B, D) or (B, 1). Maps are flattened per
+        element, or, for one σ per sample, averaged over the positions (weighted by `positions`
+        (B, H·W), a spatial mask, when given: masked-out positions then do not count)."""
         lv = self.branches[index](x.detach() if self.detach else x)
-        if lv.dim() == 4:
-            return lv.flatten(1) if self.per_dim else lv.mean(dim=(2, 3)).flatten(1)
-        return lv
+        if lv.dim() != 4:
+            return lv
+        if self.per_dim:
+            return lv.flatten(1)
+        if positions is None:
+            return lv.mean(dim=(2, 3)).flatten(1)
+        flat = lv.flatten(1)
+        return ((flat * positions).sum(dim=1) / positions.sum(dim=1).clamp(min=1e-12)).unsqueeze(1)

@@ -63,6 +63,10 @@ class IResNet(nn.Module):
         dropout: dropout probability before `fc` (insightface default 0).
     """
 
+    # `fc` computes the embedding from the flattened last stage map (after bn2 and dropout); PAD's variance branch reads
+    # that input (facekd.losses.variance.BackboneTap)
+    embedding_layer = "fc"
+
     def __init__(
         self,
         blocks: Sequence[int],

@@ -113,6 +113,10 @@ class MobileFaceNet(nn.Module):
         sep_width: output channels of `conv_sep` (insightface: 512).
     """
 
+    # `features` computes the embedding from the conv_sep map (the GDC head); PAD's variance branch reads
+    # that input (facekd.losses.variance.BackboneTap)
+    embedding_layer = "features"
+
     def __init__(
         self,
         blocks: Sequence[int] = (1, 4, 6, 2),

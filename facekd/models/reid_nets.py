@@ -185,6 +185,14 @@ class ReIDNet(nn.Module):
         if self.bottleneck is not None:
             self.bottleneck.bias.requires_grad_(False)
 
+    @property
+    def embedding_layer(self) -> str:
+        """The layer computing the embedding from the pooled feature (the `reduction`, else the BNNeck
+        when it is applied): PAD's variance branch reads its input. "" when there is none."""
+        if self.reduction is not None:
+            return "reduction"
+        return "bottleneck" if self.bottleneck is not None and self.neck_feat == "after" else ""
+
     def forward(self, x: torch.Tensor, return_features: bool = False):
         """x (B, 3, H, W) → embedding (B, d); with return_features also the four stage outputs."""
         x, stages = self.base(x)

@@ -26,6 +26,10 @@ class SmallCNN(nn.Module):
     (B, embedding_size); stage maps (B, w, H, W), (B, 2w, H/2, W/2), (B, 4w, H/4, W/4).
     """
 
+    # `fc` computes the embedding from the pooled last stage map; PAD's variance branch reads
+    # that input (facekd.losses.variance.BackboneTap)
+    embedding_layer = "fc"
+
     def __init__(self, embedding_size: int = 64, width: int = 16, in_channels: int = 3, input_size=None):
         super().__init__()
 

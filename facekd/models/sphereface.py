@@ -47,6 +47,10 @@ class SphereNet(nn.Module):
         input_size: side or (H, W) of the input; fixes the input width of `fc`.
     """
 
+    # `fc` computes the embedding from the flattened last stage map; PAD's variance branch reads
+    # that input (facekd.losses.variance.BackboneTap)
+    embedding_layer = "fc"
+
     def __init__(
         self,
         units: Sequence[int] = (1, 2, 4, 1),

@@ -44,7 +44,8 @@ class ATOptions(MapOptions):
 class ATDistill(MapLoss):
     """Elementwise squared difference of the attention maps of the chosen stages (all by default),
     (B, H·W) per stage (`dim_reduce: mean` is the authors' code, with λ ≈ 1000). With PAD, an FC + BN
-    `VarianceBranch` reads the student attention vector (PAD Sec. 5.1)."""
+    `VarianceBranch` (PAD Sec. 5.1) reads the flattened student map the attention is computed from
+    (resized to the teacher's size), or the attention vector (`branch_input: regressed`)."""
 
     Options = ATOptions
     options: ATOptions
@@ -55,15 +56,20 @@ class ATDistill(MapLoss):
         self.pad = ctx.pad
         self.branches: list[int] = []
         if ctx.pad is not None:
-            self.branches = [ctx.pad.add_linear(ht * wt) for _, (_, ht, wt) in self.stages(ctx)]
+            for (cs, _, _), (_, ht, wt) in self.stages(ctx):
+                source = cs * ht * wt if ctx.pad.reads_backbone else ht * wt
+                self.branches.append(ctx.pad.add_linear(source, ht * wt))
 
     def forward(self, student: Features, teacher: Features, mask: torch.Tensor | None = None) -> list[Term]:
         p = self.options.p
         terms = []
         for k, (fs, ft) in enumerate(zip(*self.select(student, teacher))):
-            a_s = attention_map(match_spatial(fs, ft.shape[-2:]), p)
+            fs = match_spatial(fs, ft.shape[-2:])
+            a_s = attention_map(fs, p)
             values = (a_s - attention_map(ft, p)).pow(2)
             m = self.stage_mask(mask, ft.shape[-2:], 1)
-            logvar = self.pad.logvar(self.branches[k], a_s) if self.pad is not None else None
+            logvar = None
+            if self.pad is not None:
+                logvar = self.pad.logvar(self.branches[k], fs.flatten(1) if self.pad.reads_backbone else a_s)
             terms.append(Term(values, m, logvar))
         return terms

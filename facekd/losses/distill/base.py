@@ -54,12 +54,15 @@ class Features:
     logits: optional (B, C) class logits (HKD, GKD). A face student's logits come from its margin
         head; a cached teacher has none, so logit losses need an online teacher with a head.
     labels: optional (B,) int64 class labels of the batch (EKD, GKD, AdaDistill, MarginDistillation).
+    backbone: optional (B, ...) input of the student's embedding layer (what PAD's variance branch
+        reads beside the embedding); the Distiller fills it from its `BackboneTap` when not given.
     """
 
     embedding: torch.Tensor
     maps: list[torch.Tensor] | None = None
     logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    backbone: torch.Tensor | None = None
 
 
 def check_pair(s: torch.Tensor, t: torch.Tensor, name: str) -> None:

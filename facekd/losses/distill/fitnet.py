@@ -51,7 +51,8 @@ class FitNetOptions(MapOptions):
 class FitNetDistill(MapLoss):
     """Elementwise squared error of a 1×1 conv + BN regression of the chosen student stage maps onto
     the teacher's (B, C_t·H·W) per stage; the student map is resized (bilinear) to the teacher's
-    size when they differ. With PAD, a `ConvVarianceBranch` reads each regressed map."""
+    size when they differ. With PAD, a `ConvVarianceBranch` (1×1 conv + BN) reads each student map
+    beside its regressor (resized like it), or the regressed map (`branch_input: regressed`)."""
 
     Options = FitNetOptions
     pad_compatible = True
@@ -61,10 +62,11 @@ class FitNetDistill(MapLoss):
         self.pad = ctx.pad
         self.hints = nn.ModuleList()
         self.branches: list[int] = []
-        for (cs, _, _), (ct, _, _) in self.stages(ctx):
+        for (cs, _, _), (ct, ht, wt) in self.stages(ctx):
             self.hints.append(FitNetHint(cs, ct))
             if ctx.pad is not None:
-                self.branches.append(ctx.pad.add_conv(ct))
+                source = cs if ctx.pad.reads_backbone else ct
+                self.branches.append(ctx.pad.add_conv(source, ct, ht * wt))
 
     @classmethod
     def requires_shapes(cls, pad: bool) -> bool:
@@ -75,6 +77,10 @@ class FitNetDistill(MapLoss):
         for k, (fs, ft) in enumerate(zip(*self.select(student, teacher))):
             mu, values = self.hints[k](fs, ft)
             m = self.stage_mask(mask, ft.shape[-2:], ft.shape[1])
-            logvar = self.pad.logvar(self.branches[k], mu) if self.pad is not None else None
+            logvar = None
+            if self.pad is not None:
+                x = match_spatial(fs, ft.shape[-2:]) if self.pad.reads_backbone else mu
+                positions = self.stage_mask(mask, ft.shape[-2:], 1)
+                logvar = self.pad.logvar(self.branches[k], x, positions)
             terms.append(Term(values, m, logvar))
         return terms

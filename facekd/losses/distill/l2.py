@@ -20,7 +20,8 @@ def l2_elements(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 @register_loss("l2")
 class L2Distill(DistillLoss):
     """Elementwise (s − t)² on the embedding (B, D_t): the data-bias KD baseline and PAD's Sec. 3.1
-    loss. With PAD, a `VarianceBranch` (FC + BN) reads the compared student embedding."""
+    loss. With PAD, a `VarianceBranch` (FC + BN) reads the backbone feature beside the student's
+    embedding layer (`Features.backbone`), or the compared embedding (`branch_input: regressed`)."""
 
     pad_compatible = True
     projects = True
@@ -29,9 +30,16 @@ class L2Distill(DistillLoss):
         super().__init__(options, ctx)
         _, teacher_dim = ctx.dims(self.name)
         self.pad = ctx.pad
-        self.branch = ctx.pad.add_linear(teacher_dim) if ctx.pad is not None else -1
+        self.branch = -1
+        if ctx.pad is not None:
+            self.branch = ctx.pad.add_linear(ctx.pad.embedding_input_dim(teacher_dim), teacher_dim)
 
     def forward(self, student: Features, teacher: Features, mask: torch.Tensor | None = None) -> list[Term]:
         s, t = student.embedding, teacher.embedding
-        logvar = self.pad.logvar(self.branch, s) if self.pad is not None else None
+        logvar = None
+        if self.pad is not None:
+            x = student.backbone if self.pad.reads_backbone else s
+            if x is None:
+                raise ValueError("PAD on l2 reads Features.backbone (the input of the student's embedding layer)")
+            logvar = self.pad.logvar(self.branch, x.flatten(1))
         return [Term(l2_elements(s, t), None, logvar)]

@@ -123,8 +123,15 @@ class Weighting(nn.Module):
     def weights(self, d: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def variance_branches(self, branches: nn.ModuleList) -> PadBranches | None:
-        """The variance branches this weighting needs, built into `branches` by the loss (PAD); None."""
+    @classmethod
+    def reads_backbone(cls, options: dict[str, Any]) -> bool:
+        """True when, with these options, the weighting's variance branch reads the backbone
+        feature beside the student's embedding layer (PAD's `branch_input: backbone`)."""
+        return False
+
+    def variance_branches(self, branches: nn.ModuleList, backbone_dim: int | None = None) -> PadBranches | None:
+        """The variance branches this weighting needs, built into `branches` by the loss (PAD); None.
+        backbone_dim: width of the backbone feature beside the student's embedding layer, if known."""
         return None
 
     def forward(self, terms: list[Term], step: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
