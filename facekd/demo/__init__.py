@@ -21,6 +21,7 @@ EXPERIMENT_MODULES: list[str] = [
     "facekd.demo.bias",
     "facekd.demo.pad",
     "facekd.demo.refo",
+    "facekd.demo.metric",
 ]
 
 for _name in EXPERIMENT_MODULES:
