@@ -214,8 +214,13 @@ def eval_student(
     res = evaluate_student(student, task, data_cfg, ks=_parse_ks(ks), batch_size=batch_size)
     typer.echo(format_result(res))
     if out is not None:
-        save_json(out / "eval.json", {"checkpoint": str(checkpoint), "data": data_cfg.model_dump(mode="json"), **res})
+        save_json(out / "eval.json", {"checkpoint": str(checkpoint), "data": _plain_data(data_cfg), **res})
     return res
+
+
+def _plain_data(data_cfg) -> dict:
+    """The data block evaluated on, without the keys left at their defaults."""
+    return {"kind": data_cfg.kind, "split": data_cfg.split, **data_cfg.model_dump(mode="json", exclude_defaults=True)}
 
 
 def register(app: typer.Typer) -> None:
