@@ -38,6 +38,7 @@ from facekd.models import embedding_dim, get_model
 from facekd.models.checkpoint import load_backbone, load_state_dict_checked
 from facekd.models.heads import get_head
 from facekd.models.partial_fc import PartialFC
+from facekd.sample_log import recorded
 from facekd.tasks import (
     CachedTeacher,
     ClassificationTask,
@@ -270,7 +271,8 @@ def build_task(cfg: RunConfig, dataset, teacher: TeacherProvider | None = None) 
     metric → MetricTask(student, head, cls_loss (None for ce: label-smoothed CE), triplet, center, ...).
     """
     input_size = input_size_of(cfg, dataset)
-    student = get_model(cfg.model.arch, embedding_size=cfg.model.embedding_size, input_size=input_size)
+    m = cfg.model
+    student = get_model(m.arch, embedding_size=m.embedding_size, input_size=input_size, **m.options)
     dim = embedding_dim(student, input_size)
     head = build_head(cfg, dim, dataset.num_classes)
     # a sharded head computes its cross-entropy itself (head_sharding allows it only with ce)
@@ -399,7 +401,8 @@ def run_training(cfg: RunConfig, resume: bool = True, progress: bool = True) -> 
     against `run.json` before anything is written: a different run is refused and its files stay
     as they were. Then `config.yaml` (the resolved config) and `run.json` ({"key": content digest,
     "record"}) are written atomically and the task is trained: a finished run with the same record
-    is reused, an unfinished one resumes. Under torchrun the process group is initialised first,
+    is reused, an unfinished one resumes; each epoch's sample list is saved as
+    `run_dir/samples/epoch_XXX.npy` (`facekd.sample_log`). Under torchrun the process group is initialised first,
     so that a teacher cache is embedded one shard per rank.
     """
     dist.init_from_env()
@@ -415,9 +418,8 @@ def run_training(cfg: RunConfig, resume: bool = True, progress: bool = True) -> 
         if dist.is_main():
             save_config(cfg, cfg.run_dir / "config.yaml")
             save_json(cfg.run_dir / RUN_RECORD, {"key": store.result_key(record), "record": record})
-        return train(
-            run.task, run.dataset, cfg.train, cfg.run_dir, sampler=run.sampler, resume=resume, progress=progress
-        )
+        sampler = recorded(run.sampler, run.dataset, cfg.train.seed, cfg.run_dir)  # run_dir/samples/epoch_*.npy
+        return train(run.task, run.dataset, cfg.train, cfg.run_dir, sampler=sampler, resume=resume, progress=progress)
 
 
 __all__ = [

@@ -2,7 +2,8 @@
 
 Commands here: demo, train, embed, eval. The others come from modules with a
 `register(app: typer.Typer) -> None` function listed in `COMMAND_MODULES` (imported at start-up;
-an import error surfaces, nothing is skipped silently).
+an import error surfaces, nothing is skipped silently). Every command takes `--threads N` (torch
+and OpenCV CPU threads): a command that does not declare it gets it from `with_threads`.
 
 One error boundary (`report_error`): bad input (ValueError, FileNotFoundError, a config error,
 a run directory locked by another process) and faults of the environment (a read-only or full
@@ -15,13 +16,16 @@ Set FACEKD_DEBUG=1 to see the traceback of every error.
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
+import inspect
 import os
 import re
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import typer
 from pydantic import ValidationError
@@ -122,6 +126,7 @@ def _unwrap_worker_message(text: str) -> str:
 
 Preset = Literal["quick", "default", "full"]
 _PRESETS = ("quick", "default", "full")
+THREADS_HELP = "CPU threads of torch and OpenCV (default: theirs)"
 
 
 def _one_line(e: ValidationError) -> str:
@@ -153,7 +158,7 @@ def demo(
     out: Path | None = typer.Option(None, "--out", help="run directory (default runs/demo/<tier>)"),
     seeds: int | None = typer.Option(None, "--seeds", min=1, help="number of student seeds (0..N-1)"),
     only: list[str] | None = typer.Option(None, "--only", help="run only these experiments (name or prefix)"),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     workers: int | None = typer.Option(None, "--workers", min=1, help="training processes side by side (default 2)"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -173,10 +178,32 @@ def demo(
 
 
 def _set_threads(threads: int | None) -> None:
+    """Use `threads` CPU threads in torch's intra-op pool and OpenCV (no-op for None)."""
     if threads:
+        import cv2
         import torch
 
         torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+
+
+def with_threads(callback: Callable) -> Callable:
+    """`callback` with a `--threads N` option (`_set_threads(N)` before it runs), unless it
+    declares `threads` itself: how every command registered from another module gets it."""
+    signature = inspect.signature(callback)
+    if "threads" in signature.parameters:
+        return callback
+
+    @functools.wraps(callback)
+    def wrapped(*args, threads: int | None = None, **kwargs):
+        _set_threads(threads)
+        return callback(*args, **kwargs)
+
+    option = typer.Option(None, "--threads", min=1, help=THREADS_HELP)
+    param = inspect.Parameter("threads", inspect.Parameter.KEYWORD_ONLY, default=option, annotation=int | None)
+    wrapped.__signature__ = signature.replace(parameters=[*signature.parameters.values(), param])  # type: ignore[attr-defined]
+    wrapped.__annotations__ = {**callback.__annotations__, "threads": int | None}
+    return wrapped
 
 
 @app.command()
@@ -186,7 +213,7 @@ def train(
     resume: bool = typer.Option(
         True, "--resume/--no-resume", help="continue from run_dir/checkpoints/last.pt, or start over"
     ),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Train a model from a YAML config (see docs/training.md). The run directory is locked while
@@ -194,23 +221,34 @@ def train(
     from facekd import dist
     from facekd.build import run_training
     from facekd.config import load_config
+    from facekd.evaluate.students import final_metrics, format_final
 
     cfg = load_config(config, overrides or [])
     _set_threads(threads)
-    run_training(cfg, resume=resume, progress=progress)
+    task = run_training(cfg, resume=resume, progress=progress)
     if dist.is_main():
         typer.echo(f"done: {cfg.run_dir / 'backbone.pth'}")
+        summary = format_final(final_metrics(cfg, task))
+        if summary:
+            typer.echo(summary)
 
 
-def _data_config(data: str, kind: str, split: str):
-    """The DataConfig of `--kind` / `--data` / `--split` (ConfigError, one line, on a bad combination)."""
+def _data_config(data: str, kind: str, split: str, val_fraction: float | None = None, val_seed: int = 0):
+    """The DataConfig of `--kind` / `--data` / `--split` (+ `--val-fraction` / `--val-seed`)
+    (ConfigError, one line, on a bad combination)."""
     from facekd.config import ConfigError, DataConfig, format_validation_error
 
-    raw = {"kind": kind, "split": split, **({"preset": data} if kind == "synthfaces" else {"path": data})}
+    raw: dict[str, Any] = {
+        "kind": kind,
+        "split": split,
+        **({"preset": data} if kind == "synthfaces" else {"path": data}),
+    }
+    if val_fraction is not None:
+        raw |= {"val_fraction": val_fraction, "val_seed": val_seed}
     try:
         return DataConfig.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, "--kind / --data / --split")) from None
+        raise ConfigError(format_validation_error(e, "--kind / --data / --split / --val-fraction")) from None
 
 
 def _load_model(
@@ -246,14 +284,18 @@ def embed(
         "synthfaces", "--kind", help="synthfaces | recordio | folder | list | arrays | idx | market1501 | dukemtmc"
     ),
     split: str = typer.Option(
-        "train", "--split", help="train | test (synthfaces, idx) | query | gallery (re-ID); other kinds: train"
+        "train", "--split", help="train | test (synthfaces, idx) | query | gallery (re-ID) | val (--val-fraction)"
     ),
+    val_fraction: float | None = typer.Option(
+        None, "--val-fraction", help="hold out this fraction of train (per class) as split val, as data.val_fraction"
+    ),
+    val_seed: int = typer.Option(0, "--val-seed", help="seed of the held-out rows (data.val_seed)"),
     out: Path = typer.Option(..., "--out", help="EmbeddingCache directory"),
     flip: bool = typer.Option(False, "--flip", help="flip-sum, as insightface"),
     normalize: bool = typer.Option(True, "--normalize/--raw"),
     embedding_size: int | None = typer.Option(None, "--embedding-size"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="torch CPU threads"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Embed a dataset into an EmbeddingCache (resumable; reused when it matches; `--out` is locked
@@ -262,7 +304,7 @@ def embed(
     from facekd.build import build_dataset
     from facekd.embed import embed_dataset
 
-    data_cfg = _data_config(data, kind, split)
+    data_cfg = _data_config(data, kind, split, val_fraction, val_seed)
     _set_threads(threads)
     dist.init_from_env()  # under torchrun each rank embeds its shard and rank 0 assembles the cache
     dataset = build_dataset(data_cfg)
@@ -274,9 +316,19 @@ def embed(
 
 @app.command("eval")
 def eval_(
-    arch: str | None = typer.Option(None, "--arch", help=_ARCH_HELP),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="backbone.pth (or a run dir)"),
+    arch: str | None = typer.Option(None, "--arch", help=_ARCH_HELP + "; default: the run's (run_dir/config.yaml)"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="a run directory, or backbone.pth"),
     onnx: Path | None = typer.Option(None, "--onnx", help=_ONNX_HELP),
+    task: str | None = typer.Option(
+        None, "--task", help="face | classification | metric; default: the run's task, else face"
+    ),
+    split: str = typer.Option(
+        "test", "--split", help="classification / metric: the split (test, val with the run's val_fraction, ...)"
+    ),
+    kind: str | None = typer.Option(None, "--kind", help="classification / metric: data kind (default: the run's)"),
+    data: str | None = typer.Option(None, "--data", help="with --kind: its path (or SynthFaces preset)"),
+    head: Path | None = typer.Option(None, "--head", help="classification: head.pth (default: beside the backbone)"),
+    ks: str = typer.Option("1,2,4,8", "--ks", help="metric: the K of Recall@K"),
     bins: list[Path] = typer.Option([], "--bin", help="insightface .bin set(s): `--bin lfw.bin cfp_fp.bin ...`"),
     more_bins: list[Path] | None = typer.Argument(
         None, metavar="BIN", help="further .bin sets after --bin", show_default=False
@@ -286,14 +338,29 @@ def eval_(
     flip: bool = typer.Option(True, "--flip/--no-flip", help="flip-sum test embeddings (no --bin; .bin always flips)"),
     step: int = typer.Option(0, "--step", help="the training step printed in each .bin line"),
     batch_size: int = typer.Option(256, "--batch-size", min=1),
-    device: str = typer.Option("auto", "--device", help="with --bin: auto (the local GPU if any) | cpu | cuda:N"),
+    device: str = typer.Option("auto", "--device", help="auto (the local GPU if any) | cpu | cuda:N"),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
     out: Path | None = typer.Option(None, "--out", help="also write the result JSON (and roc.png) here"),
 ) -> None:
-    """Verification. With --bin: insightface's Accuracy-Flip on each .bin set, printed in its log
-    format (XNorm, Accuracy-Flip, Accuracy-Highest). Without: SynthFaces test pairs, TAR@FAR (both
-    conventions) and 10-fold accuracy."""
+    """Evaluate a student as its task reports it (the run's task, or --task). classification:
+    top-1 / top-5 and per-class accuracy with the run's head.pth; metric: Recall@K (CMC / mAP on
+    re-ID data); both on --split of the run's data. face (verification): with --bin,
+    insightface's Accuracy-Flip on each .bin set, printed in its log format; without, SynthFaces
+    test pairs, TAR@FAR (both conventions) and 10-fold accuracy."""
     from facekd.dist import resolve_device
+    from facekd.evaluate.commands import eval_student, eval_task
 
+    _set_threads(threads)
+    chosen = eval_task(checkpoint, task)
+    if chosen != "face":
+        if bins or more_bins or onnx is not None:
+            raise typer.BadParameter(f".bin sets and --onnx are face verification, not task {chosen}")
+        data_cfg = _data_config(data, kind, split) if kind is not None and data is not None else None
+        if (kind is None) != (data is None):
+            raise typer.BadParameter("--kind and --data go together (the data to evaluate on)")
+        eval_student(checkpoint, arch, chosen, split, data_cfg, head, ks, batch_size, device, out)
+        return
+    arch = arch or (None if onnx is not None else _run_arch(checkpoint))
     if more_bins and not bins:
         raise typer.BadParameter(f"unexpected argument {more_bins[0]}; .bin sets go after --bin")
     for path in bins + list(more_bins or []):
@@ -314,19 +381,31 @@ def eval_(
 
     if preset not in _PRESETS:
         raise typer.BadParameter(f"--preset must be one of {' / '.join(_PRESETS)}, got {preset!r}")
-    data = make_synthfaces(SynthFacesConfig.preset(cast(Preset, preset)))
-    model = _load_model(arch, checkpoint, embedding_size, data.test.image_size, onnx)
-    images = [data.test[i]["image"] for i in range(len(data.test))]
+    synth = make_synthfaces(SynthFacesConfig.preset(cast(Preset, preset)))
+    model = _load_model(arch, checkpoint, embedding_size, synth.test.image_size, onnx)
+    images = [synth.test[i]["image"] for i in range(len(synth.test))]
     emb = np.concatenate(
         [embed_batch(model, torch.stack(images[i : i + 256]), flip=flip).numpy() for i in range(0, len(images), 256)]
     )
-    res = evaluate_pairs(emb, data.pairs, groups=data.test.groups)
+    res = evaluate_pairs(emb, synth.pairs, groups=synth.test.groups)
     typer.echo(format_verification(res))
     if out is not None:
         save_json(out / "eval.json", res)
-        p = data.pairs
+        p = synth.pairs
         scores = np.einsum("ij,ij->i", emb[p.a], emb[p.b])
         plot_roc({arch or str(onnx): (scores, p.issame)}, out / "roc.png")
+
+
+def _run_arch(checkpoint: Path | None) -> str:
+    """The architecture of a run directory (its config.yaml); BadParameter without one."""
+    from facekd.evaluate.students import run_config_of
+
+    cfg = run_config_of(checkpoint) if checkpoint is not None else None
+    if cfg is None:
+        raise typer.BadParameter(
+            "give --arch (with --checkpoint), or --onnx: no run directory with a config.yaml names the architecture"
+        )
+    return cfg.model.arch
 
 
 def _eval_bins(model, bins: list[Path], step: int, batch_size: int, out: Path | None, source: dict) -> None:
@@ -368,6 +447,8 @@ def format_verification(res: dict) -> str:
 
 for _module in COMMAND_MODULES:
     importlib.import_module(_module).register(app)
+for _command in app.registered_commands:
+    _command.callback = with_threads(_command.callback) if _command.callback else None
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     task:     face                                         # classification | metric (+ metric: {...})
     data:     {kind: synthfaces, preset: default}          # or recordio / folder / list / arrays / idx /
                                                            #    market1501 / dukemtmc + path
-    model:    {arch: mbf_tiny, embedding_size: 128}
+    model:    {arch: mbf_tiny, embedding_size: 128}           # + options: {...} for the constructor
     head:     {name: arcface, s: 64, m: 0.5}               # null: feature-only student
     cls_loss: {name: ce}
     distill:  {loss: l2, weighting: uniform, lambda: 1.0, options: {}}     # optional
@@ -59,9 +59,39 @@ def _existing(p: Path | None, what: str) -> Path | None:
 
 
 class ModelConfig(_Strict):
+    """The student backbone: `arch` (a name of `facekd.models.list_models()`), its embedding width
+    and input side (defaults: the architecture's width, the dataset's image size) and `options`,
+    keyword arguments of the architecture's constructor (e.g. `{width: 64}` for a wider
+    `small_cnn`, `{dropout: 0.1}`); an option the constructor does not take is an error naming it."""
+
     arch: str = "mbf_tiny"
     embedding_size: int | None = Field(default=None, ge=1)
     input_size: int | None = Field(default=None, ge=8, description="default: the dataset's image size")
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self):
+        reserved = {"embedding_size", "input_size"} & set(self.options)
+        if reserved:
+            raise ValueError(f"options: give {' / '.join(sorted(reserved))} as model keys, not as options")
+        if self.options:
+            check_model_options(self.arch, self.options)
+        return self
+
+
+def check_model_options(arch: str, options: dict[str, Any]) -> None:
+    """ValueError naming the options of `options` that the constructor of `arch` does not take."""
+    import inspect
+
+    from facekd.models import model_spec
+
+    params = inspect.signature(model_spec(arch).build).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    taken = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise ValueError(f"options: {arch} does not take {' / '.join(unknown)} (it takes {' / '.join(taken)})")
 
 
 class HeadConfig(_Strict):

@@ -84,7 +84,8 @@ class CachedTeacher(nn.Module):
     def forward(self, batch: dict, need_maps: bool = False, need_logits: bool = False) -> Features:
         if need_maps or need_logits:
             raise ValueError(
-                "a cached teacher has only embeddings: use an OnlineTeacher for feature-map or logit losses"
+                "teacher.cache holds embeddings only, and this distill.loss reads the teacher's feature maps or "
+                "logits: give teacher {checkpoint, arch, online: true} (and head: <teacher run>/head.pth for logits)"
             )
         idx = batch["index"].cpu().numpy()
         rows = len(self.cache.embeddings)
@@ -132,7 +133,10 @@ class OnlineTeacher(_FrozenTeacher):
         logits = None
         if need_logits:
             if self.head is None:
-                raise ValueError("this distiller needs teacher logits: give OnlineTeacher(model, head=teacher_head)")
+                raise ValueError(
+                    "this distill.loss reads the teacher's logits: give the teacher block its head "
+                    "(teacher: {checkpoint, arch, head: <teacher run>/head.pth, online: true})"
+                )
             logits = self.head(emb, batch["label"]).float()
         return Features(embedding=emb, maps=maps, logits=logits)
 
@@ -167,8 +171,7 @@ class _Task(nn.Module):
         super().__init__()
         if distiller is not None and teacher is None:
             raise ValueError(
-                f"{type(self).__name__}: a distiller needs a teacher "
-                "(CachedTeacher, OnlineTeacher or ClassifierTeacher)"
+                "a distill block needs a teacher block (teacher: {cache: ...} or {checkpoint: ..., arch: ...})"
             )
         self.student = student
         self.distiller = distiller
@@ -208,8 +211,8 @@ class _Task(nn.Module):
         target = self.teacher(batch, need_maps, need_logits)
         if need_logits and target.logits is None:
             raise ValueError(
-                f"{self.distiller.loss_name!r} needs teacher logits: use ClassifierTeacher(model, head) "
-                "or OnlineTeacher(model, head)"
+                f"distill.loss {self.distiller.loss_name} reads the teacher's logits: give the teacher block its "
+                "head (teacher: {checkpoint, arch, head: <teacher run>/head.pth, online: true})"
             )
         student = Features(
             embedding=emb.float(),
@@ -257,7 +260,7 @@ class FaceTask(_Task):
 
     def forward(self, batch: dict, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._need_logits and self.head is None:
-            raise ValueError("this distiller needs student logits: FaceTask needs a head")
+            raise ValueError("this distill.loss reads the student's logits: task face needs a head block")
         emb, maps = self._run_student(batch["image"])
         logs: dict[str, torch.Tensor] = {}
         loss = emb.new_zeros((), dtype=torch.float32)
@@ -429,7 +432,7 @@ class MetricTask(_Task):
             logs["center"] = c.detach()
         if self.distiller is not None:
             if self._need_logits and logits is None:
-                raise ValueError("this distiller needs student logits: MetricTask needs a head")
+                raise ValueError("this distill.loss reads the student's logits: task metric needs a head block")
             emb = after if self.distill_feat == "after" else before
             dl, dlogs = self._distill(batch, emb, maps, logits, step)
             loss = loss + dl

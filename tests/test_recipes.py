@@ -118,7 +118,7 @@ def _check_distiller(cfg, dataset) -> None:
     block = {"loss": d.loss, "weighting": d.weighting, "lambda": d.lam, "normalize": d.normalize, "options": d.options}
     maps = LOSSES[d.loss].reads == "maps"
     size = dataset.image_size
-    student = get_model(cfg.model.arch, input_size=size) if maps else None
+    student = get_model(cfg.model.arch, input_size=size)  # PAD's branch reads its backbone feature
     teacher = get_model(cfg.teacher.arch, input_size=size) if maps else None
     Distiller.from_config(
         block,

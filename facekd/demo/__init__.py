@@ -23,6 +23,7 @@ EXPERIMENT_MODULES: list[str] = [
     "facekd.demo.refo",
     "facekd.demo.baselines",
     "facekd.demo.fmnist",
+    "facekd.demo.metric",
 ]
 
 for _name in EXPERIMENT_MODULES:

@@ -1,5 +1,7 @@
 """CLI commands of the evaluation area (thin wrappers): `facekd eval-ijb`, `facekd eval-reid` and
-`facekd eval-retrieval`."""
+`facekd eval-retrieval`, and the task dispatch of `facekd eval` (`eval_task`, `eval_student`):
+face students are verified (in facekd.cli), classification and metric students evaluated by
+`facekd.evaluate.students`."""
 
 from __future__ import annotations
 
@@ -172,6 +174,55 @@ def eval_retrieval(
     typer.echo("  ".join(f"R@{k} {100 * v:.2f}" for k, v in res.items()) + f"  ({len(c)} images, {cache})")
     if out is not None:
         save_json(out, {"n": len(c), "cache": str(cache), **{f"recall@{k}": v for k, v in res.items()}})
+
+
+def eval_task(checkpoint: Path | None, task: str | None) -> str:
+    """The task `facekd eval` evaluates: `--task`, else the run's (`checkpoint/config.yaml`), else face."""
+    from facekd.evaluate.students import run_config_of, task_of
+
+    return task_of(run_config_of(checkpoint) if checkpoint is not None else None, task)
+
+
+def eval_student(
+    checkpoint: Path | None,
+    arch: str | None,
+    task: str,
+    split: str,
+    data_cfg,
+    head: Path | None,
+    ks: str,
+    batch_size: int,
+    device: str,
+    out: Path | None,
+) -> dict:
+    """`facekd eval` of a classification or metric student: the model of `checkpoint` (a run
+    directory or a backbone file with `arch`) on `data_cfg` (the DataConfig of --kind / --data /
+    --split), else on `split` of the run's data; prints one line and writes `out/eval.json`."""
+    from facekd.dist import resolve_device
+    from facekd.evaluate.students import REID_KINDS, evaluate_student, format_result, load_student, split_config
+    from facekd.utils import save_json
+
+    if checkpoint is None:
+        raise typer.BadParameter(f"--task {task} evaluates a trained student: give --checkpoint (a run directory)")
+    student = load_student(checkpoint, arch, task, head)
+    if data_cfg is None:
+        if student.cfg is None:
+            raise typer.BadParameter(f"{checkpoint} has no config.yaml: give the data with --kind and --data")
+        data = student.cfg.data
+        data_cfg = split_config(data, "query" if data.kind in REID_KINDS else split)  # re-ID: query vs gallery
+    student.model.to(resolve_device(device))
+    if student.head is not None:
+        student.head.to(resolve_device(device))
+    res = evaluate_student(student, task, data_cfg, ks=_parse_ks(ks), batch_size=batch_size)
+    typer.echo(format_result(res))
+    if out is not None:
+        save_json(out / "eval.json", {"checkpoint": str(checkpoint), "data": _plain_data(data_cfg), **res})
+    return res
+
+
+def _plain_data(data_cfg) -> dict:
+    """The data block evaluated on, without the keys left at their defaults."""
+    return {"kind": data_cfg.kind, "split": data_cfg.split, **data_cfg.model_dump(mode="json", exclude_defaults=True)}
 
 
 def register(app: typer.Typer) -> None:
