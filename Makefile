@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # otherwise pip resolves `torch` to a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 $(BIN)/facekd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# The fast tier: everything but the end-to-end tests that train small models (marked slow).
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -27,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 from facekd.embed import embed_dataset
 from facekd.losses.distiller import Distiller
 from facekd.models import get_model
 from facekd.models.heads import get_head
+from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 from facekd.tasks import CachedTeacher, FaceTask, OnlineTeacher
 from facekd.train import TrainConfig, train
 from facekd.train.step import Stepper, mixed_precision

@@ -37,7 +37,7 @@ def _console_script() -> list[str]:
 def test_synthfaces_real_data_path_from_the_cli(tmp_path, capsys):
     data = tmp_path / "synth"
     done = subprocess.run(
-        _console_script() + ["export-synth", str(data), "--preset", "quick"],
+        [*_console_script(), "export-synth", str(data), "--preset", "quick"],
         capture_output=True,
         text=True,
         timeout=120,

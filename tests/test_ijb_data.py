@@ -218,10 +218,10 @@ def test_dataset_aligns_and_flips(tmp_path):
 
 def test_export_synthfaces_roundtrip(tmp_path):
     from facekd.data.binset import load_bin
-    from facekd.synthfaces.export import export_synthfaces
     from facekd.data.folder import decode_image, encode_jpeg
     from facekd.data.recordio import RecordIODataset
     from facekd.synthfaces import SynthFacesConfig, make_synthfaces
+    from facekd.synthfaces.export import export_synthfaces
 
     cfg = SynthFacesConfig(
         image_size=32,
