@@ -35,7 +35,7 @@ from facekd.losses.classification import get_cls_loss
 from facekd.losses.distiller import LOSSES, Distiller
 from facekd.losses.metric import CenterLoss
 from facekd.models import embedding_dim, get_model
-from facekd.models.checkpoint import load_backbone, load_state_dict_checked
+from facekd.models.checkpoint import load_backbone, load_state_dict_checked, resolve_backbone_path
 from facekd.models.heads import get_head
 from facekd.models.partial_fc import PartialFC
 from facekd.sample_log import recorded
@@ -273,6 +273,8 @@ def build_task(cfg: RunConfig, dataset, teacher: TeacherProvider | None = None) 
     input_size = input_size_of(cfg, dataset)
     m = cfg.model
     student = get_model(m.arch, embedding_size=m.embedding_size, input_size=input_size, **m.options)
+    if m.init is not None:
+        load_backbone(m.init, student).train()
     dim = embedding_dim(student, input_size)
     head = build_head(cfg, dim, dataset.num_classes)
     # a sharded head computes its cross-entropy itself (head_sharding allows it only with ce)
@@ -354,7 +356,12 @@ def config_record(cfg: RunConfig) -> dict:
     (`train.val`) and the teacher's file paths, whose contents the record's teacher identity holds
     (a teacher file moved or renamed is the same teacher). Train's RESUMABLE settings are kept but
     never compared."""
-    exclude: dict[str, Any] = {"run_dir": True, "teacher": TEACHER_FILES, "train": set(TRAIN_OBSERVERS)}
+    exclude: dict[str, Any] = {
+        "run_dir": True,
+        "model": {"init"},
+        "teacher": TEACHER_FILES,
+        "train": set(TRAIN_OBSERVERS),
+    }
     return json.loads(cfg.model_dump_json(by_alias=True, exclude=exclude))
 
 
@@ -369,6 +376,7 @@ def run_record(cfg: RunConfig, dataset, teacher: Teacher | None, sampler) -> dic
                 "n": len(dataset),
             },
             "teacher": teacher.identity if teacher is not None else None,
+            "init": None if cfg.model.init is None else store.file_digest(resolve_backbone_path(cfg.model.init)),
             "sampler": describe_sampler(sampler),
         }
     )

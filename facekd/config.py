@@ -62,15 +62,20 @@ class ModelConfig(_Strict):
     """The student backbone: `arch` (a name of `facekd.models.list_models()`), its embedding width
     and input side (defaults: the architecture's width, the dataset's image size) and `options`,
     keyword arguments of the architecture's constructor (e.g. `{width: 64}` for a wider
-    `small_cnn`, `{dropout: 0.1}`); an option the constructor does not take is an error naming it."""
+    `small_cnn`, `{dropout: 0.1}`); an option the constructor does not take is an error naming it.
+    `init`: a backbone.pth (or run directory) whose weights the network starts from instead of
+    random ones (fine-tuning); a run records its content, not its path."""
 
     arch: str = "mbf_tiny"
     embedding_size: int | None = Field(default=None, ge=1)
     input_size: int | None = Field(default=None, ge=8, description="default: the dataset's image size")
     options: dict[str, Any] = Field(default_factory=dict)
+    init: Path | None = None
 
     @model_validator(mode="after")
     def _check(self):
+        if self.init is not None and not Path(self.init).exists():
+            raise ValueError(f"init: {self.init} does not exist (expected a backbone.pth or a run directory)")
         reserved = {"embedding_size", "input_size"} & set(self.options)
         if reserved:
             raise ValueError(f"options: give {' / '.join(sorted(reserved))} as model keys, not as options")

@@ -213,3 +213,30 @@ def test_hflip_recordio_run_is_reused_by_a_second_process(tmp_path):
         )
         assert res.returncode == 0, f"attempt {attempt}: {res.stderr[-2000:]}"
         assert res.stdout.strip().startswith("done:")
+
+
+def test_model_init_starts_from_a_checkpoint_recorded_by_content(tmp_path):
+    """`model.init`: the network starts from the checkpoint's weights (fine-tuning); the run record
+    holds the file's content, so a moved copy is the same run and other weights are another."""
+    from facekd.build import run_record
+
+    _arrays(tmp_path)
+    ckpt = _teacher_checkpoint(tmp_path, dim=16)
+    run = build_run(_cfg(tmp_path, "ft", model={"arch": "mbf_tiny", "embedding_size": 16, "init": str(ckpt)}))
+    saved = torch.load(ckpt, weights_only=True)
+    own = run.task.student.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in saved.items())
+    assert run.task.student.training  # trained from there, not left in eval mode
+
+    def record(path):
+        cfg = _cfg(tmp_path, "ft", model={"arch": "mbf_tiny", "embedding_size": 16, "init": str(path)})
+        return run_record(cfg, run.dataset, None, None)
+
+    moved = tmp_path / "moved.pth"
+    moved.write_bytes(ckpt.read_bytes())
+    assert record(moved) == record(ckpt)
+    other = _teacher_checkpoint(tmp_path, dim=16)
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in saved.items()}, other)
+    assert record(other) != record(moved)
+    with pytest.raises(ValueError, match="init: .* does not exist"):
+        _cfg(tmp_path, "ft", model={"arch": "mbf_tiny", "init": str(tmp_path / "none.pth")})

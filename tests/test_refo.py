@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from facekd.config import DataConfig
 from facekd.refo import RefoConfig, StageStore, class_centre_memory, run_refo, student_config
@@ -190,6 +191,27 @@ def test_refo_plus_proxy_is_distilled_from_original(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         missing = cfg.model_copy(update={"original_checkpoint": tmp_path / "missing.pth"})
         run_refo(missing, tmp_path / "r2", tiny(tmp_path), progress=False)
+
+
+def test_teacher_init_original_fine_tunes_the_original_teacher(tmp_path):
+    """teacher_init "original": the reverse stage is a run config whose model starts from the
+    original teacher's weights (`model.init`, loaded by the builder: tests/test_build.py)."""
+    from facekd.models import get_model
+
+    torch.set_num_threads(1)
+    spec = {"arch": "iresnet_mini", "embedding_size": 24}
+    ckpt = tmp_path / "original.pth"
+    torch.manual_seed(3)
+    torch.save(get_model(spec["arch"], embedding_size=24, input_size=16).state_dict(), ckpt)
+    with pytest.raises(ValueError, match="must be teacher.arch"):
+        tiny_config(teacher_init="original", original_teacher={"arch": "mbf_tiny"}, original_checkpoint=ckpt)
+    with pytest.raises(ValueError, match="teacher_init=original need"):
+        tiny_config(teacher_init="original")
+    cfg = tiny_config(teacher_init="original", original_teacher=spec, original_checkpoint=ckpt)
+    res = run_refo(cfg, tmp_path / "run", tiny(tmp_path), progress=False, log=lambda s: None)
+    reverse = yaml.safe_load((Path(res.stages["reverse"]["dir"]) / "config.yaml").read_text())
+    assert Path(reverse["model"]["init"]) == ckpt
+    assert res.proxy.config.model.init is None
 
 
 KILL_SCRIPT = TINY_DATA + textwrap.dedent(

@@ -32,7 +32,10 @@ class RefoConfig(BaseModel):
     beta1: weight of L_emb in reverse distillation; None → 0.5 if normalize else 0.001 (the
         supplementary's defaults). beta2: weight of the feature-only loss (5).
     original_teacher / original_checkpoint: architecture and backbone.pth of the original teacher;
-        needed for refo_plus.
+        needed for refo_plus and teacher_init "original".
+    teacher_init: "scratch" (the tailored teacher trained from random weights, Algorithm 1 step 3
+        as we read it) or "original" (reverse distillation fine-tunes the original teacher's
+        weights; its architecture must be the tailored teacher's).
     proxy_train / teacher_train / student_train: `facekd.train.TrainConfig` of each trained stage
         (device, logging and checkpoint frequency may change when a run is resumed).
     flip: flip-sum embeddings in the embed stages (insightface test-time convention). Default False.
@@ -53,6 +56,7 @@ class RefoConfig(BaseModel):
     proxy_lambda: float = Field(1.0, ge=0)
     original_teacher: ModelConfig | None = None
     original_checkpoint: Path | None = None
+    teacher_init: Literal["scratch", "original"] = "scratch"
     proxy_train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
     teacher_train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
     student_train: TrainConfig = Field(default_factory=lambda: TrainConfig.model_validate({}))
@@ -61,11 +65,19 @@ class RefoConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.variant == "refo_plus" and (self.original_teacher is None or self.original_checkpoint is None):
+        needs_original = self.variant == "refo_plus" or self.teacher_init == "original"
+        if needs_original and (self.original_teacher is None or self.original_checkpoint is None):
             raise ValueError(
-                "variant=refo_plus needs original_teacher (arch) and original_checkpoint "
-                "(backbone.pth of the original teacher)"
+                "variant=refo_plus and teacher_init=original need original_teacher (arch) and "
+                "original_checkpoint (backbone.pth of the original teacher)"
             )
+        if self.teacher_init == "original":
+            assert self.original_teacher is not None
+            if self.original_teacher.arch != self.teacher.arch:
+                raise ValueError(
+                    f"teacher_init=original fine-tunes the original teacher: original_teacher.arch "
+                    f"{self.original_teacher.arch!r} must be teacher.arch {self.teacher.arch!r}"
+                )
         return self
 
     @property

@@ -78,10 +78,12 @@ def proxy_config(cfg: RefoConfig, data: DataConfig, original_cache: EmbeddingCac
 
 
 def reverse_config(cfg: RefoConfig, data: DataConfig, proxy_cache: EmbeddingCache) -> RunConfig:
-    """Step 3: the teacher with L_cls + β1 · L_emb(f_t, f_s′) on D1 (supplementary Eq. 4)."""
+    """Step 3: the teacher with L_cls + β1 · L_emb(f_t, f_s′) on D1 (supplementary Eq. 4), from
+    random weights or (teacher_init "original") from the original teacher's."""
+    init = cfg.original_checkpoint if cfg.teacher_init == "original" else None
     return RunConfig(
         data=data,
-        model=cfg.teacher,
+        model=cfg.teacher.model_copy(update={"init": init}),
         head=cfg.head,
         cls_loss=cfg.cls_loss,
         distill=_embedding_loss(cfg, cfg.beta1_value),
