@@ -5,7 +5,7 @@ given, as from an EmbeddingCache), backward, SGD step. All configurations run in
 interleaved (config A, B, C, … then again), and the median step time per configuration is
 compared with plain L2 (uniform weighting). A second, less noisy measure times the Distiller alone
 (forward + backward on a fixed embedding) and reports its extra time over plain L2 as a fraction of
-the full L2 step. The bar from issue 4: PAD adds ≤ 5 % per step.
+the full L2 step. The bar: PAD adds ≤ 5 % per step.
 
     .venv/bin/python benchmarks/distill_overhead.py                       # mbf_tiny, 32 px, CPU
     .venv/bin/python benchmarks/distill_overhead.py --device cuda --batch-size 256

@@ -1,4 +1,4 @@
-"""Issue 6's "done means": SynthFaces exported to RecordIO + .bin + IJB-style meta goes through
+"""SynthFaces exported to RecordIO + .bin + IJB-style meta goes through
 `facekd train`, `facekd eval --bin`, `facekd eval-ijb` and `facekd export --check` from the CLI alone.
 
 The export runs as a subprocess of the console script (as a user would type it); the other steps call
