@@ -57,6 +57,7 @@ COMMAND_MODULES: list[str] = [
     "facekd.evaluate.commands",  # eval-ijb, eval-reid
     "facekd.onnx.commands",  # export, check-onnx
     "facekd.data.commands",  # pack-rec, inspect-rec, export-synth
+    "facekd.synthpersons.commands",  # export-synth-persons
 ]
 
 
