@@ -1,7 +1,9 @@
 """What a network trained from scratch on SynthFaces learns (render version 2), measured with
 `facekd.synthfaces.probe` on the demo's training data (default preset, 200 train identities) and an
 RFW-style balanced test split (100 identities × 10 images per group): identity falls with nuisance
-severity, and rarer groups are verified less well. docs/data.md gives the numbers."""
+severity, and rarer groups are verified less well. docs/data.md gives the numbers. The shared
+fixture trains the probe once (about 100 s of one core): the group order needs this budget, weaker
+probes do not show it (docs/data.md, "How robust the group order is")."""
 
 import itertools
 
