@@ -148,6 +148,7 @@ COMMAND_MODULES: list[str] = [
     "facekd.onnx.commands",  # export, check-onnx
     "facekd.data.commands",  # pack-rec, inspect-rec, export-synth
     "facekd.losses.commands",  # pad-variance
+    "facekd.synthpersons.commands",  # export-synth-persons
 ]
 
 

@@ -108,7 +108,17 @@ def test_hflip_shorthand_and_refusals(rec):
 
 
 def test_every_kind_is_registered_and_unused_keys_are_refused(rec):
-    assert kind_names() == ["arrays", "dukemtmc", "folder", "idx", "list", "market1501", "recordio", "synthfaces"]
+    assert kind_names() == [
+        "arrays",
+        "dukemtmc",
+        "folder",
+        "idx",
+        "list",
+        "market1501",
+        "recordio",
+        "synthfaces",
+        "synthpersons",
+    ]
     with pytest.raises(ValueError, match="unknown data kind 'lmdb'; known: arrays, "):
         DataConfig(kind="lmdb")
     with pytest.raises(ValueError, match="kind recordio does not use preset"):
@@ -124,15 +134,14 @@ def test_every_kind_is_registered_and_unused_keys_are_refused(rec):
         ("folder", "query", "train"),
         ("arrays", "test", "train"),
         ("idx", "query", "train / test"),
-        ("synthfaces", "gallery", "train / test"),
+        ("synthfaces", "gallery", "train / val / test"),
         ("market1501", "test", "train / query / gallery"),
     ],
 )
 def test_a_split_the_kind_lacks_is_an_error_naming_kind_and_splits(tmp_path, kind, split, splits):
     path = {} if kind == "synthfaces" else {"path": str(tmp_path)}
-    with pytest.raises(
-        ConfigError, match=rf"data: kind {kind} has split {splits} \(and val with val_fraction\), not {split}"
-    ):
+    extra = "" if kind == "synthfaces" else r" \(and val with val_fraction\)"  # synthfaces has its own val
+    with pytest.raises(ConfigError, match=rf"data: kind {kind} has split {splits}{extra}, not {split}"):
         load_config(None, [f"data.kind={kind}", f"data.split={split}"] + [f"data.{k}={v}" for k, v in path.items()])
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from facekd.synthfaces import NUISANCES, SynthFacesConfig, make_synthfaces
-from facekd.synthfaces.render import allocate_groups, identity_params, identity_sizes, nuisance_params, render_faces
+from facekd.synthfaces.identities import allocate_groups, identity_params, identity_sizes
+from facekd.synthfaces.render import nuisance_params, render_faces
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,10 @@ def test_train_split_sizes_and_disjoint_test_identities(quick):
     assert counts.min() == cfg.min_images_per_identity and counts.max() <= cfg.max_images_per_identity
     assert sorted(counts.tolist()) == sorted(identity_sizes(40, 2, 40, cfg.size_exponent).tolist())
     assert np.bincount(quick.test.labels).tolist() == [cfg.test_images_per_identity] * cfg.num_test_identities
-    assert not set(quick.train.identity_ids) & set(quick.test.identity_ids)
+    assert np.bincount(quick.val.labels).tolist() == [cfg.test_images_per_identity] * cfg.num_test_identities
+    ids = [set(ds.identity_ids) for ds in (quick.train, quick.val, quick.test)]
+    assert not ids[0] & ids[1] and not ids[0] & ids[2] and not ids[1] & ids[2]
+    assert quick.val.fingerprint() not in (quick.train.fingerprint(), quick.test.fingerprint())
 
 
 def test_groups_per_identity_and_proportions(quick):
@@ -112,8 +116,9 @@ def test_nuisance_bias_easy_images_dominate():
     assert 0.05 < large_pose.mean() < 0.15  # large poses are rare
 
 
-def test_pair_protocol(quick):
-    cfg, p, ds = quick.config, quick.pairs, quick.test
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_pair_protocol(quick, split):
+    cfg, p, ds = quick.config, quick.pairs_of(split), quick.split(split)
     assert p.num_genuine == cfg.num_genuine_pairs and p.num_impostor == cfg.num_impostor_pairs
     same = ds.labels[p.a] == ds.labels[p.b]
     assert np.array_equal(same, p.issame)
@@ -183,6 +188,9 @@ def test_cache_roundtrip_and_mismatch(tmp_path):
     assert np.array_equal(a.train.images, b.train.images) and np.array_equal(a.pairs.issame, b.pairs.issame)
     for k in NUISANCES:
         assert np.array_equal(a.test.nuisance[k], b.test.nuisance[k])
+    for key in ("severity", "identity_info", "noisy", "true_identity_ids"):
+        assert np.array_equal(getattr(a.train, key), getattr(b.train, key))
+    assert np.array_equal(a.val.images, b.val.images) and np.array_equal(a.val_pairs.a, b.val_pairs.a)
     assert a.test.fingerprint() == b.test.fingerprint()
     other = SynthFacesConfig(**{**cfg.model_dump(), "seed": 5})
     path.rename(tmp_path / f"synthfaces-{other.fingerprint()}.npz")
@@ -199,3 +207,140 @@ def test_config_validation():
     with pytest.raises(ValueError):
         SynthFacesConfig(max_yaw=2.0)  # radians, must be <= pi/2
     assert SynthFacesConfig().fingerprint() != SynthFacesConfig(image_size=48).fingerprint()
+
+
+# ---------------------------------------------------------------------------------------------
+# the biases of real face data: group-specific features, identity lost to nuisances, label noise
+
+
+def test_group_specific_features_vary_only_in_their_group():
+    from facekd.synthfaces.identities import GROUP_FEATURES, SHARED_FEATURES, group_prototypes
+
+    groups = np.repeat(np.arange(4), 3000)
+    full = identity_params(np.random.default_rng(0), groups, minor_spread=1.0)
+    spread = identity_params(np.random.default_rng(0), groups, minor_spread=0.2)
+    proto = group_prototypes()
+    owned = [k for feats in GROUP_FEATURES for k in feats]
+    assert len(owned) == len(set(owned)) and not set(owned) & set(SHARED_FEATURES)
+    assert set(owned) | set(SHARED_FEATURES) | {"skin"} == set(full)
+    for owner, feats in enumerate(GROUP_FEATURES):
+        for key in feats:
+            for g in range(4):
+                rows = groups == g
+                sd_full = full[key][rows].std(0).mean()
+                sd = spread[key][rows].std(0).mean()
+                if g == owner:
+                    assert np.array_equal(spread[key][rows], full[key][rows])
+                else:  # the same draw pulled to the group's typical face: 0.2 of the spread
+                    assert sd == pytest.approx(0.2 * sd_full, rel=1e-4, abs=1e-7)
+                    assert np.allclose(spread[key][rows], proto[key][g] + 0.2 * (full[key][rows] - proto[key][g]))
+    for key in SHARED_FEATURES:
+        assert np.array_equal(spread[key], full[key])
+
+
+def test_severity_is_zero_for_easy_images_and_grows_with_each_factor():
+    from facekd.synthfaces.render import SEVERITY_WEIGHTS, identity_info, nuisance_severity
+
+    cfg = SynthFacesConfig()
+    nu = nuisance_params(np.random.default_rng(0), 20_000, cfg)
+    sev = nuisance_severity(nu, cfg)
+    assert (sev[~nu["hard"]] == 0).all() and (sev[nu["hard"]] >= 0).all() and sev.max() <= 1
+    base = {k: np.zeros(6, np.float32) for k in NUISANCES}
+    extremes = {
+        "yaw": np.linspace(cfg.hard_yaw, cfg.max_yaw, 6),
+        "light": np.linspace(0.5, 1, 6),
+        "expression": np.linspace(0.5, 1, 6),
+        "blur": np.linspace(0.7, 1.6, 6),
+        "occlusion": np.linspace(0.4, 1, 6),
+    }
+    for c, (key, values) in zip(SEVERITY_WEIGHTS, extremes.items()):
+        s = nuisance_severity({**base, key: values.astype(np.float32)}, cfg)
+        assert s[0] == pytest.approx(0, abs=1e-6) and s[-1] == pytest.approx(c, abs=1e-6)
+        assert (np.diff(s) > 0).all()
+    both = nuisance_severity({**base, "yaw": np.full(1, cfg.max_yaw), "blur": np.full(1, 1.15)}, cfg)
+    assert both[0] == pytest.approx(1 - (1 - 1.0) * (1 - 0.5), abs=1e-6)
+    assert identity_info(np.array([0.0, 0.5, 1.0]), 1.0).tolist() == pytest.approx([1.0, 0.875, 0.0])
+    assert identity_info(np.array([1.0]), 0.6).tolist() == pytest.approx([0.4])
+
+
+def test_images_show_a_blend_of_their_identity_and_a_random_face():
+    from facekd.synthfaces.identities import mix_identities
+
+    own = identity_params(np.random.default_rng(0), np.zeros(3, np.int64))
+    other = identity_params(np.random.default_rng(1), np.zeros(3, np.int64))
+    keep = np.array([1.0, 0.25, 0.0], np.float32)
+    mixed = mix_identities(own, other, keep)
+    for key in own:
+        assert np.allclose(mixed[key][0], own[key][0]) and np.allclose(mixed[key][2], other[key][2])
+        assert np.allclose(mixed[key][1], 0.25 * own[key][1] + 0.75 * other[key][1], atol=1e-6)
+
+
+def test_identity_info_recorded_per_image(quick):
+    from facekd.synthfaces.render import identity_info
+
+    for ds in (quick.train, quick.val, quick.test):
+        assert np.array_equal(ds.identity_info, identity_info(ds.severity, quick.config.identity_loss))
+        assert (ds.severity[~ds.hard] == 0).all() and (ds.identity_info[~ds.hard] == 1).all()
+    no_loss = make_synthfaces(SynthFacesConfig.preset("quick", identity_loss=0.0))
+    assert (no_loss.train.identity_info == 1).all()
+    easy = ~quick.train.hard  # same draws, same easy images: identical pixels
+    assert np.array_equal(no_loss.train.images[easy], quick.train.images[easy])
+    assert not np.array_equal(no_loss.train.images[~easy], quick.train.images[~easy])
+
+
+def test_noisy_rows_rate_caps_and_determinism():
+    from facekd.synthfaces.identities import noisy_rows
+
+    labels = np.repeat(np.arange(50), np.arange(50) % 9 + 2)
+    noisy = noisy_rows(labels, 0.1, np.random.default_rng(0))
+    assert noisy.sum() == round(0.1 * labels.size)
+    per_class = np.bincount(labels[noisy], minlength=50)
+    assert (per_class <= (np.bincount(labels) - 1) // 2).all()  # every identity keeps a clean majority
+    assert np.array_equal(noisy, noisy_rows(labels, 0.1, np.random.default_rng(0)))
+    assert not noisy_rows(labels, 0.0, np.random.default_rng(0)).any()
+    tight = noisy_rows(np.repeat(np.arange(10), 3), 0.45, np.random.default_rng(0))
+    assert tight.sum() == 10  # only one of each three may be wrong
+
+
+def test_label_noise_is_recorded_and_ms1m_like_by_default():
+    cfg = SynthFacesConfig.preset("default", num_train_identities=200, num_val_identities=2, num_test_identities=2)
+    cfg = SynthFacesConfig(**{**cfg.model_dump(), "num_genuine_pairs": 10, "num_impostor_pairs": 100})
+    assert SynthFacesConfig().label_noise == 0.05
+    data = make_synthfaces(cfg)
+    tr = data.train
+    assert tr.noisy.sum() == round(0.05 * len(tr))
+    assert np.array_equal(tr.noisy, tr.true_identity_ids != tr.identity_ids)
+    outliers = tr.true_identity_ids == -1
+    assert outliers.sum() == pytest.approx(0.5 * tr.noisy.sum(), abs=4 * np.sqrt(tr.noisy.sum()))
+    flips = tr.noisy & ~outliers
+    group_of = dict(zip(tr.identity_ids.tolist(), tr.groups.tolist()))
+    assert all(group_of[int(t)] == int(g) for t, g in zip(tr.true_identity_ids[flips], tr.groups[flips]))
+    assert set(tr.true_identity_ids[flips]) <= set(tr.identity_ids)  # a flip shows another train identity
+    for ds in (data.val, data.test):
+        assert not ds.noisy.any() and np.array_equal(ds.true_identity_ids, ds.identity_ids)
+    clean = make_synthfaces(SynthFacesConfig(**{**cfg.model_dump(), "label_noise": 0.0}))
+    same = ~tr.noisy & ~tr.hard
+    assert np.array_equal(clean.train.images[same], tr.images[same])
+    assert not np.array_equal(clean.train.images[flips], tr.images[flips])
+
+
+def test_val_split_from_the_data_block():
+    from facekd.data.spec import DataConfig, build_dataset
+
+    val = build_dataset(DataConfig(kind="synthfaces", preset="quick", split="val"))
+    data = make_synthfaces(SynthFacesConfig.preset("quick"))
+    assert np.array_equal(val.images, data.val.images) and val.split == "val"
+    with pytest.raises(ValueError, match="splits train / val / test"):
+        data.split("query")
+
+
+def test_eval_group_proportions_balance_val_and_test_only():
+    cfg = SynthFacesConfig.preset("quick", num_test_identities=20, eval_group_proportions=(0.25, 0.25, 0.25, 0.25))
+    data = make_synthfaces(cfg)
+    for ds in (data.val, data.test):
+        per_id = ds.groups[np.unique(ds.labels, return_index=True)[1]]
+        assert np.bincount(per_id).tolist() == [5, 5, 5, 5]
+    per_id = data.train.groups[np.unique(data.train.labels, return_index=True)[1]]
+    assert np.bincount(per_id).tolist() == [22, 10, 5, 3]
+    with pytest.raises(ValueError, match="one entry per group"):
+        SynthFacesConfig(eval_group_proportions=(0.5, 0.5))

@@ -28,9 +28,11 @@ COMMON_KEYS = ("kind", "split", "augment", "val_fraction", "val_seed")
 
 class DataConfig(BaseModel):
     """kind synthfaces: `preset` + `synthfaces` overrides of SynthFacesConfig (+ `cache_dir`),
-    splits train / test. recordio: `path` = folder or prefix of train.rec/.idx; folder: `path` =
-    root/<id>/<img>; list: `path` = list file; arrays: `path` = .npz with uint8 `images` and int
-    `labels`; idx: `path` = folder of Fashion-MNIST / MNIST IDX files, splits train / test;
+    splits train / val / test. synthpersons: `preset` + `synthpersons` overrides of
+    SynthPersonsConfig (+ `cache_dir`), splits train / query / gallery. recordio: `path` = folder
+    or prefix of train.rec/.idx; folder: `path` = root/<id>/<img>; list: `path` = list file;
+    arrays: `path` = .npz with uint8 `images` and int `labels`; idx: `path` = folder of
+    Fashion-MNIST / MNIST IDX files, splits train / test;
     market1501 / dukemtmc: `path` = the re-ID dataset folder (or its parent), splits train / query /
     gallery, `image_size` [H, W] (default [256, 128]), ImageNet normalisation. Every kind: `split:
     val` with `val_fraction` (see the module docstring), `augment`."""
@@ -42,6 +44,7 @@ class DataConfig(BaseModel):
     path: Path | None = None
     preset: Literal["quick", "default", "full"] = "default"
     synthfaces: dict[str, Any] = Field(default_factory=dict)
+    synthpersons: dict[str, Any] = Field(default_factory=dict)
     cache_dir: Path | None = None
     image_size: int | tuple[int, int] | None = Field(None, description="[H, W] only for re-ID kinds")
     augment: Augmentation = Field(default_factory=Augmentation)
@@ -82,15 +85,15 @@ class DataConfig(BaseModel):
 
 def check_split(kind: DataKind, split: str, val_fraction: float | None) -> None:
     """ValueError naming the kind and its splits unless `split` is one of them."""
+    if split == "val" and (val_fraction is not None or "val" in kind.splits):
+        return  # held out of train with val_fraction, else the kind's own val split
     if split == "val":
-        if val_fraction is None:
-            raise ValueError(
-                f"split val of kind {kind.name} needs val_fraction (e.g. val_fraction: 0.1) to hold out "
-                f"part of its train split; its own splits are {' / '.join(kind.splits)}"
-            )
-        return
+        raise ValueError(
+            f"split val of kind {kind.name} needs val_fraction (e.g. val_fraction: 0.1) to hold out "
+            f"part of its train split; its own splits are {' / '.join(kind.splits)}"
+        )
     if split not in kind.splits:
-        extra = " (and val with val_fraction)"
+        extra = "" if "val" in kind.splits else " (and val with val_fraction)"
         raise ValueError(f"kind {kind.name} has split {' / '.join(kind.splits)}{extra}, not {split}")
 
 

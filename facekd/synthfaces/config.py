@@ -9,7 +9,7 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from facekd.synthfaces.render import NUM_SKIN_TONES
+from facekd.synthfaces.identities import NUM_SKIN_TONES
 from facekd.utils import parse_angle
 
 NUISANCES = ("yaw", "light", "expression", "blur", "occlusion")
@@ -40,6 +40,22 @@ class SynthFacesConfig(BaseModel):
     hard_pair_fraction: float | None = Field(
         0.3, ge=0, le=1, description="fraction of each pair kind involving a hard image; None: as drawn"
     )
+    num_val_identities: int | None = Field(None, ge=2, description="val split identities; None: num_test_identities")
+    num_val_genuine_pairs: int | None = Field(None, ge=1, description="None: num_genuine_pairs")
+    num_val_impostor_pairs: int | None = Field(None, ge=1, description="None: num_impostor_pairs")
+    eval_group_proportions: tuple[float, ...] | None = Field(
+        None, description="group proportions of the val and test identities; None: group_proportions"
+    )
+    group_feature_spread: float = Field(
+        0.2, ge=0, le=1, description="range of another group's specific features within a group; 1: all shared"
+    )
+    identity_loss: float = Field(
+        1.0, ge=0, le=1, description="share of an image's face taken from a random face at severity 1"
+    )
+    label_noise: float = Field(0.05, ge=0, lt=0.5, description="fraction of train rows with a wrong label")
+    label_noise_outliers: float = Field(
+        0.5, ge=0, le=1, description="share of the wrong-label rows showing a person outside the dataset"
+    )
 
     @field_validator("max_yaw", "hard_yaw", mode="before")
     @classmethod
@@ -50,11 +66,11 @@ class SynthFacesConfig(BaseModel):
     def _check(self):
         if self.max_images_per_identity < self.min_images_per_identity:
             raise ValueError("max_images_per_identity must be >= min_images_per_identity")
-        p = np.asarray(self.group_proportions, float)
-        if p.size < 1 or (p <= 0).any() or abs(p.sum() - 1) > 1e-6:
-            raise ValueError(f"group_proportions must be positive and sum to 1, got {self.group_proportions}")
-        if p.size > NUM_SKIN_TONES:
-            raise ValueError(f"at most {NUM_SKIN_TONES} groups (skin tones) are defined, got {p.size}")
+        _check_proportions("group_proportions", self.group_proportions)
+        if self.eval_group_proportions is not None:
+            _check_proportions("eval_group_proportions", self.eval_group_proportions)
+            if len(self.eval_group_proportions) != len(self.group_proportions):
+                raise ValueError("eval_group_proportions must have one entry per group of group_proportions")
         if self.hard_yaw >= self.max_yaw:
             raise ValueError("hard_yaw must be < max_yaw")
         return self
@@ -87,10 +103,31 @@ class SynthFacesConfig(BaseModel):
             raise ValueError(f"unknown SynthFaces preset {name!r}; expected one of {sorted(presets)}")
         return cls(**{**presets[name], **overrides})
 
+    def eval_protocol(self, split: str) -> tuple[int, int, int]:
+        """(identities, genuine pairs, impostor pairs) of the "val" or "test" split."""
+        if split == "test":
+            return self.num_test_identities, self.num_genuine_pairs, self.num_impostor_pairs
+        if split != "val":
+            raise ValueError(f"evaluation splits are val and test, not {split!r}")
+        return (
+            self.num_val_identities or self.num_test_identities,
+            self.num_val_genuine_pairs or self.num_genuine_pairs,
+            self.num_val_impostor_pairs or self.num_impostor_pairs,
+        )
+
     def fingerprint(self) -> str:
         """16-hex-digit hash of every field (and the renderer version)."""
         payload = json.dumps({"v": _RENDER_VERSION, **self.model_dump()}, sort_keys=True)
         return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
-_RENDER_VERSION = 1
+def _check_proportions(name: str, proportions: tuple[float, ...]) -> None:
+    p = np.asarray(proportions, float)
+    if p.size < 1 or (p <= 0).any() or abs(p.sum() - 1) > 1e-6:
+        raise ValueError(f"{name} must be positive and sum to 1, got {proportions}")
+    if p.size > NUM_SKIN_TONES:
+        raise ValueError(f"at most {NUM_SKIN_TONES} groups (skin tones) are defined, got {p.size}")
+
+
+# 2: group-specific features, identity information lost with nuisance severity, label noise, val split
+_RENDER_VERSION = 2

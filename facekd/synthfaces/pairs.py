@@ -1,4 +1,4 @@
-"""The SynthFaces verification protocol: genuine and impostor pairs of test rows (`make_pairs`)."""
+"""The SynthFaces verification protocol: genuine and impostor pairs of val or test rows (`make_pairs`)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True)
 class VerificationPairs:
-    """Pairs of rows of the test dataset. All arrays have shape (P,).
+    """Pairs of rows of an evaluation dataset (val or test). All arrays have shape (P,).
 
     a, b: int64 row indices; issame: bool, True for genuine pairs; hard: bool, True when either
     image has a strong nuisance (`SynthFacesDataset.hard`)."""
@@ -64,21 +64,23 @@ def _choose(rng, pool_hard, pool_easy, n, hard_frac, what):
     )
 
 
-def make_pairs(test: SynthFacesDataset, cfg: SynthFacesConfig) -> VerificationPairs:
-    """Verification protocol on `test`: `num_genuine_pairs` same-identity pairs and
-    `num_impostor_pairs` different-identity pairs, each without repeats (a < b), a fraction
-    `hard_pair_fraction` of each kind involving at least one hard image; shuffled."""
-    rng = np.random.default_rng([cfg.seed, 99])
-    labels, hard = test.labels, test.hard
+def make_pairs(ds: SynthFacesDataset, cfg: SynthFacesConfig, split: str = "test") -> VerificationPairs:
+    """Verification protocol on the `split` ("test" or "val") dataset `ds`: its genuine and impostor
+    pair counts (`cfg.eval_protocol(split)`) of same-identity and different-identity pairs, each
+    without repeats (a < b), a fraction `hard_pair_fraction` of each kind involving at least one
+    hard image; shuffled."""
+    _, num_genuine, num_impostor = cfg.eval_protocol(split)
+    rng = np.random.default_rng([cfg.seed, 99 if split == "test" else 98])
+    labels, hard = ds.labels, ds.hard
     ia, ib = np.triu_indices(cfg.test_images_per_identity, 1)
     starts = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
     gen = np.stack([(starts[:, None] + ia).ravel(), (starts[:, None] + ib).ravel()], 1)
     gh = hard[gen[:, 0]] | hard[gen[:, 1]]
-    genuine = _choose(rng, gen[gh], gen[~gh], cfg.num_genuine_pairs, cfg.hard_pair_fraction, "genuine")
+    genuine = _choose(rng, gen[gh], gen[~gh], num_genuine, cfg.hard_pair_fraction, f"{split} genuine")
     # impostors: rejection-sample distinct (a < b) pairs of different identities until both
     # strata have enough candidates
     n = labels.size
-    want = 3 * cfg.num_impostor_pairs
+    want = 3 * num_impostor
     codes = np.empty(0, np.int64)
     for _ in range(50):
         a, b = rng.integers(0, n, want), rng.integers(0, n, want)
@@ -88,13 +90,9 @@ def make_pairs(test: SynthFacesDataset, cfg: SynthFacesConfig) -> VerificationPa
         imp = np.stack([codes // n, codes % n], 1)
         ih = hard[imp[:, 0]] | hard[imp[:, 1]]
         f = 0.0 if cfg.hard_pair_fraction is None else cfg.hard_pair_fraction
-        if (
-            ih.sum() >= f * cfg.num_impostor_pairs
-            and (~ih).sum() >= (1 - f) * cfg.num_impostor_pairs + 1
-            and codes.size >= cfg.num_impostor_pairs
-        ):
+        if ih.sum() >= f * num_impostor and (~ih).sum() >= (1 - f) * num_impostor + 1 and codes.size >= num_impostor:
             break
-    impostor = _choose(rng, imp[ih], imp[~ih], cfg.num_impostor_pairs, cfg.hard_pair_fraction, "impostor")
+    impostor = _choose(rng, imp[ih], imp[~ih], num_impostor, cfg.hard_pair_fraction, f"{split} impostor")
     pairs = np.concatenate([genuine, impostor])
     issame = np.r_[np.ones(len(genuine), bool), np.zeros(len(impostor), bool)]
     order = rng.permutation(len(pairs))

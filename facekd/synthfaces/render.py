@@ -1,4 +1,4 @@
-"""The SynthFaces renderer: identity parameters, per-image nuisances, vectorised numpy rendering.
+"""The SynthFaces renderer: per-image nuisances, their severity, vectorised numpy rendering.
 
 See the package docstring for what is rendered and why.
 """
@@ -16,87 +16,11 @@ if TYPE_CHECKING:
     from facekd.synthfaces.config import SynthFacesConfig
 
 
-# Base skin tones (RGB in [0, 1]) of the four groups, light to dark.
-_SKIN = np.array([[0.93, 0.78, 0.66], [0.80, 0.60, 0.46], [0.62, 0.45, 0.32], [0.40, 0.28, 0.20]], np.float32)
-_HAIR = np.array(
-    [
-        [0.06, 0.05, 0.05],
-        [0.25, 0.15, 0.08],
-        [0.45, 0.30, 0.15],
-        [0.85, 0.70, 0.40],
-        [0.60, 0.25, 0.10],
-        [0.65, 0.65, 0.65],
-    ],
-    np.float32,
-)  # black, dark brown, brown, blond, red, grey
-_HAIR_P = np.array([0.35, 0.25, 0.15, 0.1, 0.07, 0.08])
-_IRIS = np.array(
-    [[0.10, 0.06, 0.03], [0.35, 0.20, 0.08], [0.20, 0.40, 0.70], [0.25, 0.50, 0.30], [0.45, 0.45, 0.50]], np.float32
-)
 _MASKS = np.array([[0.95, 0.95, 0.95], [0.55, 0.75, 0.90], [0.10, 0.10, 0.12], [0.50, 0.50, 0.50]], np.float32)
-NUM_SKIN_TONES = len(_SKIN)
-
-
-def identity_sizes(n_ids: int, lo: int, hi: int, exponent: float) -> np.ndarray:
-    """Images per identity, int64 (n_ids,), sorted descending: the quantiles (k + 0.5)/n_ids of
-    the continuous power law p(n) ∝ n^-exponent on [lo, hi + 1), floored. Deterministic, so every
-    seed spans the same long tail from `hi` down to `lo`."""
-    q = (np.arange(n_ids) + 0.5) / n_ids
-    a, b = float(lo), float(hi) + 1.0
-    if abs(exponent - 1.0) < 1e-9:
-        x = a * (b / a) ** q
-    else:
-        e = 1.0 - exponent
-        x = (a**e + q * (b**e - a**e)) ** (1.0 / e)
-    return np.clip(np.floor(x), lo, hi).astype(np.int64)[::-1].copy()
-
-
-def allocate_groups(n: int, proportions, rng: np.random.Generator) -> np.ndarray:
-    """int64 (n,) group per identity: counts by largest remainder (exact to ±1), order shuffled."""
-    p = np.asarray(proportions, float)
-    counts = np.floor(p * n).astype(int)
-    rest = np.argsort(-(p * n - counts), kind="stable")[: n - counts.sum()]
-    counts[rest] += 1
-    return rng.permutation(np.repeat(np.arange(p.size), counts)).astype(np.int64)
-
-
-def identity_params(rng: np.random.Generator, groups: np.ndarray) -> dict[str, np.ndarray]:
-    n = groups.size
-    U = lambda lo, hi: rng.uniform(lo, hi, n).astype(np.float32)  # noqa: E731
-    skin = _SKIN[groups] * rng.uniform(0.92, 1.08, (n, 1)) + rng.normal(0, 0.02, (n, 3))
-    hair = _HAIR[rng.choice(len(_HAIR), n, p=_HAIR_P)] + rng.normal(0, 0.04, (n, 3))
-    bald = rng.random(n) < 0.08
-    return dict(
-        skin=np.clip(skin, 0, 1).astype(np.float32),
-        hair=np.clip(hair, 0, 1).astype(np.float32),
-        iris=_IRIS[rng.integers(0, len(_IRIS), n)],
-        face_a=U(0.50, 0.68),
-        face_b=U(0.70, 0.88),
-        taper=U(0.0, 0.3),
-        face_v=U(-0.02, 0.08),
-        hairline=np.where(bald, -0.95, U(-0.72, -0.38)).astype(np.float32),
-        hair_tilt=U(-0.3, 0.3),
-        hair_len=np.where(rng.random(n) < 0.4, U(0.0, 0.9), U(-0.6, -0.2)).astype(np.float32),
-        eye_x=U(0.20, 0.34),
-        eye_v=U(-0.20, -0.02),
-        eye_rx=U(0.07, 0.12),
-        eye_ry=U(0.035, 0.06),
-        brow_dv=U(0.09, 0.17),
-        brow_th=U(0.02, 0.055),
-        brow_len=U(1.1, 1.7),
-        brow_tilt=U(-0.35, 0.35),
-        nose_len=U(0.16, 0.30),
-        nose_w=U(0.035, 0.08),
-        mouth_v=U(0.30, 0.50),
-        mouth_w=U(0.11, 0.24),
-        mouth_h=U(0.022, 0.05),
-        mouth_curv=U(-0.03, 0.03),
-        lip=np.clip(_SKIN[groups] * np.array([0.85, 0.5, 0.5]) + rng.normal(0, 0.03, (n, 3)), 0, 1).astype(np.float32),
-        beard=np.where(rng.random(n) < 0.2, U(0.35, 0.85), 0).astype(np.float32),
-        mark_u=rng.uniform(-0.5, 0.5, (n, 2)).astype(np.float32),
-        mark_v=rng.uniform(-0.35, 0.6, (n, 2)).astype(np.float32),
-        mark_r=np.where(rng.random((n, 2)) < 0.5, rng.uniform(0.035, 0.07, (n, 2)), 0).astype(np.float32),
-    )
+# How much each factor at full strength takes from identity (yaw, light, expression, blur,
+# occlusion): large pose, blur and a covered face can hide who it is; light and expression alone cannot.
+SEVERITY_WEIGHTS = (1.0, 0.6, 0.4, 1.0, 1.0)
+IDENTITY_LOSS_POWER = 3
 
 
 def nuisance_params(rng: np.random.Generator, n: int, cfg: SynthFacesConfig) -> dict[str, np.ndarray]:
@@ -140,6 +64,34 @@ def nuisance_params(rng: np.random.Generator, n: int, cfg: SynthFacesConfig) -> 
         mask_color=_MASKS[rng.integers(0, len(_MASKS), n)],
         noise=f32(U(0.5, 1.5) * cfg.noise_std),
     )
+
+
+def nuisance_severity(nuis: dict, cfg: SynthFacesConfig) -> np.ndarray:
+    """float32 (n,) in [0, 1]: how much the nuisances of each image hide its identity.
+
+    Each factor's strength m_k in [0, 1] across its strong range: |yaw| from `hard_yaw` (0) to
+    `max_yaw` (1); light and expression from 0.5 to 1; blur σ from 0.7 to 1.6 px at 32 px (scaled
+    with `image_size`); occlusion from 0.4 to 1. severity = 1 − Π_k (1 − c_k·m_k) with
+    c = SEVERITY_WEIGHTS. Easy images score 0; one strong factor at its extreme scores c_k.
+    """
+    px = cfg.image_size / 32.0
+    m = (
+        np.clip((np.abs(nuis["yaw"]) - cfg.hard_yaw) / (cfg.max_yaw - cfg.hard_yaw), 0, 1),
+        np.clip((nuis["light"] - 0.5) / 0.5, 0, 1),
+        np.clip((nuis["expression"] - 0.5) / 0.5, 0, 1),
+        np.clip((nuis["blur"] / px - 0.7) / 0.9, 0, 1),
+        np.clip((nuis["occlusion"] - 0.4) / 0.6, 0, 1),
+    )
+    kept = np.ones_like(m[0])
+    for c, mk in zip(SEVERITY_WEIGHTS, m):
+        kept = kept * (1.0 - c * mk)
+    return (1.0 - kept).astype(np.float32)
+
+
+def identity_info(severity: np.ndarray, identity_loss: float) -> np.ndarray:
+    """float32 share of the shown person's own face parameters in an image:
+    1 − identity_loss · severity³ (slow at first, steep at the extreme)."""
+    return (1.0 - identity_loss * np.asarray(severity, np.float64) ** IDENTITY_LOSS_POWER).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------

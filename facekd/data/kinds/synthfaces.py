@@ -1,4 +1,5 @@
-"""kind synthfaces: the embedded SynthFaces set (`preset`, `synthfaces` overrides, `cache_dir`)."""
+"""kind synthfaces: the embedded SynthFaces set (`preset`, `synthfaces` overrides, `cache_dir`),
+splits train / val / test (disjoint identities; val and test carry verification pairs)."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ def _build(cfg, split: str):
     from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 
     data = make_synthfaces(SynthFacesConfig.preset(cfg.preset, **cfg.synthfaces), cache_dir=cfg.cache_dir)
-    return data.train if split == "train" else data.test
+    return data.split(split)
 
 
 register_kind(
     DataKind(
-        "synthfaces", _build, splits=("train", "test"), options=("preset", "synthfaces", "cache_dir"), check=_check
+        "synthfaces",
+        _build,
+        splits=("train", "val", "test"),
+        options=("preset", "synthfaces", "cache_dir"),
+        check=_check,
     )
 )
