@@ -2,7 +2,7 @@
 
 Three papers, one toolkit (see README.md and docs/design.md):
 data-bias rectification (`facekd.bias`), Prime-Aware Adaptive Distillation (`facekd.losses`),
-ReFO / ReFO+ with TwoNN (`facekd.refo`, `facekd.intrinsic`).
+ReFO / ReFO+ with TwoNN (`facekd.refo`, `facekd.refo.intrinsic`).
 """
 
 __version__ = "0.1.0"

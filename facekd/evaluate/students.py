@@ -37,6 +37,7 @@ from torch import nn
 from facekd.config import DataConfig, RunConfig, build_dataset, load_config
 from facekd.evaluate.model_eval import evaluate_classifier, predict_dataset
 from facekd.evaluate.reid import evaluate_reid_features, recall_at_k
+from facekd.utils import load_torch
 
 REID_KINDS = ("market1501", "dukemtmc")
 TASKS = ("face", "classification", "metric")
@@ -63,10 +64,7 @@ def load_linear_head(path: Path, dim: int) -> nn.Linear:
     """The Linear classifier saved as `path` (a head.pth: `weight` (C, dim), `bias` (C,))."""
     if not path.is_file():
         raise FileNotFoundError(f"head {path} does not exist (task classification needs the run's head.pth)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses anything but tensors and plain containers
-        raise ValueError(f"head {path}: not a state_dict ({type(e).__name__}: {str(e)[:200]})") from None
+    state = load_torch(path, "classifier head")
     weight = state.get("weight") if isinstance(state, dict) else None
     if not isinstance(weight, torch.Tensor) or weight.ndim != 2 or weight.shape[1] != dim or "bias" not in state:
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else None
