@@ -22,7 +22,8 @@ class OnnxTeacher(nn.Module):
     forward(x (B, 3, H, W) float in [-1, 1], RGB) → embedding (B, d) float32 on x's device. The
     input/output names come from the session. If the graph normalises in-graph (Sub+Mul among the
     first 8 nodes, see `detect_pixel_norm`) it is fed 0–255 pixels, otherwise x itself; `pixel_norm`
-    = (mean, std) overrides this (feeds (pixels − mean) / std).
+    = (mean, std) overrides this (feeds (pixels − mean) / std). `threads` sets onnxruntime's
+    intra- and inter-op thread counts (None: its default).
     """
 
     def __init__(
@@ -30,6 +31,7 @@ class OnnxTeacher(nn.Module):
         path: str | os.PathLike,
         pixel_norm: tuple[float, float] | None = None,
         providers: Sequence[str] | None = None,
+        threads: int | None = None,
     ):
         super().__init__()
         import onnxruntime as ort
@@ -37,7 +39,10 @@ class OnnxTeacher(nn.Module):
         self.path = str(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such ONNX file")
-        self.session = ort.InferenceSession(self.path, providers=list(providers or ["CPUExecutionProvider"]))
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = options.inter_op_num_threads = int(threads)
+        self.session = ort.InferenceSession(self.path, options, providers=list(providers or ["CPUExecutionProvider"]))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4:
             raise ValueError(
