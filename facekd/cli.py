@@ -50,6 +50,7 @@ COMMAND_MODULES: list[str] = [
     "facekd.refo_commands",  # intrinsic-dim, refo
     "facekd.evaluate.commands",  # eval-ijb, eval-reid
     "facekd.onnx.commands",  # export, check-onnx
+    "facekd.quant.commands",  # quantize, qat
     "facekd.data.commands",  # pack-rec, inspect-rec, export-synth
 ]
 
