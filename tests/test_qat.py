@@ -162,3 +162,6 @@ def test_qat_config_overrides_and_errors(tmp_path):
         load_qat_config(path, ["quantize.calibrator=kl"])
     with pytest.raises(ValueError, match="unknown key"):
         load_qat_config(path, ["train.lrr=1"])
+    hkd = _config(tmp_path, distill={"loss": "hkd"})
+    with pytest.raises(ValueError, match="'hkd' reads class logits"):
+        build_qat_task(hkd, load_dataset(hkd.data.model_dump()))

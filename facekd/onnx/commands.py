@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
         bins: list[Path] | None = typer.Option(None, "--bin", help="card: insightface .bin set (repeatable)"),
         ijb: Path | None = typer.Option(None, help="card: IJB release folder (meta/, loose_crop/)"),
         ijb_target: str = typer.Option("IJBC", help="card: IJBC | IJBB"),
-        latency_repeats: int = typer.Option(50, min=1, help="card: timed runs per batch size"),
+        latency_repeats: int = typer.Option(20, min=1, help="card: timed runs per batch size"),
     ) -> None:
         """Export a backbone to ONNX (input `data`, dynamic batch, fp32) with its model card
         (card.md: size, FLOPs, latency, TAR on the given pairs, checks, provenance), optionally

@@ -164,6 +164,11 @@ def build_qat_task(cfg: QATConfig, dataset) -> tuple[nn.Module, nn.Module]:
         teacher=teacher_model,
         input_size=size,
     )
+    if distiller.needs_logits:
+        raise ValueError(
+            f"distill.loss {cfg.distill.loss!r} reads class logits; quantization-aware distillation trains "
+            "the student alone (no margin head): use an embedding or feature-map loss"
+        )
     prepare_qat(student.train(), size)  # after every probe of the float student
     return FaceTask(student, head=None, distiller=distiller, teacher=provider), reference
 
