@@ -8,6 +8,7 @@ from collections import Counter
 import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 
 from facekd.models import get_model
 from facekd.models.checkpoint import load_backbone
@@ -137,9 +138,18 @@ def test_run_qat_exports_int8_report_and_card(tmp_path):
     )
     report = run_qat(cfg, progress=False, command="facekd qat test.yaml")
     deploy = tmp_path / "run" / "deploy"
-    assert list(report["models"]) == ["fp32", "int8 PTQ", "fp32 after QAT", "int8 QAT"]
+    assert list(report["models"]) == ["fp32", "int8 PTQ", "fp32 after QAT", "int8 QAT", "int8 QAT, recalibrated"]
     assert json.loads((deploy / "report.json").read_text())["baseline"] == "fp32"
-    for name in ("int8 PTQ", "int8 QAT"):
+    ranges = report["quantize"]["qat_learned_ranges"]
+    assert ranges["matched"] == ranges["quantizers"] == 53 + 1  # mbf_tiny's points and its input
+    # the INT8 QAT graph quantizes its input with the range the input's quantizer learned
+    task = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["task"]
+    lo, hi = (float(task[f"student.input_fake_quant.activation_post_process.{k}"]) for k in ("min_val", "max_val"))
+    graph = onnx.load(str(deploy / "qat_int8.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    q_in = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "data")
+    assert float(inits[q_in.input[1]]) == pytest.approx((max(hi, 0) - min(lo, 0)) / 255, rel=1e-5)
+    for name in ("int8 PTQ", "int8 QAT", "int8 QAT, recalibrated"):
         m = report["models"][name]
         assert m["size_ratio"] < 0.45 and m["checks"]["ok"] and "synthfaces" in m["eval"]
     student = load_backbone(tmp_path / "run" / "student_qat.pth", "mbf_tiny")  # strict: the backbone's own keys

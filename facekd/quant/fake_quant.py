@@ -21,13 +21,17 @@ tensor, asymmetric int8; Conv / Linear weights per output channel, symmetric int
 
 The fake quantizers are submodules, so their state is in `state_dict()` (a QAT run checkpoints and
 resumes like any other); `float_state_dict` drops them again, giving the backbone's own keys.
+`learned_ranges` hands the ranges the activation quantizers learned to the ONNX quantizer, so the
+INT8 graph uses the ranges the student was trained with instead of recalibrated ones.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.ao.nn import qat as nnqat
@@ -38,7 +42,7 @@ from torch.ao.quantization import (
     QConfig,
 )
 
-__all__ = ["QCONFIG", "float_state_dict", "prepare_qat", "quantization_points"]
+__all__ = ["QCONFIG", "float_state_dict", "learned_ranges", "prepare_qat", "quantization_points"]
 
 QCONFIG = QConfig(
     activation=FakeQuantize.with_args(
@@ -179,3 +183,75 @@ def float_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     """A prepared model's state_dict without the fake quantizers' buffers: the backbone's own keys,
     loadable into the float model with `strict=True`."""
     return {k: v for k, v in state.items() if not _FQ_NAMES.intersection(k.split("."))}
+
+
+def _onnx_tensors(onnx_path: str | os.PathLike, images: np.ndarray) -> dict[str, np.ndarray]:
+    """Every float tensor of an ONNX graph (input included) on `images`, graph optimisations off."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(onnx_path))
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(proto).graph.value_info}
+    have = {o.name for o in proto.graph.output}
+    extra = [
+        inferred[name]
+        for node in proto.graph.node
+        for name in node.output
+        if name in inferred and name not in have and inferred[name].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    ]
+    proto.graph.output.extend(extra)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    names = [o.name for o in sess.get_outputs()]
+    return {name: images, **dict(zip(names, sess.run(names, {name: images})))}
+
+
+def _float_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, np.ndarray]:
+    """{quantizer path: the float tensor it quantizes} on `images`, fake quantization and observers
+    off for the pass (and restored)."""
+    from torch.ao.quantization import disable_fake_quant, disable_observer
+
+    quantizers = {n: m for n, m in model.named_modules() if n.split(".")[-1] in (OUTPUT_FQ, INPUT_FQ)}
+    seen: dict[str, np.ndarray] = {}
+    hooks = [
+        q.register_forward_hook(lambda mod, inputs, out, n=n: seen.__setitem__(n, inputs[0].detach().cpu().numpy()))
+        for n, q in quantizers.items()
+    ]
+    state = {n: (q.fake_quant_enabled.clone(), q.observer_enabled.clone()) for n, q in quantizers.items()}
+    was = model.training
+    model.apply(disable_fake_quant).apply(disable_observer).eval()
+    try:
+        with torch.no_grad():
+            model(images)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+        for n, q in quantizers.items():
+            q.fake_quant_enabled.copy_(state[n][0])
+            q.observer_enabled.copy_(state[n][1])
+    return seen
+
+
+def learned_ranges(
+    model: nn.Module, onnx_path: str | os.PathLike, images: torch.Tensor
+) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """The activation ranges a prepared model learned, keyed by the tensors of the float ONNX export
+    they belong to: ({tensor: [{"rmin", "rmax"}]} — onnxruntime's TensorQuantOverrides — , number of
+    quantizers matched). A quantizer is matched to the graph tensors that hold the same values on
+    `images` (a few calibration images); one without a match is left to the calibrator."""
+    floats = _float_outputs(model, images)
+    tensors = _onnx_tensors(onnx_path, images.cpu().numpy())
+    overrides: dict[str, list[dict[str, Any]]] = {}
+    matched = 0
+    for path, value in floats.items():
+        observer = model.get_submodule(path + ".activation_post_process")
+        lo, hi = float(observer.get_buffer("min_val")), float(observer.get_buffer("max_val"))
+        tol = 1e-3 * max(1.0, float(np.abs(value).max()))
+        names = [n for n, t in tensors.items() if t.shape == value.shape and np.allclose(t, value, rtol=1e-3, atol=tol)]
+        matched += bool(names)
+        for name in names:
+            overrides[name] = [{"rmin": np.float32(min(lo, 0.0)), "rmax": np.float32(max(hi, 0.0))}]
+    return overrides, matched

@@ -32,7 +32,7 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +100,7 @@ def quantize_onnx(
     percentile: float = 99.999,
     compact: bool = True,
     entropy_bins: int = ENTROPY_BINS,
+    overrides: Callable[[Path], dict[str, list[dict]]] | None = None,
 ) -> Path:
     """Quantize the fp32 ONNX at `model_path` to an INT8 QDQ graph at `out_path` (atomically).
 
@@ -109,6 +110,8 @@ def quantize_onnx(
         per_channel: per-output-channel weight scales (False: one scale per weight tensor).
         percentile: the percentile of |x| kept by the "percentile" calibrator.
         entropy_bins: histogram bins of the "entropy" calibrator (≥ 128).
+        overrides: pre-processed graph path → {tensor: [{"rmin", "rmax"}]} ranges that replace the
+            calibrated ones (quantization-aware training's learned ranges).
         compact: apply `compact_qdq` (same values, smaller file).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -125,9 +128,11 @@ def quantize_onnx(
     with tempfile.TemporaryDirectory(prefix="facekd-quant-") as tmp, _quiet_onnxruntime():
         pre = Path(tmp) / "preprocessed.onnx"
         quant_pre_process(str(model_path), str(pre))
-        if calibrator == "entropy":
-            extra["TensorQuantOverrides"] = entropy_ranges(pre, reader, entropy_bins)
-        elif calibrator == "percentile":
+        ranges = entropy_ranges(pre, reader, entropy_bins) if calibrator == "entropy" else {}
+        ranges.update(overrides(pre) if overrides is not None else {})
+        if ranges:
+            extra["TensorQuantOverrides"] = ranges
+        if calibrator == "percentile":
             extra["CalibPercentile"] = float(percentile)
         reader.rewind()
         with atomic_path(out_path) as out:

@@ -20,9 +20,11 @@ lr 0.01, a tenth of a student's usual rate, no warm-up); keys given in the confi
 
 After training (`run_qat`) the run directory holds `student_qat.pth` (the fine-tuned float weights
 with the backbone's own keys) and `deploy/`: `fp32.onnx` (the student before QAT), `ptq_int8.onnx`
-(its post-training quantization), `qat_fp32.onnx` and `qat_int8.onnx` (the fine-tuned student, both
-quantized by the same calibrator on the same images, so the two INT8 graphs differ only by the
-fine-tuning), `report.json` (TAR, size, latency, checks of all four) and `card.md`.
+(its post-training quantization), `qat_fp32.onnx`, `qat_int8.onnx` (the fine-tuned student with
+the activation ranges its quantizers learned, `fake_quant.learned_ranges`) and
+`qat_int8_recalibrated.onnx` (the same weights with recalibrated ranges), `report.json` (TAR,
+size, latency, checks of all five) and `card.md`. Every INT8 graph uses the same calibrator on the
+same images for the tensors it calibrates.
 """
 
 from __future__ import annotations
@@ -184,32 +186,53 @@ def _float_student(task: nn.Module, reference: nn.Module) -> nn.Module:
     return model.eval()
 
 
-def _deploy(cfg: QATConfig, dataset, reference: nn.Module, student: nn.Module, command: str) -> dict:
-    """Export, quantize, compare and write the card in run_dir/deploy; returns the report."""
-    from facekd.evaluate.model_eval import model_image_size
+def _int8_graphs(cfg: QATConfig, dataset, reference: nn.Module, task: nn.Module) -> tuple[dict[str, Path], dict]:
+    """Export the student before and after QAT and quantize both (same calibrator, same images);
+    the QAT graph twice: with the ranges its activation quantizers learned, and recalibrated.
+    Returns ({model name: ONNX path}, how many quantizers matched a graph tensor)."""
     from facekd.onnx import export_onnx
     from facekd.quant.calibration import DatasetCalibrationReader
+    from facekd.quant.fake_quant import learned_ranges
+    from facekd.quant.ptq import quantize_onnx
+
+    out, q = cfg.run_dir / "deploy", cfg.quantize
+    reader = DatasetCalibrationReader(dataset, q.calibration_images, seed=q.seed)
+    settings = (q.calibrator, q.per_channel, q.percentile, True, q.entropy_bins)
+    paths = {"fp32": export_onnx(reference, out / "fp32.onnx")}
+    paths["int8 PTQ"] = quantize_onnx(paths["fp32"], out / "ptq_int8.onnx", reader, *settings)
+    paths["fp32 after QAT"] = export_onnx(_float_student(task, reference), out / "qat_fp32.onnx")
+    qat_model = task.get_submodule("student")
+    images = torch.from_numpy(reader.batch(0)[:8])
+    found: dict[str, int] = {}
+
+    def ranges(pre: Path) -> dict:
+        overrides, found["matched"] = learned_ranges(qat_model, pre, images)
+        return overrides
+
+    paths["int8 QAT"] = quantize_onnx(paths["fp32 after QAT"], out / "qat_int8.onnx", reader, *settings, ranges)
+    recal = quantize_onnx(paths["fp32 after QAT"], out / "qat_int8_recalibrated.onnx", reader, *settings)
+    paths["int8 QAT, recalibrated"] = recal
+    n_quantizers = sum(1 for n, _ in qat_model.named_modules() if n.endswith("fake_quant") and "weight" not in n)
+    return paths, {"matched": found["matched"], "quantizers": n_quantizers}
+
+
+def _deploy(cfg: QATConfig, dataset, reference: nn.Module, task: nn.Module, command: str) -> dict:
+    """Export, quantize, compare and write the card in run_dir/deploy; returns the report."""
+    from facekd.evaluate.model_eval import model_image_size
     from facekd.quant.card import CardInfo, write_card
     from facekd.quant.measure import EvalSets, compare
-    from facekd.quant.ptq import quantize_onnx
     from facekd.utils import save_json
 
-    out = cfg.run_dir / "deploy"
-    q = cfg.quantize
-    reader = DatasetCalibrationReader(dataset, q.calibration_images, seed=q.seed)
-    paths = {"fp32": out / "fp32.onnx", "int8 PTQ": out / "ptq_int8.onnx"}
-    paths.update({"fp32 after QAT": out / "qat_fp32.onnx", "int8 QAT": out / "qat_int8.onnx"})
-    for model, fp32, int8 in ((reference, "fp32", "int8 PTQ"), (student, "fp32 after QAT", "int8 QAT")):
-        export_onnx(model, paths[fp32])
-        quantize_onnx(paths[fp32], paths[int8], reader, q.calibrator, q.per_channel, q.percentile, True, q.entropy_bins)
+    paths, ranges = _int8_graphs(cfg, dataset, reference, task)
     e = cfg.eval
     synth = e.synthfaces if isinstance(e.synthfaces, dict) else None
     if e.synthfaces is True:
         synth = cfg.data.model_dump(mode="json") if cfg.data.kind == "synthfaces" else None
     sets = EvalSets(synth, tuple(e.bins), e.ijb, e.ijb_target, e.flip)
-    side = model_image_size(student)
-    report = compare(paths, "fp32", sets, (side, side), quantized=("int8 PTQ", "int8 QAT"), repeats=e.latency_repeats)
-    report["quantize"] = q.model_dump(mode="json")
+    side = model_image_size(reference)
+    int8 = tuple(n for n in paths if n.startswith("int8"))
+    report = compare(paths, "fp32", sets, (side, side), quantized=int8, repeats=e.latency_repeats)
+    report["quantize"] = {**cfg.quantize.model_dump(mode="json"), "qat_learned_ranges": ranges}
     report["training"] = {
         "teacher": cfg.teacher.model_dump(mode="json"),
         "data": cfg.data.model_dump(mode="json"),
@@ -217,8 +240,9 @@ def _deploy(cfg: QATConfig, dataset, reference: nn.Module, student: nn.Module, c
         "train": cfg.train.model_dump(mode="json"),
         "student": cfg.student.model_dump(mode="json"),
     }
-    save_json(out / "report.json", report)
-    write_card(out / "card.md", CardInfo(student, cfg.student.arch, report, "int8 QAT", command))
+    save_json(cfg.run_dir / "deploy" / "report.json", report)
+    student = _float_student(task, reference)
+    write_card(cfg.run_dir / "deploy" / "card.md", CardInfo(student, cfg.student.arch, report, "int8 QAT", command))
     return report
 
 
@@ -239,9 +263,8 @@ def run_qat(cfg: QATConfig, resume: bool = True, progress: bool = True, command:
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(cfg.run_dir / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False))
-    task = train(task, dataset, cfg.train, cfg.run_dir, resume=resume, progress=progress)
-    student = _float_student(task.cpu(), reference)
+    task = train(task, dataset, cfg.train, cfg.run_dir, resume=resume, progress=progress).cpu()
     with atomic_path(cfg.run_dir / "student_qat.pth") as tmp:
-        torch.save(student.state_dict(), tmp)
+        torch.save(_float_student(task, reference).state_dict(), tmp)
     command = command or f"run_qat({cfg.model_dump_json(by_alias=True)})"
-    return _deploy(cfg, without_augmentation(dataset), reference, student, command)
+    return _deploy(cfg, without_augmentation(dataset), reference, task, command)
