@@ -14,7 +14,7 @@ from facekd.models import get_model
 from facekd.models.checkpoint import load_backbone
 from facekd.onnx import export_onnx
 from facekd.quant.calibration import DatasetCalibrationReader, load_dataset
-from facekd.quant.fake_quant import float_state_dict, prepare_qat, quantization_points
+from facekd.quant.fake_quant import float_state_dict, freeze_bn_statistics, prepare_qat, quantization_points
 from facekd.quant.ptq import quantize_onnx
 from facekd.quant.qat import QATConfig, build_qat_task, load_qat_config, run_qat
 from facekd.train import train
@@ -65,6 +65,23 @@ def test_prepare_qat_quantizes_weights_per_channel_and_strips_back(quick):
     get_model("mbf_tiny", embedding_size=64).load_state_dict(state, strict=True)
     with pytest.raises(ValueError, match="already prepared"):
         prepare_qat(model, (32, 32))
+
+
+def test_freeze_bn_statistics_keeps_running_statistics_and_trains_affine():
+    torch.manual_seed(0)
+    model = get_model("mbf_tiny", embedding_size=64)
+    keys = list(model.state_dict())
+    assert freeze_bn_statistics(model) == sum(
+        isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()
+    )
+    model.train()
+    bn = model.get_submodule("layers.0.layers.1")
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    model(torch.randn(4, 3, 32, 32)).pow(2).mean().backward()
+    assert not bn.training and bn.weight.grad is not None and list(model.state_dict()) == keys
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    eval_out = model.eval()(torch.ones(2, 3, 32, 32))
+    torch.testing.assert_close(model.train()(torch.ones(2, 3, 32, 32)), eval_out)  # the deployed arithmetic
 
 
 def _config(tmp_path, **over):
@@ -138,18 +155,20 @@ def test_run_qat_exports_int8_report_and_card(tmp_path):
     )
     report = run_qat(cfg, progress=False, command="facekd qat test.yaml")
     deploy = tmp_path / "run" / "deploy"
-    assert list(report["models"]) == ["fp32", "int8 PTQ", "fp32 after QAT", "int8 QAT", "int8 QAT, recalibrated"]
+    names = ["fp32", "int8 PTQ", "fp32 after QAT", "int8 QAT", "int8 QAT, learned ranges"]
+    assert list(report["models"]) == names  # "int8 QAT": calibrated ranges, the default
+    assert report["models"]["int8 QAT"]["path"] == str(deploy / "qat_int8.onnx")
     assert json.loads((deploy / "report.json").read_text())["baseline"] == "fp32"
     ranges = report["quantize"]["qat_learned_ranges"]
     assert ranges["matched"] == ranges["quantizers"] == 53 + 1  # mbf_tiny's points and its input
-    # the INT8 QAT graph quantizes its input with the range the input's quantizer learned
+    # the learned-ranges graph quantizes its input with the range the input's quantizer learned
     task = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["task"]
     lo, hi = (float(task[f"student.input_fake_quant.activation_post_process.{k}"]) for k in ("min_val", "max_val"))
-    graph = onnx.load(str(deploy / "qat_int8.onnx")).graph
+    graph = onnx.load(str(deploy / "qat_int8_learned_ranges.onnx")).graph
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     q_in = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "data")
     assert float(inits[q_in.input[1]]) == pytest.approx((max(hi, 0) - min(lo, 0)) / 255, rel=1e-5)
-    for name in ("int8 PTQ", "int8 QAT", "int8 QAT, recalibrated"):
+    for name in ("int8 PTQ", "int8 QAT", "int8 QAT, learned ranges"):
         m = report["models"][name]
         assert m["size_ratio"] < 0.45 and m["checks"]["ok"] and "synthfaces" in m["eval"]
     student = load_backbone(tmp_path / "run" / "student_qat.pth", "mbf_tiny")  # strict: the backbone's own keys

@@ -21,8 +21,9 @@ tensor, asymmetric int8; Conv / Linear weights per output channel, symmetric int
 
 The fake quantizers are submodules, so their state is in `state_dict()` (a QAT run checkpoints and
 resumes like any other); `float_state_dict` drops them again, giving the backbone's own keys.
-`learned_ranges` hands the ranges the activation quantizers learned to the ONNX quantizer, so the
-INT8 graph uses the ranges the student was trained with instead of recalibrated ones.
+`learned_ranges` hands the ranges the activation quantizers learned to the ONNX quantizer, so an
+INT8 graph can use the ranges the student was trained with instead of recalibrated ones.
+`freeze_bn_statistics` keeps BatchNorm in eval mode during the fine-tune.
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ from torch.ao.quantization import (
     QConfig,
 )
 
-__all__ = ["QCONFIG", "float_state_dict", "learned_ranges", "prepare_qat", "quantization_points"]
+__all__ = [
+    "QCONFIG",
+    "float_state_dict",
+    "freeze_bn_statistics",
+    "learned_ranges",
+    "prepare_qat",
+    "quantization_points",
+]
 
 QCONFIG = QConfig(
     activation=FakeQuantize.with_args(
@@ -177,6 +185,33 @@ def prepare_qat(model: nn.Module, input_size: tuple[int, int]) -> nn.Module:
     model.add_module(INPUT_FQ, QCONFIG.activation())
     model.register_forward_pre_hook(_quantize_input)
     return model
+
+
+class _FrozenStatistics:
+    """Mixin for a BatchNorm class: the module stays in eval mode (normalises with its running
+    statistics and does not update them); its affine parameters still train."""
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # type: ignore[misc]
+
+
+_FROZEN: dict[type, type] = {}
+
+
+def freeze_bn_statistics(model: nn.Module) -> int:
+    """Keep every BatchNorm of `model` in eval mode from now on (same parameters, buffers and
+    state_dict keys), so a fine-tune runs the deployed graph's arithmetic: the statistics that
+    export folds into the weights are the ones the activations are normalised and quantized with.
+    Returns the number of BatchNorm modules frozen."""
+    n = 0
+    for module in model.modules():
+        cls = type(module)
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, _FrozenStatistics):
+            frozen = _FROZEN.setdefault(cls, type(f"FrozenStatistics{cls.__name__}", (_FrozenStatistics, cls), {}))
+            module.__class__ = frozen
+            module.train(False)
+            n += 1
+    return n
 
 
 def float_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

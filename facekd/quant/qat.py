@@ -20,11 +20,11 @@ lr 0.01, a tenth of a student's usual rate, no warm-up); keys given in the confi
 
 After training (`run_qat`) the run directory holds `student_qat.pth` (the fine-tuned float weights
 with the backbone's own keys) and `deploy/`: `fp32.onnx` (the student before QAT), `ptq_int8.onnx`
-(its post-training quantization), `qat_fp32.onnx`, `qat_int8.onnx` (the fine-tuned student with
-the activation ranges its quantizers learned, `fake_quant.learned_ranges`) and
-`qat_int8_recalibrated.onnx` (the same weights with recalibrated ranges), `report.json` (TAR,
-size, latency, checks of all five) and `card.md`. Every INT8 graph uses the same calibrator on the
-same images for the tensors it calibrates.
+(its post-training quantization), `qat_fp32.onnx`, `qat_int8.onnx` (the fine-tuned student, activation ranges as
+`quantize.qat_ranges` says: calibrated like PTQ by default, or learned by its quantizers,
+`fake_quant.learned_ranges`), `qat_int8_<other>_ranges.onnx` (the same weights with the other
+ranges), `report.json` (TAR, size, latency, checks of all five) and `card.md`. Every INT8 graph
+uses the same calibrator on the same images for the tensors it calibrates.
 """
 
 from __future__ import annotations
@@ -65,8 +65,12 @@ class StudentConfig(_Strict):
 
 
 class QuantizeConfig(_Strict):
-    """How the INT8 graphs are made (`facekd.quant.ptq.quantize_onnx`)."""
+    """How the INT8 graphs are made (`facekd.quant.ptq.quantize_onnx`). `qat_ranges`: the
+    activation ranges of the delivered QAT graph, "calibrated" by `calibrator` on the calibration
+    images (as PTQ; chosen on validation pairs, see docs/quantization.md) or "learned" by the
+    fake quantizers during QAT; the other variant is written too, for comparison."""
 
+    qat_ranges: Literal["calibrated", "learned"] = "calibrated"
     calibrator: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_images: int = Field(512, ge=1)
     per_channel: bool = True
@@ -89,9 +93,13 @@ class EvalConfig(_Strict):
 
 
 class QATConfig(_Strict):
+    """See the module docstring. `freeze_bn`: BatchNorm layers normalise with (and keep) the
+    trained student's running statistics during the fine-tune, as the deployed graph does."""
+
     student: StudentConfig
     teacher: TeacherConfig
     data: DataConfig
+    freeze_bn: bool = True
     distill: DistillConfig = Field(default_factory=lambda: DistillConfig.model_validate({}))
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(**QAT_TRAIN_DEFAULTS))
     quantize: QuantizeConfig = Field(default_factory=lambda: QuantizeConfig.model_validate({}))
@@ -147,7 +155,7 @@ def build_qat_task(cfg: QATConfig, dataset) -> tuple[nn.Module, nn.Module]:
     from facekd.losses.distiller import Distiller
     from facekd.models import embedding_dim
     from facekd.models.checkpoint import load_backbone
-    from facekd.quant.fake_quant import prepare_qat
+    from facekd.quant.fake_quant import freeze_bn_statistics, prepare_qat
     from facekd.tasks import CachedTeacher, FaceTask
 
     reference = load_backbone(cfg.student.checkpoint, cfg.student.arch)
@@ -172,6 +180,8 @@ def build_qat_task(cfg: QATConfig, dataset) -> tuple[nn.Module, nn.Module]:
             "the student alone (no margin head): use an embedding or feature-map loss"
         )
     prepare_qat(student.train(), size)  # after every probe of the float student
+    if cfg.freeze_bn:
+        freeze_bn_statistics(student)
     return FaceTask(student, head=None, distiller=distiller, teacher=provider), reference
 
 
@@ -188,8 +198,9 @@ def _float_student(task: nn.Module, reference: nn.Module) -> nn.Module:
 
 def _int8_graphs(cfg: QATConfig, dataset, reference: nn.Module, task: nn.Module) -> tuple[dict[str, Path], dict]:
     """Export the student before and after QAT and quantize both (same calibrator, same images);
-    the QAT graph twice: with the ranges its activation quantizers learned, and recalibrated.
-    Returns ({model name: ONNX path}, how many quantizers matched a graph tensor)."""
+    the QAT graph twice, with calibrated ranges and with the ranges its activation quantizers
+    learned; "int8 QAT" (`qat_int8.onnx`) is the one `quantize.qat_ranges` names. Returns
+    ({model name: ONNX path}, how many quantizers matched a graph tensor)."""
     from facekd.onnx import export_onnx
     from facekd.quant.calibration import DatasetCalibrationReader
     from facekd.quant.fake_quant import learned_ranges
@@ -200,7 +211,7 @@ def _int8_graphs(cfg: QATConfig, dataset, reference: nn.Module, task: nn.Module)
     settings = (q.calibrator, q.per_channel, q.percentile, True, q.entropy_bins)
     paths = {"fp32": export_onnx(reference, out / "fp32.onnx")}
     paths["int8 PTQ"] = quantize_onnx(paths["fp32"], out / "ptq_int8.onnx", reader, *settings)
-    paths["fp32 after QAT"] = export_onnx(_float_student(task, reference), out / "qat_fp32.onnx")
+    qat_fp32 = paths["fp32 after QAT"] = export_onnx(_float_student(task, reference), out / "qat_fp32.onnx")
     qat_model = task.get_submodule("student")
     images = torch.from_numpy(reader.batch(0)[:8])
     found: dict[str, int] = {}
@@ -209,9 +220,13 @@ def _int8_graphs(cfg: QATConfig, dataset, reference: nn.Module, task: nn.Module)
         overrides, found["matched"] = learned_ranges(qat_model, pre, images)
         return overrides
 
-    paths["int8 QAT"] = quantize_onnx(paths["fp32 after QAT"], out / "qat_int8.onnx", reader, *settings, ranges)
-    recal = quantize_onnx(paths["fp32 after QAT"], out / "qat_int8_recalibrated.onnx", reader, *settings)
-    paths["int8 QAT, recalibrated"] = recal
+    other = "learned" if q.qat_ranges == "calibrated" else "calibrated"
+    files = {q.qat_ranges: out / "qat_int8.onnx", other: out / f"qat_int8_{other}_ranges.onnx"}
+    graphs = {
+        "calibrated": quantize_onnx(qat_fp32, files["calibrated"], reader, *settings),
+        "learned": quantize_onnx(qat_fp32, files["learned"], reader, *settings, ranges),
+    }
+    paths["int8 QAT"], paths[f"int8 QAT, {other} ranges"] = graphs[q.qat_ranges], graphs[other]
     n_quantizers = sum(1 for n, _ in qat_model.named_modules() if n.endswith("fake_quant") and "weight" not in n)
     return paths, {"matched": found["matched"], "quantizers": n_quantizers}
 
