@@ -10,9 +10,10 @@ by running `facekd demo --only spine --seeds N --out <demo dir>` first (about 20
 For every student seed: the fp32 export; PTQ with MinMax, Entropy and Percentile and with
 per-tensor MinMax weights, each calibrated on the same 512 training images; and for every QAT
 seed, quantization-aware distillation (`facekd.quant.qat.run_qat`: 2 epochs at lr 0.01, L2 to the
-online fp32 teacher, λ 1, chosen before any measurement and not tuned), quantized with the
-activation ranges it learned ("int8 QAT", the deliverable) and, for comparison, recalibrated with
-MinMax on the same images ("int8 QAT, recalibrated"). TAR@FAR (strict) is measured on the
+online fp32 teacher, λ 1, chosen before any measurement and not tuned; BatchNorm statistics frozen),
+quantized with MinMax ranges calibrated on the same images ("int8 QAT", the deliverable) and, for
+comparison, with the activation ranges its quantizers learned ("int8 QAT, learned ranges"); these
+two settings were chosen on validation pairs, see docs/quantization.md. TAR@FAR (strict) is measured on the
 SynthFaces test pairs (5000 genuine / 100000 impostor); each difference of TAR@1e-3 to fp32 comes
 with a 95 % paired bootstrap interval (pairs resampled within genuine and impostor, both models
 scored on the same resample, 1000 resamples). Bars: INT8 file ≤ 0.35× the fp32 file; QAT's TAR@1e-3 within 0.01 of fp32
@@ -20,6 +21,7 @@ scored on the same resample, 1000 resamples). Bars: INT8 file ≤ 0.35× the fp3
 
     .venv/bin/python benchmarks/quantize.py                                  # demo in runs/demo/default
     .venv/bin/python benchmarks/quantize.py --demo-dir DIR --student-seeds 0 --qat-seeds 0 1 2
+    .venv/bin/python benchmarks/quantize.py --validate --student-seeds 0 --qat-seeds 0 1   # QAT defaults
 """
 
 from __future__ import annotations
@@ -107,8 +109,9 @@ def ptq_models(student: Path, arch: str, dataset, out: Path, n_calib: int) -> di
     return models
 
 
-def qat_run(demo, student: Path, teacher: Path, block: dict, run_dir: Path, seed: int, n_calib: int) -> dict:
-    """One quantization-aware distillation run (`run_qat`) of a demo student; returns its report."""
+def qat_run(demo, student: Path, teacher: Path, block: dict, run_dir: Path, seed: int, n_calib: int, **over) -> dict:
+    """One quantization-aware distillation run (`run_qat`) of a demo student; returns its report.
+    `over`: QATConfig keys replaced (the validation study's variants)."""
     cfg = QATConfig.model_validate(
         {
             "student": {"checkpoint": str(student), "arch": demo.student.arch},
@@ -119,6 +122,7 @@ def qat_run(demo, student: Path, teacher: Path, block: dict, run_dir: Path, seed
             "quantize": {"calibrator": "minmax", "calibration_images": n_calib},
             "eval": {"latency_repeats": 10},
             "run_dir": str(run_dir),
+            **over,
         }
     )
     t0 = time.perf_counter()
@@ -143,12 +147,31 @@ def measure_student(args, demo, k: int, student: Path, teacher: Path, block: dic
     for j in args.qat_seeds:
         rep = qat_run(demo, student, teacher, block, out / f"qat{j}", j, args.calibration_images)
         result["qat"][str(j)] = {"report": rep}
-        for name in ("int8 QAT", "int8 QAT, recalibrated", "fp32 after QAT"):
+        for name in ("int8 QAT", "int8 QAT, learned ranges", "fp32 after QAT"):
             qat_scores = pair_scores(Path(rep["models"][name]["path"]), test, pairs)
             result["qat"][str(j)][name] = {
                 "delta": tar(rep, name) - tar(rep, "fp32"),
                 "interval": paired_interval(scores["fp32"], qat_scores, issame),
             }
+    return result
+
+
+def validate(args, demo, student: Path, teacher: Path, block: dict) -> dict[str, dict[str, float]]:
+    """The validation study behind the QAT defaults: BatchNorm statistics frozen or not, crossed
+    with the INT8 graph's activation ranges (calibrated / learned; every run writes both), scored by
+    the change of TAR@1e-3 against fp32 on validation pairs: SynthFaces rendered with another seed
+    (other identities and images), never the test pairs the benchmark reports."""
+    val_block = {**block, "synthfaces": {**block.get("synthfaces", {}), "seed": args.validation_seed}}
+    val_block["cache_dir"] = str(args.out / "validation_data")
+    result = {}
+    for freeze in (False, True):
+        for j in args.qat_seeds:
+            run = args.out / "validation" / f"freeze_bn_{freeze}_seed{j}"
+            over = {"freeze_bn": freeze, "eval": {"synthfaces": val_block, "latency_repeats": 3}}
+            rep = qat_run(demo, student, teacher, block, run, j, args.calibration_images, **over)
+            deltas = {name: round(tar(rep, name) - tar(rep, "fp32"), 4) for name in rep["models"]}
+            result[f"freeze_bn={freeze}, QAT seed {j}"] = deltas
+            print(f"[quantize] validation freeze_bn={freeze} seed {j}: {deltas}", flush=True)
     return result
 
 
@@ -163,7 +186,7 @@ def summarise(results: dict[str, dict]) -> str:
             ci = r["intervals"].get(name)
             delta = "" if ci is None else f"{tar(ptq, name) - tar(ptq, 'fp32'):+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]"
             lines.append(f"| {k} | {name} | {m['size_ratio']:.3f} | {tars} | {delta} |")
-        for name in ("int8 QAT", "int8 QAT, recalibrated", "fp32 after QAT"):
+        for name in ("int8 QAT", "int8 QAT, learned ranges", "fp32 after QAT"):
             for j, q in r["qat"].items():
                 rep, d = q["report"], q[name]
                 tars = " | ".join(f"{tar(rep, name, f):.4f}" for f in (1e-2, 1e-3, 1e-4))
@@ -191,7 +214,7 @@ def latency_table(results: dict[str, dict]) -> str:
 def verdict(results: dict[str, dict]) -> dict[str, Any]:
     ratios = [r["ptq"]["models"]["int8 PTQ minmax"]["size_ratio"] for r in results.values()]
     qat = [q["int8 QAT"]["delta"] for r in results.values() for q in r["qat"].values()]
-    recal = [q["int8 QAT, recalibrated"]["delta"] for r in results.values() for q in r["qat"].values()]
+    learned = [q["int8 QAT, learned ranges"]["delta"] for r in results.values() for q in r["qat"].values()]
     ptq = [tar(r["ptq"], "int8 PTQ minmax") - tar(r["ptq"], "fp32") for r in results.values()]
     return {
         "size_ratio": max(ratios),
@@ -199,9 +222,9 @@ def verdict(results: dict[str, dict]) -> dict[str, Any]:
         "qat_delta_mean": float(np.mean(qat)) if qat else None,
         "qat_delta_std": float(np.std(qat, ddof=1)) if len(qat) > 1 else None,
         "qat_delta_min": min(qat) if qat else None,
-        "qat_bar_met": bool(qat) and min(qat) >= -0.01,
-        "qat_recalibrated_delta_mean": float(np.mean(recal)) if recal else None,
-        "qat_recalibrated_delta_std": float(np.std(recal, ddof=1)) if len(recal) > 1 else None,
+        "qat_bar_met": bool(qat) and min(qat) >= -0.01 - 1e-9,  # a drop of exactly 0.01 is within it
+        "qat_learned_ranges_delta_mean": float(np.mean(learned)) if learned else None,
+        "qat_learned_ranges_delta_std": float(np.std(learned, ddof=1)) if len(learned) > 1 else None,
         "ptq_minmax_delta_mean": float(np.mean(ptq)),
         "ptq_minmax_delta_std": float(np.std(ptq, ddof=1)) if len(ptq) > 1 else None,
     }
@@ -216,9 +239,16 @@ def main() -> None:
     ap.add_argument("--calibration-images", type=int, default=512)
     ap.add_argument("--latency-repeats", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (training, export)")
+    ap.add_argument("--validate", action="store_true", help="run the validation study of the QAT settings instead")
+    ap.add_argument("--validation-seed", type=int, default=1, help="SynthFaces seed of the validation pairs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     teacher, students, block, demo = demo_inputs(args.demo_dir, args.student_seeds)
+    if args.validate:
+        study = validate(args, demo, students[0], teacher, block)
+        save_json(args.out / "validation.json", study)
+        print(json.dumps(study, indent=1))
+        return
     dataset = load_dataset(block)
     results = {}
     for k, student in zip(args.student_seeds, students):
