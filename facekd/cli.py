@@ -146,6 +146,7 @@ COMMAND_MODULES: list[str] = [
     "facekd.refo.commands",  # intrinsic-dim, refo
     "facekd.evaluate.commands",  # eval-ijb, eval-reid
     "facekd.onnx.commands",  # export, check-onnx
+    "facekd.quant.commands",  # quantize, qat
     "facekd.data.commands",  # pack-rec, inspect-rec, export-synth
     "facekd.losses.commands",  # pad-variance
     "facekd.synthpersons.commands",  # export-synth-persons

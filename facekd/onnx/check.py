@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from facekd.models._common import pair
 
 __all__ = [
+    "FP32_WEIGHTS_CHECK",
     "MAX_MODEL_MB",
     "TRACK_MAX_DIM",
     "CheckResult",
@@ -33,6 +34,7 @@ __all__ = [
 
 TRACK_MAX_DIM = {"ms1m": 512, "cfat": 512, "glint": 1024, "unconstrained": 1024}
 MAX_MODEL_MB = 1024.0
+FP32_WEIGHTS_CHECK = "fp32 weights (no initializer < 4 bytes)"
 
 
 @dataclass
@@ -192,7 +194,7 @@ def _check_file(rep: OnnxCheckReport, file: Path, graph: onnx.GraphProto) -> Non
         if numpy_helper.to_array(i).dtype.itemsize < 4
     ]
     rep.add(
-        "fp32 weights (no initializer < 4 bytes)",
+        FP32_WEIGHTS_CHECK,
         not narrow,
         "all ≥ 4 bytes" if not narrow else f"{len(narrow)} narrow: {narrow[:5]}",
     )

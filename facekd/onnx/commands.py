@@ -12,6 +12,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     def export_cmd(
+        ctx: typer.Context,
         model_or_ckpt: str = typer.Argument(
             ..., help="checkpoint (file or run dir); with --random-weights, a model name instead"
         ),
@@ -24,8 +25,16 @@ def register(app: typer.Typer) -> None:
         random_weights: bool = typer.Option(
             False, "--random-weights", help="export the model named MODEL_OR_CKPT with random weights"
         ),
+        card: bool = typer.Option(True, "--card/--no-card", help="write card.md next to the ONNX file"),
+        eval_data: str | None = typer.Option(None, help="card: SynthFaces data block whose test pairs to score"),
+        bins: list[Path] | None = typer.Option(None, "--bin", help="card: insightface .bin set (repeatable)"),
+        ijb: Path | None = typer.Option(None, help="card: IJB release folder (meta/, loose_crop/)"),
+        ijb_target: str = typer.Option("IJBC", help="card: IJBC | IJBB"),
+        latency_repeats: int = typer.Option(20, min=1, help="card: timed runs per batch size"),
     ) -> None:
-        """Export a backbone to ONNX (input `data`, dynamic batch, fp32), optionally checking it."""
+        """Export a backbone to ONNX (input `data`, dynamic batch, fp32) with its model card
+        (card.md: size, FLOPs, latency, TAR on the given pairs, checks, provenance), optionally
+        checking it."""
         from facekd.models import get_model, list_models
         from facekd.models.checkpoint import load_backbone
         from facekd.onnx import check_onnx, export_onnx
@@ -52,6 +61,13 @@ def register(app: typer.Typer) -> None:
             )
         path = export_onnx(model, out, input_size=input_size, pixel_input=pixel_input)
         typer.echo(f"wrote {path}")
+        if card:
+            from facekd.quant.commands import eval_sets, invocation, write_export_card
+
+            sets = eval_sets(eval_data, bins, ijb, ijb_target, flip=True)
+            command, name = invocation(ctx), arch or model_or_ckpt
+            card_path = write_export_card(model, name, path, model_or_ckpt, sets, command, track, latency_repeats)
+            typer.echo(f"wrote {card_path}")
         if check:
             report = check_onnx(path, track=track, input_size=input_size or getattr(model, "input_size", 112))
             typer.echo(str(report))

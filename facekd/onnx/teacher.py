@@ -71,12 +71,15 @@ def onnx_providers(device: str | torch.device = "auto") -> list[Any]:
     return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
 
 
-def _session(path: str, providers: Sequence[Any]):
-    """An onnxruntime session using as many intra-op threads as torch does (the CPU is shared)."""
+def _session(path: str, providers: Sequence[Any], threads: int | None = None):
+    """An onnxruntime session using `threads` intra- and inter-op threads (default: as many intra-op
+    threads as torch uses, the CPU being shared)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = torch.get_num_threads() if threads is None else int(threads)
+    if threads is not None:
+        options.inter_op_num_threads = int(threads)
     try:
         return ort.InferenceSession(path, sess_options=options, providers=list(providers))
     except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
@@ -91,6 +94,7 @@ class OnnxTeacher(nn.Module):
     (pixels − mean) / std). `device` picks the execution provider (`onnx_providers`), or
     `providers` gives them explicitly. Attributes: `input_size` (H, W), `embedding_size` (d, or
     None when the graph leaves it symbolic), `fixed_batch`, `sha256`, `providers` (those in use).
+    `threads` sets onnxruntime's intra- and inter-op thread counts (default: torch's thread count).
     """
 
     def __init__(
@@ -99,12 +103,13 @@ class OnnxTeacher(nn.Module):
         pixel_norm: tuple[float, float] | None = None,
         providers: Sequence[Any] | None = None,
         device: str | torch.device = "cpu",
+        threads: int | None = None,
     ):
         super().__init__()
         self.path = str(path)
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such ONNX file")
-        self.session = _session(self.path, providers or onnx_providers(device))
+        self.session = _session(self.path, providers or onnx_providers(device), threads)
         self.providers = self.session.get_providers()
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[1] not in (3, "3"):
