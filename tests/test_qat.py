@@ -108,7 +108,9 @@ class _StopAfter(torch.utils.data.Dataset):
 
     def __init__(self, dataset, limit):
         self.dataset, self.limit, self.reads = dataset, limit, 0
-        self.image_size, self.labels = dataset.image_size, dataset.labels
+
+    def __getattr__(self, name):  # image_size, labels, augmentation, ... of the wrapped dataset
+        return getattr(self.__dict__["dataset"], name)
 
     def __len__(self):
         return len(self.dataset)

@@ -73,7 +73,7 @@ class EvalSets:
 def synthfaces_test(block: Mapping[str, Any]):
     """(test dataset, VerificationPairs) of the SynthFaces data block `block`."""
     from facekd.config import DataConfig
-    from facekd.data.synthetic import SynthFacesConfig, make_synthfaces
+    from facekd.synthfaces import SynthFacesConfig, make_synthfaces
 
     cfg = DataConfig.model_validate({**block, "split": "test"})
     if cfg.kind != "synthfaces":
