@@ -30,25 +30,31 @@ from facekd.models.heads import ArcFaceHead
 from facekd.models.small_cnn import SmallCNN
 
 
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
+def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) → float32 (N, 3, H, W) in [-1, 1]."""
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
 
 
-def train_probe(
-    ds, steps: int = 600, batch_size: int = 128, lr: float = 0.1, seed: int = 0, width: int = 32, dim: int = 128
-) -> SmallCNN:
-    """A SmallCNN (`width`, `dim`-d) trained from scratch on `ds` (an ArrayDataset: `.images`,
-    `.labels`) with ArcFace (s = 32, m = 0.3), SGD momentum 0.9, weight decay 5e-4, linear warm-up
-    over 5 % of `steps` then cosine decay, random horizontal flips. Returns the model in eval mode."""
-    torch.manual_seed(seed)
+def fit_probe(
+    model: torch.nn.Module,
+    head: torch.nn.Module,
+    ds,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    warmup_steps: int = 0,
+    label_smoothing: float = 0.0,
+) -> torch.nn.Module:
+    """`model` trained with `head` on `ds` (`.images` uint8 (N, H, W, 3), `.labels`): cross-entropy
+    on the head's logits, SGD momentum 0.9, weight decay 5e-4, linear warm-up over `warmup_steps`
+    then cosine decay over `steps`, random horizontal flips, batches drawn by `seed`. Returns the
+    model in eval mode. The one loop of the data probes (faces and persons)."""
     rng = np.random.default_rng(seed)
-    x_all, y_all = _to_tensor(ds.images), torch.from_numpy(np.asarray(ds.labels, np.int64))
-    model = SmallCNN(embedding_size=dim, width=width)
-    head = ArcFaceHead(dim, int(ds.num_classes), s=32.0, m=0.3)
+    x_all, y_all = images_to_tensor(ds.images), torch.from_numpy(np.asarray(ds.labels, np.int64))
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-    warm = max(1, steps // 20)
+    warm = max(1, warmup_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda t: min(1.0, (t + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps))
     )
@@ -61,11 +67,24 @@ def train_probe(
         x = x_all[idx]
         flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
         x[flip] = x[flip].flip(-1)
-        loss = F.cross_entropy(head(model(x), y_all[idx]), y_all[idx])
+        loss = F.cross_entropy(head(model(x), y_all[idx]), y_all[idx], label_smoothing=label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+    return model.eval()
+
+
+def train_probe(
+    ds, steps: int = 600, batch_size: int = 128, lr: float = 0.1, seed: int = 0, width: int = 32, dim: int = 128
+) -> SmallCNN:
+    """A SmallCNN (`width`, `dim`-d) trained from scratch on `ds` (an ArrayDataset: `.images`,
+    `.labels`) with ArcFace (s = 32, m = 0.3) by `fit_probe`, warm-up over 5 % of `steps`.
+    Returns the model in eval mode."""
+    torch.manual_seed(seed)
+    model = SmallCNN(embedding_size=dim, width=width)
+    head = ArcFaceHead(dim, int(ds.num_classes), s=32.0, m=0.3)
+    fit_probe(model, head, ds, steps, batch_size, lr, seed, warmup_steps=max(1, steps // 20))
     return model.eval()
 
 
@@ -74,7 +93,7 @@ def embed(model: torch.nn.Module, images: np.ndarray, batch_size: int = 512) -> 
     """L2-normalised float32 (N, d) embeddings of uint8 (N, H, W, 3) images (flip-summed)."""
     out = []
     for s in range(0, len(images), batch_size):
-        x = _to_tensor(images[s : s + batch_size])
+        x = images_to_tensor(images[s : s + batch_size])
         out.append(F.normalize(model(x) + model(x.flip(-1)), dim=1))
     return torch.cat(out).numpy()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 
 import numpy as np
@@ -20,11 +19,7 @@ import torch.nn.functional as F
 from facekd.evaluate.reid import ReidResult, evaluate_reid_features
 from facekd.models.heads import SoftmaxHead
 from facekd.models.small_cnn import SmallCNN
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 3) → float32 (N, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+from facekd.synthfaces.probe import fit_probe, images_to_tensor
 
 
 def reid_probe_net(seed: int = 0, width: int = 16, dim: int = 128) -> SmallCNN:
@@ -39,26 +34,10 @@ def train_reid_probe(
     """`reid_probe_net(seed)` trained on `ds` (`.images`, `.labels`, `.num_classes`) with softmax
     cross-entropy (label smoothing 0.1), SGD momentum 0.9, weight decay 5e-4, cosine decay, random
     horizontal flips. Returns it in eval mode."""
-    model = reid_probe_net(seed, width, dim).train()
-    rng = np.random.default_rng(seed)
-    x_all, y_all = _to_tensor(ds.images), torch.from_numpy(np.asarray(ds.labels, np.int64))
+    model = reid_probe_net(seed, width, dim)
     head = SoftmaxHead(dim, int(ds.num_classes))
-    opt = torch.optim.SGD(list(model.parameters()) + list(head.parameters()), lr, momentum=0.9, weight_decay=5e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, steps) / steps)))
-    order = np.empty(0, np.int64)
-    for _ in range(steps):
-        if order.size < batch_size:
-            order = np.concatenate([order, rng.permutation(len(y_all))])
-        idx, order = torch.from_numpy(order[:batch_size]), order[batch_size:]
-        x = x_all[idx]
-        flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
-        x[flip] = x[flip].flip(-1)
-        loss = F.cross_entropy(head(model(x), y_all[idx]), y_all[idx], label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    return model.eval()
+    fit_probe(model, head, ds, steps, batch_size, lr, seed, label_smoothing=0.1)
+    return model
 
 
 @torch.no_grad()
@@ -66,7 +45,7 @@ def reid_metrics(model: torch.nn.Module, query, gallery, batch_size: int = 256) 
     """CMC / mAP of `model`'s cosine ranking of `gallery` for each of `query` (Market-1501 rules)."""
 
     def features(ds) -> np.ndarray:
-        out = [model(_to_tensor(ds.images[s : s + batch_size])) for s in range(0, len(ds), batch_size)]
+        out = [model(images_to_tensor(ds.images[s : s + batch_size])) for s in range(0, len(ds), batch_size)]
         return F.normalize(torch.cat(out), dim=1).numpy()
 
     return evaluate_reid_features(
