@@ -978,6 +978,7 @@ def seal(case: Case, where: Path) -> None:
             os.close(fd)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_one_line_exit_2(case: Case, tmp_path: Path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -1002,6 +1003,7 @@ def test_bad_input_is_one_line_exit_2(case: Case, tmp_path: Path, capsys, monkey
     assert not [k for k in after if k not in before and not k.startswith(case.new_files)]  # nothing new elsewhere
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_real_process(tmp_path: Path):
     """The same as a user sees it: a separate `facekd` process, its stderr and its exit code."""
     case = next(c for c in CASES if c.name == "rec-header-3e38")

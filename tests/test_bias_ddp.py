@@ -57,6 +57,7 @@ def ranks_out(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_single_process(ranks_out):
     tmp_path = ranks_out
     x, w = _data()
@@ -90,6 +91,7 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+@pytest.mark.slow
 def test_extrinsic_search_is_shared_out_over_ranks(ranks_out):
     from facekd.bias.nearest import nearest_to_random_directions
 

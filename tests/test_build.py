@@ -48,6 +48,7 @@ def _teacher_checkpoint(tmp_path, dim=64) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("online", [False, True])
 def test_teacher_width_is_read_from_its_checkpoint(tmp_path, online):
     _arrays(tmp_path)
@@ -64,6 +65,7 @@ def test_teacher_width_is_read_from_its_checkpoint(tmp_path, online):
         assert run.teacher.cache.embeddings.shape == (48, 64)
 
 
+@pytest.mark.slow
 def test_teacher_head_gives_an_online_teacher_its_logits(tmp_path):
     _arrays(tmp_path)
     teacher_cfg = _cfg(tmp_path, "teacher", model={"arch": "mbf_tiny", "embedding_size": 32})
@@ -88,6 +90,7 @@ def test_teacher_head_gives_an_online_teacher_its_logits(tmp_path):
     assert "distill" in logs[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ekd", "adadistill", "margin_distillation", "gkd"])
 def test_face_baselines_train_from_a_run_config(tmp_path, loss):
     """The builder hands the losses that read labels, the class count and the teacher's class
@@ -126,6 +129,7 @@ def test_teacher_head_of_the_wrong_width_is_one_clear_line(tmp_path):
         build_run(cfg)
 
 
+@pytest.mark.slow
 def test_a_refused_run_leaves_the_run_directory_untouched(tmp_path):
     _arrays(tmp_path)
     run_training(_cfg(tmp_path, "run"), progress=False)
@@ -141,6 +145,7 @@ def test_a_refused_run_leaves_the_run_directory_untouched(tmp_path):
     assert json.loads((run / RUN_RECORD).read_text())["key"] == json.loads(files[run / RUN_RECORD])["key"]
 
 
+@pytest.mark.slow
 def test_no_resume_invalidates_done_before_anything_else(tmp_path):
     _arrays(tmp_path)
     run_training(_cfg(tmp_path, "run"), progress=False)
@@ -184,6 +189,7 @@ def _hflip_recordio_config(tmp_path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_teacher_cache_is_embedded_from_the_unflipped_images(tmp_path):
     from facekd.embed import embed_dataset
     from facekd.models.checkpoint import load_backbone
@@ -215,6 +221,7 @@ def test_hflip_recordio_run_is_reused_by_a_second_process(tmp_path):
         assert res.stdout.strip().startswith("done:")
 
 
+@pytest.mark.slow
 def test_model_init_starts_from_a_checkpoint_recorded_by_content(tmp_path):
     """`model.init`: the network starts from the checkpoint's weights (fine-tuning); the run record
     holds the file's content, so a moved copy is the same run and other weights are another."""

@@ -58,6 +58,7 @@ def test_wrapped_checkpoints(tmp_path):
     assert _same(load_backbone(tmp_path / "fxz.pt", "iresnet_mini"), src)
 
 
+@pytest.mark.slow
 def test_clear_errors(tmp_path):
     sd = get_model("iresnet_mini").state_dict()
     bad = dict(sd)
@@ -88,6 +89,7 @@ def test_clear_errors(tmp_path):
         load_backbone(tmp_path / "empty", "iresnet_mini")
 
 
+@pytest.mark.slow
 def test_reid_torchvision_and_rsb_layouts(tmp_path):
     src = _randomise(get_model("shufflenet_v2_x0_5"))
     base = {k[len("base.") :]: v for k, v in src.state_dict().items() if k.startswith("base.")}

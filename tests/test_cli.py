@@ -51,6 +51,7 @@ def test_usage_errors_exit_2(capsys):
     assert code == 2
 
 
+@pytest.mark.slow
 def test_train_embed_eval_commands(tmp_path, capsys):
     data = _arrays(tmp_path)
     cfg = tmp_path / "run.yaml"
@@ -107,6 +108,7 @@ def test_command_modules_register_without_error():
         assert callable(importlib.import_module(name).register)
 
 
+@pytest.mark.slow
 def test_console_entry_point_runs(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "facekd.cli", "--help"],
@@ -134,6 +136,7 @@ def _train_config(tmp_path, data, epochs=1, **train):
     return cfg
 
 
+@pytest.mark.slow
 def test_a_refused_train_leaves_config_yaml_untouched(tmp_path, capsys):
     cfg = _train_config(tmp_path, _arrays(tmp_path))
     code, _, err = _invoke(["train", str(cfg), "--no-progress"], capsys)
@@ -145,6 +148,7 @@ def test_a_refused_train_leaves_config_yaml_untouched(tmp_path, capsys):
     assert saved.read_bytes() == before, "the finished run's config.yaml must not be rewritten by a refused run"
 
 
+@pytest.mark.slow
 def test_two_train_processes_on_one_run_directory(tmp_path, capsys):
     import time
 
@@ -170,6 +174,7 @@ def test_two_train_processes_on_one_run_directory(tmp_path, capsys):
         first.wait()
 
 
+@pytest.mark.slow
 def test_two_embeds_into_one_out_directory(tmp_path, capsys):
     import torch
     from test_store import hold_lock, release
@@ -194,6 +199,7 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
     path.write_bytes(header + array.astype(np.uint8).tobytes())
 
 
+@pytest.mark.slow
 def test_embed_split_is_honoured_for_every_kind(tmp_path, capsys):
     g = np.random.default_rng(0)
     root = tmp_path / "fmnist"
@@ -304,6 +310,7 @@ def test_facekd_debug_shows_every_traceback(capsys, monkeypatch):
         _boundary_app(KeyError("k"))(["fail"], prog_name="facekd")
 
 
+@pytest.mark.slow
 def test_export_random_weights_only_when_asked(tmp_path, capsys):
     """A checkpoint path that does not exist is an error even when it spells a model name; random
     weights are exported only with --random-weights."""

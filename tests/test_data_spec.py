@@ -63,6 +63,7 @@ FINGERPRINT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_recordio_fingerprint_with_hflip_is_the_same_in_two_processes(rec):
     """With hflip the fingerprint hashed repr(transform), a memory address: resumes were refused."""
     runs = [
@@ -74,6 +75,7 @@ def test_recordio_fingerprint_with_hflip_is_the_same_in_two_processes(rec):
     assert len(runs[0]) == 16 and runs[0] == runs[1]
 
 
+@pytest.mark.slow
 def test_augmentation_is_data_and_not_content(rec, folder, arrays):
     for cfg in (
         {"kind": "recordio", "path": rec},

@@ -172,6 +172,7 @@ def _val_stand_in(ctx):
     ctx.data.val, ctx.data.val_pairs = other.test, other.pairs
 
 
+@pytest.mark.slow
 def test_students_differing_only_in_the_is_bandwidth_are_different_runs(tiny_ctx):
     # Intrinsic Sampling at 12° and at 3°: same key, same everything else. A sampler recorded by its
     # function name alone made both one run (the 3° student silently reused the 12° one).
@@ -196,6 +197,7 @@ def test_students_differing_only_in_the_is_bandwidth_are_different_runs(tiny_ctx
     assert bias.train_variants(ctx, {"IS": {"key": "again", "distill": kd, "sample": "intrinsic", "h": 3}}) == at3
 
 
+@pytest.mark.slow
 def test_runs_shared_between_papers_are_one_directory(tiny_ctx):
     from facekd.demo.spine import kd, kd_baseline, scratch
     from facekd.refo import student_config
@@ -221,6 +223,7 @@ def test_runs_shared_between_papers_are_one_directory(tiny_ctx):
     assert ctx.store.run_dir(expected) == fo.directory
 
 
+@pytest.mark.slow
 def test_selection_uses_the_validation_split_and_is_stored(tiny_ctx, monkeypatch):
     from facekd.demo.selection import select
     from facekd.demo.spine import kd_block
@@ -247,6 +250,7 @@ def test_selection_uses_the_validation_split_and_is_stored(tiny_ctx, monkeypatch
     assert select(ctx, "x", [3.0], lambda v, s: ctx.student_config(s))["best"] == 3.0
 
 
+@pytest.mark.slow
 def test_pad_experiment_compares_at_equal_and_effective_weight_without_substitution(tiny_ctx):
     from facekd.demo import pad as demo_pad
 
@@ -273,6 +277,7 @@ def test_pad_experiment_compares_at_equal_and_effective_weight_without_substitut
     assert "effective" in text and "Spearman" in text
 
 
+@pytest.mark.slow
 def test_train_many_runs_side_by_side(tiny_ctx):
     from facekd.demo.spine import scratch_config
 
@@ -282,6 +287,7 @@ def test_train_many_runs_side_by_side(tiny_ctx):
     assert len({r.directory for r in runs}) == 2 and all((r.directory / "done").exists() for r in runs)
 
 
+@pytest.mark.slow
 def test_refo_main_experiment_on_tiny_settings(tiny_ctx):
     from facekd.demo import refo as demo_refo
     from facekd.demo.spine import scratch
@@ -363,6 +369,7 @@ def test_demo_quick_end_to_end_and_resume(tmp_path, capsys):
     assert body((out / "report.md").read_text()) == body(report)
 
 
+@pytest.mark.slow
 def test_face_baselines_train_on_the_same_budget(tiny_ctx):
     from facekd.demo import baselines
 
@@ -383,6 +390,7 @@ def test_face_baselines_train_on_the_same_budget(tiny_ctx):
     assert len(result["claims"]) == 4
 
 
+@pytest.mark.slow
 def test_prefetch_trains_every_default_run_before_the_experiments(tiny_ctx, capsys):
     """The runner's prefetch rounds name every run of the default tier (teacher and scratch first,
     then grids, then what the chosen values need), so the experiments themselves train nothing."""
@@ -404,6 +412,7 @@ def test_prefetch_trains_every_default_run_before_the_experiments(tiny_ctx, caps
     assert "training" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_teacher_plateau_scores_teachers_on_validation(tiny_ctx):
     from facekd.demo import spine
 
@@ -424,6 +433,7 @@ def test_summary_is_strict_json():
     }
 
 
+@pytest.mark.slow
 def test_fashion_mnist_check_runs_on_idx_files(tiny_ctx, tmp_path, monkeypatch):
     """The real-data experiment on a tiny stand-in written as IDX files (the Debian package's layout);
     skipped with a note when the files are absent."""

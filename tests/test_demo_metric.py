@@ -43,6 +43,7 @@ def test_metric_row_is_registered_in_the_full_tier_only():
     assert e.tier == "full"
 
 
+@pytest.mark.slow
 def test_metric_row_trains_retrieval_students_and_reports_recall(tiny_ctx):
     from facekd.demo import metric
 

@@ -203,6 +203,7 @@ def test_from_config_probes_non_square_inputs(loss):  # re-ID crops are (256, 12
         {"loss": "l2", "weighting": "pad", "options": {"sigma": "per_sample", "l2_stage_steps": 2}},
     ],
 )
+@pytest.mark.slow
 def test_classification_task_trains_through_the_spine(tmp_path, cfg):
     import numpy as np
 

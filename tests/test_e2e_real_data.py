@@ -34,6 +34,7 @@ def _console_script() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "facekd.cli"]
 
 
+@pytest.mark.slow
 def test_synthfaces_real_data_path_from_the_cli(tmp_path, capsys):
     data = tmp_path / "synth"
     done = subprocess.run(

@@ -109,6 +109,7 @@ def test_open_errors(tmp_path):
         EmbeddingCache.open(tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_a_cache_being_written_by_another_process_is_refused(tmp_path):
     from test_store import hold_lock, release
 

@@ -236,6 +236,7 @@ COMMANDS_THAT_COMPUTE = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", COMMANDS_THAT_COMPUTE)
 def test_every_command_takes_threads(command, capsys):
     code, out, _ = _invoke([command, "--help"], capsys)

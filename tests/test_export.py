@@ -33,6 +33,7 @@ def _checks(report):
     return {c.name: c.passed for c in report.checks}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mbf_tiny", "iresnet_mini"])
 def test_export_parity_and_format(tmp_path, name):
     model = _trained_like(name)
@@ -53,6 +54,7 @@ def test_export_parity_and_format(tmp_path, name):
     assert model.training is False
 
 
+@pytest.mark.slow
 def test_checker_passes_good_model(tmp_path):
     path = export_onnx(_trained_like("mbf_tiny"), tmp_path / "good.onnx")
     report = check_onnx(path, input_size=32, max_gflops=1.0)
@@ -72,6 +74,7 @@ def test_checker_directory_with_crop_and_pixel_norm(tmp_path):
     assert report.info["normalisation"] == "pixel_norm.txt"
 
 
+@pytest.mark.slow
 def test_checker_feature_dim_by_track(tmp_path):
     path = export_onnx(_trained_like("iresnet_mini", embedding_size=1024), tmp_path / "wide.onnx")
     assert _checks(check_onnx(path, input_size=32))["feature dim ≤ 512 (ms1m)"] is False
@@ -88,6 +91,7 @@ class _FlipSum(torch.nn.Module):
         return self.m(x) + self.m(torch.flip(x, dims=[3]))
 
 
+@pytest.mark.slow
 def test_checker_rejects_in_graph_flip(tmp_path):
     path = export_onnx(_FlipSum(_trained_like("mbf_tiny")), tmp_path / "flip.onnx")
     report = check_onnx(path, input_size=32)
@@ -113,6 +117,7 @@ def test_checker_rejects_fixed_batch_and_fp16(tmp_path):
     assert _checks(check_onnx(tmp_path / "broken.onnx")) == {"loads": False}
 
 
+@pytest.mark.slow
 def test_onnx_teacher_with_and_without_in_graph_norm(tmp_path):
     model = _trained_like("mbf_tiny")
     x = torch.rand(5, 3, 32, 32) * 2 - 1
@@ -130,6 +135,7 @@ def test_onnx_teacher_with_and_without_in_graph_norm(tmp_path):
         teacher(torch.zeros(2, 3, 16, 16))
 
 
+@pytest.mark.slow
 def test_cli_export_and_check(tmp_path):
     app = typer.Typer()
     register(app)

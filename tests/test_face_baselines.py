@@ -23,6 +23,7 @@ def _data(n=64, classes=8, dim=6, seed=0):
     return x, y, t, head_t(t).detach()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss", ["ekd", "gkd", "adadistill", "margin_distillation"])
 def test_baseline_loss_decreases_when_training_a_student(loss):
     torch.manual_seed(0)

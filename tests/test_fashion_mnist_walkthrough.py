@@ -66,6 +66,7 @@ def test_the_configs_are_the_walkthroughs():
         assert f"configs/fashion-mnist/{name}.yaml" in doc or f"$F/{name}.yaml" in doc
 
 
+@pytest.mark.slow
 def test_walkthrough_on_a_small_fashion_mnist(tmp_path, monkeypatch, capsys):
     torch.set_num_threads(1)
     data = _fashion(tmp_path / "fashion")

@@ -231,6 +231,7 @@ def test_export_synthfaces_roundtrip(tmp_path):
         test_images_per_identity=4,
         num_genuine_pairs=20,
         num_impostor_pairs=30,
+        num_val_identities=6,  # enough hard and easy val pairs at this size
     )
     data = make_synthfaces(cfg)
     s = export_synthfaces(data, tmp_path, impostors_per_template=3)
@@ -288,6 +289,8 @@ def test_cli_export_synth(tmp_path):
             "num_genuine_pairs=10",
             "--set",
             "num_impostor_pairs=10",
+            "--set",
+            "num_val_identities=6",
         ],
     )
     assert res.exit_code == 0, res.output

@@ -115,6 +115,7 @@ def test_flip_concat_and_template_math():
     np.testing.assert_allclose(pair_scores(ids, tf, [9], [7]), [tf[0] @ tf[1]], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_errors_and_outputs(tmp_path):
     f = np.random.default_rng(2).normal(size=(4, 3))
     with pytest.raises(ValueError, match="features_flip"):
@@ -142,6 +143,7 @@ def test_errors_and_outputs(tmp_path):
     assert res.table().count("\n") == 3
 
 
+@pytest.mark.slow
 def test_eval_ijb_command(tmp_path):
     import typer
     from typer.testing import CliRunner
@@ -237,6 +239,7 @@ def test_pair_scores_every_path_matches_float64(monkeypatch, ratio, tile, layout
     np.testing.assert_allclose(got, np.einsum("ij,ij->i", feats[a], feats[b]), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_matches_the_float64_implementation_on_an_ijb_shaped_problem():
     """IJB-C's structure at 1/100 scale: the float32 pooling / tiled scoring / one-sort metrics give
     the previous float64 code's TARs and achieved FARs exactly, and its thresholds and AUC to float32

@@ -69,6 +69,7 @@ def test_pareto_recovers_d(d, method):
 BANDS = {2: (0.90, 1.12), 5: (0.85, 1.08), 10: (0.78, 1.03), 20: (0.70, 1.03)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [2, 5, 10, 20])
 @pytest.mark.parametrize("shape", ["sphere", "cube"])
 def test_uniform_manifolds(k, shape):
@@ -81,6 +82,7 @@ def test_uniform_manifolds(k, shape):
     assert res.n_used == 3000 and res.n_duplicates == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [3, 12])
 def test_agrees_with_scikit_dimension(k):
     # scikit-dimension's TwoNN (≥ 0.4: F_i = i/N, int(N·0.9) kept, OLS without intercept) is the
@@ -136,6 +138,7 @@ def test_angle_distance_close_to_chord_on_dense_sphere():
         twonn(x * 2, distance="angle")
 
 
+@pytest.mark.slow
 def test_protocol_subset_reps_and_seed():
     rng = np.random.default_rng(7)
     emb = _embed(_sphere(4000, 6, rng), 32, rng)

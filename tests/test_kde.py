@@ -99,6 +99,7 @@ def test_knn_flat_full_k_is_exact_and_bound_holds():
     assert (err >= -1e-6).all() and (err <= wk.truncation_bound + 1e-6).all()
 
 
+@pytest.mark.slow
 def test_knn_ivf_close_to_exact_on_clusters():
     x = _clustered(6, n=400, d=32, k=8, spread=0.3)
     ref = slow_kde(x, H)
@@ -124,6 +125,7 @@ def _small_identities(seed=0, n=3000, d=256, spread=0.4):
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recurse", [False, True])
 def test_knn_ivf_finds_neighbours_of_unrepresented_points(recurse, monkeypatch):
     x = _small_identities()
@@ -141,6 +143,7 @@ def test_knn_ivf_finds_neighbours_of_unrepresented_points(recurse, monkeypatch):
             assert np.abs(err).max() <= 1e-3 * ref.density.max()
 
 
+@pytest.mark.slow
 def test_knn_ivf_row_shards_match_the_full_result(monkeypatch):
     monkeypatch.setattr("facekd.bias.kde.CELLS_MIN_ROWS", 64)
     x = _small_identities(1, n=2000)

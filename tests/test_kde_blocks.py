@@ -47,6 +47,7 @@ def test_a_reference_larger_than_half_the_budget_is_streamed():
     assert p.query_rows >= MIN_QUERY_ROWS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("rows", [None, (100, 523)])
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-12), ("float32", 1e-6)])

@@ -57,6 +57,7 @@ def _teacher_block(tmp_path, head=True, online=True):
     return block
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("task", ["classification", "face"])
 def test_hkd_trains_from_yaml_with_the_teachers_head(tmp_path, data, capsys, task):
     teacher = _yaml(tmp_path, "teacher", task, model={"arch": "small_cnn", "embedding_size": 16})
@@ -92,6 +93,7 @@ def test_hkd_trains_from_yaml_with_the_teachers_head(tmp_path, data, capsys, tas
         ("no_head", "give the teacher block its head (teacher: {checkpoint, arch, head: <teacher run>/head.pth"),
     ],
 )
+@pytest.mark.slow
 def test_hkd_without_teacher_logits_is_one_line_in_config_terms(tmp_path, data, capsys, teacher, expect):
     assert _invoke(["train", _yaml(tmp_path, "teacher", "classification"), "--no-progress"], capsys)[0] == 0
     if teacher == "cache":

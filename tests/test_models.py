@@ -74,6 +74,7 @@ def _keys(model):
     return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
 
 
+@pytest.mark.slow
 def test_r50_keys_exact():
     m = get_model("r50")
     assert _keys(m) == expected_iresnet((3, 4, 14, 3))
@@ -89,6 +90,7 @@ def test_r50_keys_exact():
     assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in sd.items())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,blocks", [("r18", (2, 2, 2, 2)), ("r34", (3, 4, 6, 3))])
 def test_small_iresnets_keys(name, blocks):
     assert _keys(get_model(name)) == expected_iresnet(blocks)
@@ -107,6 +109,7 @@ def test_mbf_keys_exact():
     assert _keys(get_model("mbf_large")) == expected_mbf((2, 8, 12, 4), scale=4)
 
 
+@pytest.mark.slow
 def test_iresnet_exact_forward_112_and_features():
     m = get_model("r18", embedding_size=128).eval()
     emb, maps = m(torch.randn(2, 3, 112, 112), return_features=True)
@@ -114,6 +117,7 @@ def test_iresnet_exact_forward_112_and_features():
     assert [tuple(f.shape[1:]) for f in maps] == [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size,spatial", [(32, 2), (48, 3), (40, 3), (64, 4)])
 def test_any_input_size(size, spatial):
     for name in ("iresnet_tiny", "mbf_tiny", "iresnet_mini"):
@@ -164,6 +168,7 @@ def test_registry_errors_and_names():
     assert get_model("iresnet_mini").arch == "iresnet_mini"
 
 
+@pytest.mark.slow
 def test_resnet50_reid_torchvision_names():
     m = get_model("resnet50_reid").eval()
     sd = m.state_dict()
@@ -196,7 +201,19 @@ def test_shufflenet_torchvision_names_and_reduction():
 
 
 # ------------------------------------------------------------------ every registered backbone
-HEAVY = {"r100", "r200"}  # 65M / 130M parameters: part of the suite, outside the fast tier
+# over about a second each (ONNX export of a full-size network): part of the suite, outside the fast tier
+HEAVY = {
+    "r18",
+    "r34",
+    "r50",
+    "r100",
+    "r200",
+    "resnet50_reid",
+    "mbf_large",
+    "sphere20",
+    "sphere36",
+    "shufflenet_v2_x0_5",
+}
 
 
 def _trained_like(model, x):

@@ -77,6 +77,7 @@ def _zoo_layout(src, dst, input_name="input.1", batch=1):
     return dst
 
 
+@pytest.mark.slow
 def test_onnx_teacher_cache_matches_the_pytorch_teacher(tmp_path):
     _arrays(tmp_path)
     _, ckpt, path = _teacher(tmp_path)
@@ -90,6 +91,7 @@ def test_onnx_teacher_cache_matches_the_pytorch_teacher(tmp_path):
     assert onnx_run.teacher.cache.meta["model_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+@pytest.mark.slow
 def test_kd_from_an_onnx_teacher_trains_and_is_reused(tmp_path):
     _arrays(tmp_path)
     _, _, path = _teacher(tmp_path)
@@ -110,6 +112,7 @@ def test_kd_from_an_onnx_teacher_trains_and_is_reused(tmp_path):
         run_training(_cfg(tmp_path, "kd", {"onnx": str(other)}), progress=False)
 
 
+@pytest.mark.slow
 def test_online_onnx_teacher_runs_on_the_batch(tmp_path):
     images, _ = _arrays(tmp_path)
     model, _, path = _teacher(tmp_path)
@@ -121,6 +124,7 @@ def test_online_onnx_teacher_runs_on_the_batch(tmp_path):
         torch.testing.assert_close(got, model(x), atol=2e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_model_zoo_layouts_input_name_fixed_batch_in_graph_norm(tmp_path):
     model, _, _ = _teacher(tmp_path)
     x = torch.rand(5, 3, SIZE, SIZE) * 2 - 1
@@ -158,6 +162,7 @@ def test_execution_provider_follows_the_device(monkeypatch):
     assert onnx_teacher.onnx_providers("auto")[0] == ("CUDAExecutionProvider", {"device_id": 3})
 
 
+@pytest.mark.slow
 def test_teacher_block_errors_are_one_line(tmp_path):
     _arrays(tmp_path)
     _, ckpt, path = _teacher(tmp_path)
@@ -189,6 +194,7 @@ def _facekd(args, capsys):
     return info.value.code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_cli_embed_and_eval_take_onnx_like_a_checkpoint(tmp_path, capsys):
     images, labels = _arrays(tmp_path)
     _, ckpt, path = _teacher(tmp_path)

@@ -48,6 +48,7 @@ def _fit(weighting: str, steps: int = 1000, **opts):
     return d.per_sample_stats, noisy, clean_err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sigma", ["per_dim", "per_sample"])
 def test_noisy_samples_learn_larger_variance(sigma):
     stats, noisy, _ = _fit("pad", sigma=sigma)
@@ -62,6 +63,7 @@ def test_noisy_samples_learn_larger_variance(sigma):
     assert corr > 0.3
 
 
+@pytest.mark.slow
 def test_pad_student_recovers_the_clean_function_better_than_plain_l2():
     """Down-weighting the noisy targets (1/σ²) is weighted least squares: the student ends closer to
     the noise-free teacher function A x than with plain L2. Reading the branch's own input (the
@@ -146,6 +148,7 @@ def test_demo_fig2_binning(tmp_path):
         ("shufflenet_v2_x0_5", (64, 32), lambda m: m.base.out_channels),  # pooled feature before the BNNeck
     ],
 )
+@pytest.mark.slow
 def test_branch_reads_the_input_of_the_embedding_layer(arch, size, expected):
     """The branch is parallel with f_s: it reads what the student's embedding layer reads, captured
     without changing the student's forward (same output with and without the Distiller attached)."""

@@ -132,6 +132,7 @@ def test_logged_pad_loss_is_split_and_the_command_writes_per_sample_variance(pad
     assert "log_sigma2_std" in out.out
 
 
+@pytest.mark.slow
 def test_pad_variance_refuses_a_run_without_pad_and_a_missing_run(pad_run, tmp_path, capsys):
     from facekd.cli import app
 

@@ -292,6 +292,7 @@ def _run_config(tmp_path, **head):
     )
 
 
+@pytest.mark.slow
 def test_run_config_chooses_the_head(tmp_path):
     from facekd.build import build_head, head_sharding, run_training
 

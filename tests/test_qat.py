@@ -131,6 +131,7 @@ def _qat_train(cfg, dataset, run_dir):
     return train(task, dataset, cfg.train, run_dir, progress=False)
 
 
+@pytest.mark.slow
 def test_qat_run_resumes_to_identical_weights_and_observers(tmp_path):
     cfg = _config(tmp_path, distill={"loss": "l2", "weighting": "pad"})
     cfg.train = cfg.train.model_copy(update={"checkpoint_every": 1})
@@ -147,6 +148,7 @@ def test_qat_run_resumes_to_identical_weights_and_observers(tmp_path):
         torch.testing.assert_close(v.float(), expected[k].float(), atol=1e-6, rtol=1e-5, msg=k)
 
 
+@pytest.mark.slow
 def test_run_qat_exports_int8_report_and_card(tmp_path):
     cfg = _config(
         tmp_path,

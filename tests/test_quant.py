@@ -100,6 +100,7 @@ def test_calibration_reader_draws_distinct_rows(quick):
     np.testing.assert_allclose(pixels.get_next()["data"], plain.get_next()["data"] * 127.5 + 127.5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_int8_graph_is_small_qdq_and_runs_at_any_batch(mbf, quick):
     _, fp32, int8, _ = mbf
     proto = onnx.load(str(int8))
@@ -143,6 +144,7 @@ def _scales(path):
     return {n.input[0]: float(inits[n.input[1]]) for n in proto.graph.node if n.op_type == "QuantizeLinear"}
 
 
+@pytest.mark.slow
 def test_calibrators_are_selectable_and_reach_the_graph(tmp_path, quick):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(8192, 16))
@@ -190,6 +192,7 @@ def test_compaction_keeps_values_fusions_and_shrinks(mbf, quick, tmp_path):
     assert all(not n.name for n in proto.graph.node) and len(proto.graph.node) == len(onnx.load(str(loose)).graph.node)
 
 
+@pytest.mark.slow
 def test_quantize_command_writes_int8_report_and_card(tmp_path, mbf, quick, capsys):
     _, fp32, _, _ = mbf
     block = json.dumps(quick[0])
@@ -224,6 +227,7 @@ def test_quantize_command_rejects_bad_input(tmp_path, quick, capsys):
     assert code == 2 and "preset" in err
 
 
+@pytest.mark.slow
 def test_export_writes_card_with_provenance(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

@@ -131,6 +131,7 @@ def _check_distiller(cfg, dataset) -> None:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.stem for p in RECIPES])
 def test_every_recipe_validates_on_exported_synthfaces(recipe, synth, in_runs):
     head = _header(recipe)
@@ -155,6 +156,7 @@ def test_every_recipe_validates_on_exported_synthfaces(recipe, synth, in_runs):
         _check_distiller(cfg, dataset)
 
 
+@pytest.mark.slow
 def test_a_recipe_trains_a_few_steps(synth, in_runs, tmp_path):
     """MobileFaceNet, KD + Intrinsic Sampling, on the RecordIO export (a tiny stand-in teacher)."""
     torch.manual_seed(0)

@@ -80,6 +80,7 @@ def test_config_defaults_and_errors():
         tiny_config(student_train={"epochz": 1})
 
 
+@pytest.mark.slow
 def test_pipeline_stages_and_reuse(tmp_path):
     torch.set_num_threads(1)
     d1, d2 = tiny(tmp_path, 0), tiny(tmp_path, 1)
@@ -127,6 +128,7 @@ def test_pipeline_stages_and_reuse(tmp_path):
     assert (res.student.directory / "backbone.pth").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_shared_store_shares_stages_across_pipelines(tmp_path):
     # A β1 sweep in one store trains the proxy once; a proxy of another architecture is its own stage.
     torch.set_num_threads(1)
@@ -148,6 +150,7 @@ def test_shared_store_shares_stages_across_pipelines(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_labels_of_distillation_data_are_not_used(tmp_path):
     # Feature-only student: permuting D2's labels must not change the trained student at all.
     from facekd.config import build_dataset
@@ -173,6 +176,7 @@ def test_labels_of_distillation_data_are_not_used(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_refo_plus_proxy_is_distilled_from_original(tmp_path):
     from facekd.models import get_model
 
@@ -193,6 +197,7 @@ def test_refo_plus_proxy_is_distilled_from_original(tmp_path):
         run_refo(missing, tmp_path / "r2", tiny(tmp_path), progress=False)
 
 
+@pytest.mark.slow
 def test_teacher_init_original_fine_tunes_the_original_teacher(tmp_path):
     """teacher_init "original": the reverse stage is a run config whose model starts from the
     original teacher's weights (`model.init`, loaded by the builder: tests/test_build.py)."""
@@ -235,6 +240,7 @@ KILL_SCRIPT = TINY_DATA + textwrap.dedent(
 exec(KILL_SCRIPT, _ns)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_in_its_stage(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
@@ -297,6 +303,7 @@ def test_class_centre_memory_matches_a_real_optimizer():
     assert ms1mv3["sgd_momentum"] == 574_040_064 and ms1mv3["adam"] == 765_386_752
 
 
+@pytest.mark.slow
 def test_cli_refo_runs_and_resumes(tmp_path):
     import typer
     import yaml

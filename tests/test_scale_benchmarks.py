@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -17,6 +19,7 @@ def _run(args, tmp_path):
     return done.stdout
 
 
+@pytest.mark.slow
 def test_gpu_density_smoke_writes_its_tables(tmp_path):
     out = _run(["gpu_density.py", "--smoke", "--out", str(tmp_path)], tmp_path)
     rows = json.loads((tmp_path / "gpu_density.json").read_text())["rows"]
@@ -28,6 +31,7 @@ def test_gpu_density_smoke_writes_its_tables(tmp_path):
     assert "| step | seconds | result |" in (tmp_path / "gpu_density.md").read_text() and "float64" in out
 
 
+@pytest.mark.slow
 def test_scale_quick_prints_exponents(tmp_path):
     out = _run(["scale.py", "--quick", "--only", "extrinsic", "sampler", "--json", str(tmp_path / "s.json")], tmp_path)
     assert "growth exponent" in out and "recall" in out

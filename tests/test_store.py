@@ -123,6 +123,7 @@ def release(proc: subprocess.Popen) -> None:
     assert proc.wait(timeout=60) == 0
 
 
+@pytest.mark.slow
 def test_a_second_process_is_refused_with_the_holders_pid(tmp_path):
     run = tmp_path / "run"
     holder = hold_lock(run)
@@ -152,6 +153,7 @@ def test_a_stale_lock_file_of_a_dead_process_does_not_block(tmp_path):
         assert (tmp_path / store.LOCK_FILE).read_text().strip() == str(os.getpid())
 
 
+@pytest.mark.slow
 def test_killed_holder_releases_the_lock(tmp_path):
     holder = hold_lock(tmp_path)
     holder.kill()

@@ -14,6 +14,7 @@ def _clustered(rng, n, d, nid, noise):
     return (centers[labels] + noise * rng.normal(size=(n, d))).astype(np.float32), labels
 
 
+@pytest.mark.slow
 def test_matches_exact_all_pairs():
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
@@ -83,6 +84,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
         tdist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_shards_match_single_process(tmp_path):
     import json
 

@@ -14,6 +14,7 @@ def quick():
     return make_synthfaces(SynthFacesConfig.preset("quick"))
 
 
+@pytest.mark.slow
 def test_deterministic_from_seed(quick):
     again = make_synthfaces(SynthFacesConfig.preset("quick"))
     assert np.array_equal(quick.train.images, again.train.images)
@@ -302,6 +303,7 @@ def test_noisy_rows_rate_caps_and_determinism():
     assert tight.sum() == 10  # only one of each three may be wrong
 
 
+@pytest.mark.slow
 def test_label_noise_is_recorded_and_ms1m_like_by_default():
     cfg = SynthFacesConfig.preset("default", num_train_identities=200, num_val_identities=2, num_test_identities=2)
     cfg = SynthFacesConfig(**{**cfg.model_dump(), "num_genuine_pairs": 10, "num_impostor_pairs": 100})
@@ -324,6 +326,7 @@ def test_label_noise_is_recorded_and_ms1m_like_by_default():
     assert not np.array_equal(clean.train.images[flips], tr.images[flips])
 
 
+@pytest.mark.slow
 def test_val_split_from_the_data_block():
     from facekd.data.spec import DataConfig, build_dataset
 

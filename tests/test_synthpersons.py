@@ -18,6 +18,7 @@ def quick():
     return make_synthpersons(SynthPersonsConfig.preset("quick"))
 
 
+@pytest.mark.slow
 def test_market_layout_and_names(quick):
     cfg = quick.config
     for ds in (quick.train, quick.query, quick.gallery):
@@ -43,6 +44,7 @@ def test_market_layout_and_names(quick):
     assert quick.train.labels.tolist() == np.unique(quick.train.pids, return_inverse=True)[1].tolist()
 
 
+@pytest.mark.slow
 def test_deterministic_from_seed(quick):
     again = make_synthpersons(SynthPersonsConfig.preset("quick"))
     assert np.array_equal(quick.gallery.images, again.gallery.images) and quick.query.names == again.query.names
@@ -86,6 +88,7 @@ def test_export_command(tmp_path):
     assert bad.exit_code != 0 and "num_cameras" in bad.output
 
 
+@pytest.mark.slow
 def test_data_kind_items_match_the_reader_contract():
     from facekd.data.spec import DataConfig, build_dataset
 

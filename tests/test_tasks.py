@@ -213,6 +213,7 @@ def _write_market(root, n_ids=4, size=(32, 16), seed=0):
             Image.fromarray(img).save(root / split / name, quality=95)
 
 
+@pytest.mark.slow
 def test_metric_student_on_reid_folders_with_pk_and_pad(tmp_path):
     from facekd.build import build_dataset
     from facekd.data.pk_sampler import PKSampler

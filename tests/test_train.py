@@ -304,6 +304,7 @@ def test_head_is_saved_beside_the_backbone(tmp_path):
     assert not any(k.startswith("head") for k in backbone), "backbone.pth stays the student alone"
 
 
+@pytest.mark.slow
 def test_train_refuses_a_locked_run_directory(tmp_path):
     from test_store import hold_lock, release
 

@@ -35,6 +35,7 @@ def test_uniformity_matches_direct_float64():
     assert res.normalized == pytest.approx(ref / math.log(40), rel=1e-9)
 
 
+@pytest.mark.slow
 def test_fig3_truncated_gaussian_monotone():
     """Fig. 3: samples of a truncated Gaussian on [-1, 1] with growing variance -> uniformity rises.
 
