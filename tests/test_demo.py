@@ -461,3 +461,14 @@ def test_fashion_mnist_check_runs_on_idx_files(tiny_ctx, tmp_path, monkeypatch):
     assert methods == {"scratch", "KD (L2)", "PAD-L2", "KD + IS"} and result["n"] == [72, 8, 20]
     assert {"log_sigma2_std", "spearman_sigma2_gap"} <= set(result["pad"]["PAD-L2"]["0"])
     assert "top-1" in fmnist.report_fmnist(tiny_ctx, json.loads(json.dumps(result)))
+
+
+def test_pad_claims_read_the_pad_statistics_rows():
+    """Every PAD claim is measured from rows the experiment writes (none left without values)."""
+    from facekd.demo.pad import STAT_KEYS, _claims, pad_stats_rows
+
+    stats = {s: {k: 0.1 * (s + 1) for k in STAT_KEYS} for s in (0, 1, 2)}
+    rows = pad_stats_rows("pad", {"PAD": stats})
+    by_claim = {c["claim"]: c for c in _claims(rows, stats)}
+    spearman = by_claim["the learned σ² grows with the gap (Fig. 2)"]["difference"]
+    assert spearman["n"] == 3 and spearman["mean"] == pytest.approx(0.2)

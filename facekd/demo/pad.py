@@ -205,7 +205,7 @@ def _claims(rows: list[dict], stats: dict[int, dict]) -> list[dict]:
         claim(
             PAD_PAPER,
             "the learned σ² grows with the gap (Fig. 2)",
-            values("pad_stats", "PAD", "spearman_sigma2_gap"),
+            values("pad_pad_stats", "PAD", "spearman_sigma2_gap"),
             zero,
             metric="Spearman(σ², gap)",
         ),
