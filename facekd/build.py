@@ -35,7 +35,7 @@ from facekd.losses.classification import get_cls_loss
 from facekd.losses.distiller import LOSSES, Distiller
 from facekd.losses.metric import CenterLoss
 from facekd.models import embedding_dim, get_model
-from facekd.models.checkpoint import load_backbone, load_state_dict_checked, resolve_backbone_path
+from facekd.models.checkpoint import load_backbone, load_state_dict_checked
 from facekd.models.heads import get_head
 from facekd.models.partial_fc import PartialFC
 from facekd.sample_log import recorded
@@ -376,7 +376,7 @@ def run_record(cfg: RunConfig, dataset, teacher: Teacher | None, sampler) -> dic
                 "n": len(dataset),
             },
             "teacher": teacher.identity if teacher is not None else None,
-            "init": None if cfg.model.init is None else store.file_digest(resolve_backbone_path(cfg.model.init)),
+            "init": None if cfg.model.init is None else store.file_digest(cfg.model.init),
             "sampler": describe_sampler(sampler),
         }
     )

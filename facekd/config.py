@@ -74,8 +74,15 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.init is not None and not Path(self.init).exists():
-            raise ValueError(f"init: {self.init} does not exist (expected a backbone.pth or a run directory)")
+        if self.init is not None:
+            from facekd.models.checkpoint import resolve_backbone_path
+
+            if not Path(self.init).exists():
+                raise ValueError(f"init: {self.init} does not exist (expected a backbone.pth or a run directory)")
+            try:  # the file itself, so that every record keys it by that file's content
+                self.init = resolve_backbone_path(self.init)
+            except FileNotFoundError as e:
+                raise ValueError(f"init: {e}") from None
         reserved = {"embedding_size", "input_size"} & set(self.options)
         if reserved:
             raise ValueError(f"options: give {' / '.join(sorted(reserved))} as model keys, not as options")

@@ -219,6 +219,27 @@ def test_teacher_init_original_fine_tunes_the_original_teacher(tmp_path):
     assert res.proxy.config.model.init is None
 
 
+def test_stage_keys_hold_the_content_of_an_init_checkpoint(tmp_path):
+    """A stage that starts from `model.init` is keyed by that file's content, not its location."""
+    from facekd.config import RunConfig
+
+    data = tiny(tmp_path)
+    first, moved = tmp_path / "a" / "backbone.pth", tmp_path / "b.pth"
+    first.parent.mkdir()
+    torch.save({"w": torch.ones(2)}, first)
+    moved.write_bytes(first.read_bytes())
+
+    def key(init):
+        cfg = RunConfig(data=data, model={"arch": "iresnet_mini", "init": init}, run_dir=tmp_path / "r")
+        return StageStore(tmp_path / "store").run_key(cfg)
+
+    assert key(first.parent) == key(moved)  # a run directory stands for its backbone.pth
+    torch.save({"w": torch.zeros(2)}, moved)
+    assert key(first) != key(moved)
+    with pytest.raises(ValueError, match="init: .*none of backbone.pth"):
+        key(tmp_path)
+
+
 KILL_SCRIPT = TINY_DATA + textwrap.dedent(
     """
     import sys, torch

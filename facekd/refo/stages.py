@@ -20,7 +20,7 @@ from typing import Any, Literal, cast
 from torch import nn
 
 from facekd import store
-from facekd.build import run_training
+from facekd.build import TEACHER_FILES, run_training
 from facekd.config import RunConfig
 from facekd.data.spec import DataConfig, build_dataset
 from facekd.embed import CACHE_RECORD_KEYS, EmbeddingCache, cache_record, embed_dataset
@@ -53,7 +53,7 @@ def content_identity(path: str | Path) -> Any:
 
 
 # Config fields that name a file or directory: keyed by its content, never by its location.
-_FILE_FIELDS = {"teacher": ("cache", "checkpoint", "head"), "sampler": ("path",)}
+_FILE_FIELDS = {"model": ("init",), "teacher": tuple(sorted(TEACHER_FILES)), "sampler": ("path",)}
 # DataConfig fields that say where data lives (its content is the dataset fingerprint).
 _DATA_LOCATIONS = ("cache_dir", "path")
 
