@@ -129,9 +129,8 @@ def test_tier_settings():
 
 @pytest.fixture
 def tiny_ctx(tmp_path):
-    """A demo context on 16-px SynthFaces (6 identities) with 1-epoch iresnet_mini nets, one-value
-    grids (nothing searched) and a validation split (a stand-in until SynthFaces has its own: the test
-    split of a SynthFaces rendered with another seed, so its identities are not the test's)."""
+    """A demo context on 16-px SynthFaces (6 identities, with its own validation split) with 1-epoch
+    iresnet_mini nets and one-value grids (nothing searched)."""
     torch.set_num_threads(1)
     net = {"embedding_size": 16, "epochs": 1, "batch_size": 16, "warmup_epochs": 0}
     settings = DemoSettings(
@@ -145,9 +144,7 @@ def tiny_ctx(tmp_path):
         eval_flip=False,
         workers=1,
     )
-    ctx = DemoContext(tmp_path, settings, progress=False)
-    _val_stand_in(ctx)
-    return ctx
+    return DemoContext(tmp_path, settings, progress=False)
 
 
 TINY_DATA = {
@@ -160,16 +157,6 @@ TINY_DATA = {
     "num_impostor_pairs": 16,
     "hard_pair_fraction": None,
 }
-
-
-def _val_stand_in(ctx):
-    from facekd.synthfaces import SynthFacesConfig, make_synthfaces
-
-    if getattr(ctx.data, "val", None) is not None:
-        return
-    cfg = SynthFacesConfig.preset("quick", **{**TINY_DATA, "seed": 12345})
-    other = make_synthfaces(cfg)
-    ctx.data.val, ctx.data.val_pairs = other.test, other.pairs
 
 
 @pytest.mark.slow
