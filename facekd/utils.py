@@ -207,7 +207,7 @@ def load_npy(path: str | os.PathLike, what: str = "array", mmap: bool = False) -
     return np.load(path, mmap_mode="r" if mmap and 0 not in shape else None, allow_pickle=False)
 
 
-def load_torch(path: str | os.PathLike, what: str = "checkpoint"):
+def load_torch(path: str | os.PathLike, what: str = "checkpoint", mmap: bool = False):
     """`torch.load(path, weights_only=True)` on CPU: the one way facekd reads a `torch.save` file.
 
     Only tensors and plain containers are ever built (a file that would create other objects or
@@ -215,7 +215,8 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint"):
     (FileNotFoundError), a directory (IsADirectoryError), damaged or truncated, not a
     `torch.save` file, or refused by the restricted unpickler (what it refused, from PyTorch's
     own explanation, without its advice to turn the restriction off). `what` names the file's
-    role in the message ("checkpoint", "training checkpoint", "teacher head", ...).
+    role in the message ("checkpoint", "training checkpoint", "teacher head", ...). `mmap` maps the
+    tensors' storage from the file instead of reading it (a zip-format file only).
     """
     import pickle
 
@@ -236,7 +237,7 @@ def load_torch(path: str | os.PathLike, what: str = "checkpoint"):
     try:
         with warnings.catch_warnings():  # its note on pickle protocols is no concern of the user's
             warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except OSError as e:
         if e.errno is not None:
             raise

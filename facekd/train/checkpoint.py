@@ -236,7 +236,7 @@ class _Centres:
 def _shard_part(path: Path, what: str, rows: int) -> torch.Tensor | None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: class-centre shard missing (the checkpoint names it)")
-    shard = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    shard = load_torch(path, "class-centre shard", mmap=True)
     t = shard.get(what) if isinstance(shard, dict) else None
     if what == "weight" and (not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[0] != rows):
         got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
