@@ -122,6 +122,17 @@ def test_identity_cells_density_is_close_to_exact_and_within_its_bound():
     np.testing.assert_allclose(every.density, ref, rtol=1e-6)  # probing every cell is exact
 
 
+def test_identity_cells_density_with_a_graph_over_the_cells(monkeypatch):
+    from facekd.bias.kde import kde_knn
+
+    monkeypatch.setattr("facekd.bias.kde.EXACT_CELLS", 10)  # above: FAISS HNSW instead of the dense product
+    x, labels = _identities()
+    h = math.radians(12)
+    ref = kde_exact(x, h, truncate_tol=0, progress=False).density
+    got = kde_knn(x, h, index="ivf", labels=labels, nprobe=4, truncate_tol=0, progress=False).density
+    assert np.all(ref - got >= -1e-6 * ref) and np.max((ref - got) / ref) < 1e-3
+
+
 def test_density_options_pass_labels_to_identity_cells_only():
     from facekd.bias.kde import DensityOptions
 

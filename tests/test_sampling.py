@@ -20,6 +20,7 @@ from facekd.bias.nearest import (
 )
 from facekd.bias.samplers import SAMPLERS, epoch_fn
 from facekd.bias.sampling import SamplerConfig, build_sampler
+from facekd.bias.shortlist import resolve_dtype
 from facekd.data.sampler import IndexListSampler
 
 
@@ -200,19 +201,36 @@ def test_identity_cells_split_large_identities():
     assert sorted(cells.rows.tolist()) == list(range(600))
 
 
-def test_ivf_search_finds_the_exact_row_when_it_probes_every_cell():
+@pytest.mark.parametrize("coarse", ["float32", "bf16"])
+def test_ivf_search_finds_the_exact_row_when_it_probes_every_cell(coarse):
     x, labels = _clustered(n=2000, d=32, classes=40)
     q = random_directions(1, 0, 500, 32)
     exact = FlatSearch(x).search(q)
-    assert np.array_equal(IVFSearch(x, labels, nprobe=40).search(q), exact)
-    recall = (IVFSearch(x, labels, nprobe=8).search(q) == exact).mean()
+    assert np.array_equal(IVFSearch(x, labels, nprobe=40, coarse=coarse).search(q), exact)
+    recall = (IVFSearch(x, labels, nprobe=8, coarse=coarse).search(q) == exact).mean()
     assert 0.5 < recall < 1.0  # approximate with fewer probes, yet mostly right
+
+
+def test_ivf_bf16_ranking_probes_nearly_the_cells_float32_does():
+    x, labels = _clustered(n=4000, d=64, classes=200)
+    q = random_directions(2, 0, 1000, 64)
+    probed = [IVFSearch(x, labels, nprobe=16, coarse=c).probes(q) for c in ("float32", "bf16")]
+    same = np.mean([len(set(a) & set(b)) / 16 for a, b in zip(*probed, strict=True)])
+    assert same > 0.95  # bf16 moves only cells at the edge of the top 16
+    with pytest.raises(ValueError, match="dtype must be"):
+        IVFSearch(x, labels, coarse="fp16")
 
 
 def test_extrinsic_auto_is_exact_below_exact_max_and_ivf_above():
     assert _build("extrinsic").describe()["options"]["search"] == "flat"
     s = _build("extrinsic", {"exact_max": 100})
-    assert s.describe()["options"] == {"num": None, "search": "ivf", "nprobe": 32, "cell_max": 256}
+    assert s.describe()["options"] == {
+        "num": None,
+        "search": "ivf",
+        "nprobe": 32,
+        "cell_max": 256,
+        "coarse": resolve_dtype("auto"),
+    }
     assert s.indices(0).shape == (240,)
 
 

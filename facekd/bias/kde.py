@@ -48,6 +48,7 @@ from tqdm.auto import tqdm
 from facekd import dist
 from facekd.bias.blocks import Reference, auto_device, plan_blocks
 from facekd.bias.cells import identity_cells
+from facekd.bias.shortlist import BF16_COS_ERROR, Shortlist
 from facekd.utils import check_embeddings
 
 __all__ = [
@@ -490,12 +491,12 @@ def _kde_identity_cells(x, labels, h, wv, start, stop, nprobe, c_cut, cell_max, 
     Bound: an excluded cell's direction is at angle ≥ θ_p (the farthest probed cell) from the
     point's cell direction, so its rows are at ≥ θ_p − θ(x, own direction) − R from x (R: the
     largest angle of a row to its cell direction); the missed mass is ≤ W_excluded·K(that/h).
-    Rigorous while the cell graph is exact (up to EXACT_CELLS cells), an estimate above.
+    Rigorous while the cell graph is a dense product (up to EXACT_CELLS cells), an estimate above.
     """
     cells = identity_cells(x, labels, cell_max, seed)
     p = min(nprobe, cells.count)
     dirs = cells.means / np.linalg.norm(cells.means, axis=1, keepdims=True)
-    near, near_cos = _near_cells(dirs, p)
+    near, near_cos, offset = _near_cells(dirs, p)
     own_cos = np.clip(np.einsum("nd,nd->n", x, dirs[cells.cell]), -1.0, 1.0)
     xt, wt = torch.from_numpy(x), torch.from_numpy(wv)
     out = torch.zeros(stop - start, dtype=torch.float64)
@@ -503,7 +504,7 @@ def _kde_identity_cells(x, labels, h, wv, start, stop, nprobe, c_cut, cell_max, 
     for c in tqdm(q_cells, desc="kde knn (identity cells)", disable=not progress or not dist.is_main()):
         own = cells.members(c)
         q = own[(own >= start) & (own < stop)]
-        cand = np.concatenate([cells.members(int(k)) for k in near[c]])  # own cell first
+        cand = np.concatenate([cells.members(int(k)) for k in dict.fromkeys(near[c])])  # own cell first
         cos = xt[torch.from_numpy(q)] @ xt[torch.from_numpy(cand)].T
         cos[torch.arange(q.size), torch.from_numpy(np.searchsorted(own, q))] = 1.0  # the self term is exact
         out.index_add_(0, torch.from_numpy(q - start), _block_sums(cos, h, c_cut, wt[cand]))
@@ -511,36 +512,60 @@ def _kde_identity_cells(x, labels, h, wv, start, stop, nprobe, c_cut, cell_max, 
     rows_cell = cells.cell[start:stop]
     excluded_w = cell_w.sum() - cell_w[near].sum(1)[rows_cell]
     radius = float(np.arccos(own_cos.min()))
-    gap = np.arccos(np.clip(near_cos[rows_cell, -1], -1, 1)) - np.arccos(own_cos[start:stop]) - radius
+    farthest = np.clip(near_cos[rows_cell, -1] + offset, -1, 1)
+    gap = np.arccos(farthest) - np.arccos(own_cos[start:stop]) - radius
     return out.numpy(), np.clip(excluded_w, 0.0, None) * kernel(np.clip(gap, 0.0, None), h)
 
 
-EXACT_CELLS = 4096  # up to this many cells the cell graph compares every pair of cells
+EXACT_CELLS = 262_144  # up to this many cells the cell graph is a dense product (Shortlist)
 
 
-def _near_cells(dirs: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray]:
+def _near_cells(dirs: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, float]:
     """For each of the C unit cell directions (C, d), itself and its p − 1 nearest others, nearest
-    first: ids int64 (C, p) and cosines float64 (C, p). Exact (a matrix product) up to
-    EXACT_CELLS cells; above, a FAISS HNSW graph over the directions (about log C per cell: the
-    close pairs that matter are what a graph search finds reliably). Under torchrun each rank
-    searches its share of the cells and the results are all-gathered."""
+    first: ids int64 (C, p), float64 cosines (C, p), and the cosine every other cell stays below,
+    as an offset to the last column (0 when the ranking is exact).
+
+    Up to EXACT_CELLS cells the ranking is a dense product (`facekd.bias.shortlist.Shortlist`; in
+    bf16 a cell outside the list may exceed the p-th cosine by up to 2·BF16_COS_ERROR, hence the
+    offset), and the listed cosines are recomputed in float64. Above, a FAISS HNSW graph over the
+    directions (about log C per cell: the close pairs that matter are what a graph search finds
+    reliably, but the bound is then an estimate). The dense product is quadratic in C; at 20,800
+    cells (d = 512, one thread) it took 2.2 s in bf16 where the graph took 29 s (build 8 s, search
+    21 s), and the graph's C log C catches up only near EXACT_CELLS.
+    Under torchrun each rank ranks its share of the cells and the results are all-gathered."""
     import faiss
 
     c, d = dirs.shape
     s0, s1 = dist.shard_range(c)
-    index: faiss.Index = faiss.IndexFlatIP(d)
+    offset = 0.0
     if c > EXACT_CELLS:
         hnsw = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efSearch = max(128, 4 * p)
-        index = hnsw
-    index.add(dirs)
-    cos, ids = index.search(dirs[s0:s1], p)
-    ids[:, 0], cos[:, 0] = np.arange(s0, s1), 1.0  # itself first, whatever the search ranked first
-    both = np.concatenate([cos.astype(np.float64), ids.astype(np.float64)], 1)
+        hnsw.add(dirs)
+        ids = hnsw.search(dirs[s0:s1], p)[1]
+        ids = np.where(ids < 0, np.arange(s0, s1)[:, None], ids)
+    else:
+        shortlist = Shortlist(dirs)
+        ids = shortlist.search(dirs[s0:s1], p)
+        offset = 2 * BF16_COS_ERROR if shortlist.dtype == "bf16" else 0.0
+    ids = _self_first_by_cosine(dirs, ids, s0)
     if dist.world_size() > 1:
-        both = dist.all_gather_cat(torch.from_numpy(both).to(_collective_device())).cpu().numpy()
-    ids = both[:, p:].astype(np.int64)
-    return np.where(ids < 0, np.arange(c)[:, None], ids), both[:, :p]
+        ids = dist.all_gather_cat(torch.from_numpy(ids).to(_collective_device())).cpu().numpy()
+    cos = np.einsum("cd,cpd->cp", dirs.astype(np.float64), dirs[ids].astype(np.float64))
+    cos[:, 0] = 1.0
+    return ids, cos, offset
+
+
+def _self_first_by_cosine(dirs: np.ndarray, ids: np.ndarray, s0: int) -> np.ndarray:
+    """ids (q, p) of the cells s0.. reordered: the cell itself first (in place of the farthest entry
+    if the search left it out), then the others by decreasing float64 cosine."""
+    own = np.arange(s0, s0 + ids.shape[0])
+    missing = ~(ids == own[:, None]).any(1)
+    ids[missing, -1] = own[missing]
+    cos = np.einsum("qd,qpd->qp", dirs[own].astype(np.float64), dirs[ids].astype(np.float64))
+    cos[ids == own[:, None]] = np.inf
+    order = np.argsort(-cos, axis=1, kind="stable")
+    return np.take_along_axis(ids, order, 1)
 
 
 def kde_knn(

@@ -14,7 +14,8 @@ Searches (`make_search`):
   tf32 or bf16 (float32 cosines either way), the arg-max kept on the device. Ties go to the lowest
   row.
 - "ivf": approximate, cells that follow the identities (`IVFSearch`): per direction it scores the
-  identity means and the rows of the best 32 identities, a few percent of the exact work. It
+  identity means (in bf16 where the CPU has bf16 dot products) and the rows of the best 32
+  identities in float32, a few percent of the exact work. It
   misses the exact answer for some directions (recall measured in benchmarks/scale.py) and returns
   a row of nearly the same cosine instead. FAISS's IndexHNSWFlat over all rows was measured
   first: at 20k rows it needed 2.4× the exact search's time for 78 % recall, and its misses
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from facekd import dist
 from facekd.bias.blocks import Reference, as_tensor, plan_blocks
 from facekd.bias.cells import identity_cells
+from facekd.bias.shortlist import Shortlist
 
 __all__ = [
     "EXACT_MAX",
@@ -83,33 +85,45 @@ class IVFSearch:
     """Approximate search over cells that follow the identities (`facekd.bias.cells`).
 
     A direction probes the `nprobe` cells whose mean embedding has the largest inner product with
-    it (FAISS IndexFlatIP over the C cell means, a matrix product), then takes the best row of
-    those cells exactly: directions are grouped by probed cell and each cell is one matrix product
-    of its directions against its rows. Per direction that is C + nprobe × (rows per cell) inner
-    products instead of N: with identities of 25 to 60 images, 3 to 8 % of the exact search, and
-    the part that grows with N (the C means) is 1/25 to 1/60 of it. It misses the exact answer
+    it (a product against the C cell means), then takes the best row of those cells exactly:
+    directions are grouped by probed cell and each cell is one float32 matrix product of its
+    directions against its rows. Per direction that is C + nprobe × (rows per cell) inner
+    products instead of N: with identities of 25 to 60 images, 3 to 8 % of the exact search. The
+    first step still grows with N (C ∝ N, so N directions cost N·C), and from about 20k rows it is
+    most of the time; it only ranks cells, so it is a `facekd.bias.shortlist.Shortlist` (`coarse`:
+    its dtype, bf16 where the CPU has bf16 dot products). The rows of the probed cells are always
+    scored in float32. The search misses the exact answer
     when the best row's identity is not among the probed ones (recall measured in
-    benchmarks/scale.py). A graph index over the means (FAISS HNSW) was tried for that first
-    step: random directions are far from every mean, its search visited most of the graph, and
-    it was 12× slower than the product at 3,200 cells."""
+    benchmarks/scale.py). A graph index over the means (FAISS HNSW) was tried for the first step:
+    random directions are far from every mean, its search visited most of the graph, and it was
+    12× slower than the product at 3,200 cells."""
 
     name = "ivf"
 
-    def __init__(self, x: np.ndarray, labels: np.ndarray, *, nprobe: int = 32, cell_max: int = 256, seed: int = 0):
-        import faiss
-
+    def __init__(
+        self,
+        x: np.ndarray,
+        labels: np.ndarray,
+        *,
+        nprobe: int = 32,
+        cell_max: int = 256,
+        coarse: str = "auto",
+        seed: int = 0,
+    ):
         self.x = x
         self.cells = identity_cells(x, labels, cell_max, seed)
         self.nprobe = min(nprobe, self.cells.count)
-        self.coarse = faiss.IndexFlatIP(x.shape[1])
-        self.coarse.add(self.cells.means)
+        self.coarse = Shortlist(self.cells.means, coarse)
+
+    def probes(self, queries: np.ndarray) -> np.ndarray:
+        """The `nprobe` cells of largest mean inner product for each query (q, d) → int64 (q, nprobe),
+        in no particular order."""
+        return self.coarse.search(queries, self.nprobe)
 
     def search(self, queries: np.ndarray) -> np.ndarray:
         nq, p = queries.shape[0], self.nprobe
-        _, probes = self.coarse.search(queries, p)
-        pair_cell = probes.ravel()
+        pair_cell = self.probes(queries).ravel()
         order = np.argsort(pair_cell, kind="stable")
-        order = order[pair_cell[order] >= 0]  # FAISS pads with -1 when it finds fewer cells
         sorted_cells = pair_cell[order]
         bounds = np.flatnonzero(np.diff(sorted_cells)) + 1
         best = np.full(nq * p, -np.inf, np.float32)
@@ -214,6 +228,7 @@ def make_search(
     exact_max: int = EXACT_MAX,
     nprobe: int = 32,
     cell_max: int = 256,
+    coarse: str = "auto",
 ):
     """A search over the unit rows x (N, d) float32: FlatSearch, IVFSearch (needs the labels (N,))
     or TorchSearch."""
@@ -227,7 +242,7 @@ def make_search(
         return TorchSearch(x, device, dtype)
     if labels is None:
         raise ValueError("search ivf needs the labels: its cells follow the identities")
-    return IVFSearch(x, labels, nprobe=nprobe, cell_max=cell_max)
+    return IVFSearch(x, labels, nprobe=nprobe, cell_max=cell_max, coarse=coarse)
 
 
 def nearest_to_random_directions(searcher, d: int, num: int, seed: int, progress: bool = False) -> np.ndarray:

@@ -12,6 +12,7 @@ from facekd.bias.blocks import auto_device
 from facekd.bias.nearest import EXACT_MAX, make_search, nearest_to_random_directions, resolve_search
 from facekd.bias.samplers.base import BaseSampler, SamplerOptions, SamplingData, register_sampler
 from facekd.bias.samplers.uniform import check_num
+from facekd.bias.shortlist import resolve_dtype
 from facekd.utils import check_embeddings
 
 __all__ = ["ExtrinsicOptions", "ExtrinsicSampler", "extrinsic_sampling"]
@@ -37,6 +38,9 @@ class ExtrinsicOptions(SamplerOptions):
     dtype: Literal["float32", "tf32", "bf16"] = Field("tf32", description="products of the torch search on CUDA")
     exact_max: int = Field(EXACT_MAX, ge=0, strict=True, description="auto on CPU: exact up to this many rows")
     nprobe: int = Field(32, ge=1, strict=True, description="ivf: identity cells searched per direction")
+    coarse: Literal["auto", "bf16", "float32"] = Field(
+        "auto", description="ivf: dtype of the cell ranking; auto: bf16 where the CPU has bf16 dot products"
+    )
     cell_max: int = Field(256, ge=1, strict=True, description="ivf: larger identities are split by k-means")
 
 
@@ -70,6 +74,7 @@ class ExtrinsicSampler(BaseSampler):
                 dtype=dtype,
                 nprobe=o.nprobe,
                 cell_max=o.cell_max,
+                coarse=o.coarse,
             )
         return self._searcher
 
@@ -85,5 +90,5 @@ class ExtrinsicSampler(BaseSampler):
         if self.search == "torch":
             out["dtype"] = o.dtype if self.device.type == "cuda" else "float32"
         if self.search == "ivf":
-            out.update(nprobe=o.nprobe, cell_max=o.cell_max)
+            out.update(nprobe=o.nprobe, cell_max=o.cell_max, coarse=resolve_dtype(o.coarse))
         return out
