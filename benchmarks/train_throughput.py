@@ -5,12 +5,14 @@
 - `compile`: the training step (facekd.train.step.Stepper: forward, backward, clip, SGD) with the
   student eager vs `torch.compile`d in place (train.compile); the compile time is printed apart.
 - `amp`: the same step in float32 (train.amp: off) vs bf16 autocast (train.amp: bf16).
+- `layout`: the same step for the student and for the teacher architecture (ArcFace from scratch),
+  networks and images contiguous vs channels_last (train.channels_last).
 - `workers`: whole `facekd.train.train` runs (one epoch) with 0, 1 and 2 DataLoader workers.
 
 Timed steps follow untimed warm-up steps; the modes alternate over the repeats and the median
 images/s of each is printed with the ratios. Run with one torch thread unless --threads is given.
 
-    .venv/bin/python benchmarks/train_throughput.py [--only teacher,compile,amp,workers]
+    .venv/bin/python benchmarks/train_throughput.py [--only teacher,compile,amp,layout,workers]
         [--preset quick] [--batches 20] [--repeats 3]
 """
 
@@ -39,7 +41,7 @@ from facekd.train.step import Stepper, mixed_precision
 
 def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="teacher,compile,amp,workers", help="comma-separated comparisons")
+    ap.add_argument("--only", default="teacher,compile,amp,layout,workers", help="comma-separated comparisons")
     ap.add_argument("--preset", default="default", help="SynthFaces preset (quick/default/full)")
     ap.add_argument("--teacher", default="iresnet_tiny")
     ap.add_argument("--student", default="mbf_tiny")
@@ -105,9 +107,11 @@ def compare_teacher(args, data, batches) -> None:
     print(f"  one-off cache build: {len(data)} images in {build_s:.1f} s ({len(data) / build_s:.0f} img/s)")
 
 
-def _scratch_task(args, data, compiled: bool = False) -> FaceTask:
+def _scratch_task(args, data, compiled: bool = False, arch: str | None = None, channels_last: bool = False) -> FaceTask:
     torch.manual_seed(1)
-    student = get_model(args.student, embedding_size=args.dim, input_size=data.image_size)
+    student = get_model(arch or args.student, embedding_size=args.dim, input_size=data.image_size)
+    if channels_last:
+        student.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if compiled:
         student.compile()
     return FaceTask(student, head=get_head("arcface", args.dim, data.num_classes))
@@ -138,6 +142,22 @@ def compare_amp(args, data, batches) -> None:
     }
     s = _alternate(modes, args.repeats)
     print(f"  ratio bf16 / float32: {s['amp bf16'] / s['amp off (float32)']:.2f}x")
+
+
+def compare_layout(args, data, batches) -> None:
+    last = [{**b, "image": b["image"].contiguous(memory_format=torch.channels_last)} for b in batches]
+    for arch in (args.student, args.teacher):
+        print(f"layout: {arch} step, contiguous vs channels_last (train.channels_last)")
+        modes = {
+            "contiguous": lambda a=arch: _timed_steps(
+                _stepper(_scratch_task(args, data, arch=a)), batches, args.warmup
+            ),
+            "channels_last": lambda a=arch: _timed_steps(
+                _stepper(_scratch_task(args, data, arch=a, channels_last=True)), last, args.warmup
+            ),
+        }
+        s = _alternate(modes, args.repeats)
+        print(f"  ratio channels_last / contiguous: {s['channels_last'] / s['contiguous']:.2f}x")
 
 
 def compare_workers(args, data, _batches) -> None:
@@ -175,6 +195,7 @@ def main() -> None:
         "teacher": compare_teacher,
         "compile": compare_compile,
         "amp": compare_amp,
+        "layout": compare_layout,
         "workers": compare_workers,
     }
     for name in args.only.split(","):

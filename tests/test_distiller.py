@@ -229,13 +229,30 @@ def test_classification_task_trains_through_the_spine(tmp_path, cfg):
     assert all(p.requires_grad is False for p in teacher.parameters())
 
 
+def test_pad_branch_gradients_are_clipped_per_parameter():
+    s, t, x = 30 * torch.randn(8, 4), torch.randn(8, 4), torch.randn(8, 3)  # errors far above σ²
+
+    def branch_grads(clip):
+        torch.manual_seed(0)
+        d = Distiller("l2", "pad", 1.0, 4, 4, backbone_dim=3, branch_clip=clip)
+        loss, _ = d(Features(s, backbone=x), Features(t))
+        loss.backward()
+        return [p.grad.clone() for p in d.var_branches.parameters()]
+
+    free, clipped = branch_grads(None), branch_grads(0.5)
+    assert max(float(g.norm()) for g in free) > 0.5  # the case clipping is for
+    for g, c in zip(free, clipped, strict=True):
+        expected = g * min(1.0, 0.5 / (float(g.norm()) + 1e-12))
+        torch.testing.assert_close(c, expected)
+
+
 @pytest.mark.parametrize("branch_grad", ["as_loss", "lambda_free"])
 def test_pad_branch_gradient_scaling_option(branch_grad):
     s, t, x = torch.randn(6, 4), torch.randn(6, 4), torch.randn(6, 3)
     grads = {}
     for lam in (1.0, 10.0):
         torch.manual_seed(0)
-        d = Distiller("l2", "pad", lam, 4, 4, backbone_dim=3, branch_grad=branch_grad)
+        d = Distiller("l2", "pad", lam, 4, 4, backbone_dim=3, branch_grad=branch_grad, branch_clip=None)
         emb, feat = s.clone().requires_grad_(True), x.clone().requires_grad_(True)
         loss, _ = d(Features(emb, backbone=feat), Features(t))
         loss.backward()

@@ -240,6 +240,26 @@ def test_stage_keys_hold_the_content_of_an_init_checkpoint(tmp_path):
         key(tmp_path)
 
 
+def test_stage_keys_follow_the_defaults_of_distillation_options(tmp_path, monkeypatch):
+    """A run that relies on an option's default is a different run once that default changes."""
+    from facekd.config import RunConfig
+    from facekd.losses.weighting.pad import PADOptions
+
+    torch.save({"w": torch.ones(1)}, tmp_path / "teacher.pth")
+    cfg = RunConfig(
+        data=tiny(tmp_path),
+        model={"arch": "iresnet_mini"},
+        distill={"loss": "l2", "weighting": "pad", "lambda": 1.0},
+        teacher={"checkpoint": tmp_path / "teacher.pth", "arch": "iresnet_mini"},
+        run_dir=tmp_path / "r",
+    )
+    store = StageStore(tmp_path / "store")
+    before = store.run_dir(cfg)
+    assert store.run_key(cfg)["distill"]["option_defaults"]["weighting"]["branch_clip"] == 1.0
+    monkeypatch.setattr(PADOptions.model_fields["branch_clip"], "default", 2.0)
+    assert store.run_dir(cfg) != before
+
+
 KILL_SCRIPT = TINY_DATA + textwrap.dedent(
     """
     import sys, torch

@@ -163,42 +163,52 @@ def report_lists(ctx: DemoContext, r: dict) -> str:
     return "\n".join(lines)
 
 
+def is_grid_config(ctx: DemoContext, kd: dict, h: float, seed: int) -> RunConfig:
+    """KD (`kd`: its distill block) + Intrinsic Sampling with bandwidth h degrees."""
+    return ctx.student_config(seed, distill=kd, sampler=sampler_config("intrinsic", h))
+
+
 def is_selection(ctx: DemoContext) -> dict:
     """The Intrinsic Sampling bandwidth h (degrees) of KD + IS, chosen on the validation split."""
     kd = kd_baseline(ctx)
-    return select(
-        ctx,
-        "is_bandwidth_deg",
-        ctx.settings.grid.is_bandwidth_deg,
-        lambda h, s: ctx.student_config(s, distill=kd, sampler=sampler_config("intrinsic", h)),
-        "kd_is",
-    )
+    grid = ctx.settings.grid.is_bandwidth_deg
+    return select(ctx, "is_bandwidth_deg", grid, lambda h, s: is_grid_config(ctx, kd, h, s), "kd_is")
 
 
-def prefetch(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
-    """scratch + ES (needs the teacher), then KD + ES and the IS grid (need KD's λ), then KD + IS and
-    scratch + IS (need h)."""
-    if not ctx.teacher_ready():
-        return []
-    jobs = [(variant_config(ctx, s, {"sample": "extrinsic"}), f"students/bias_scratch_es/seed{s}") for s in ctx.seeds]
+def is_selection_if_ready(ctx: DemoContext, kd: dict) -> dict | None:
+    """`is_selection` when its grid is trained, else None."""
+    grid = ctx.settings.grid.is_bandwidth_deg
+    return select_if_ready(ctx, "is_bandwidth_deg", grid, lambda h, s: is_grid_config(ctx, kd, h, s))
+
+
+def prefetch_table2(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
+    """KD + ES and the IS grid (need the teacher and KD's λ), then KD + IS (needs h)."""
     kd_sel = kd_selection_if_ready(ctx)
     if kd_sel is None:
-        return jobs
+        return []
     kd = kd_block(kd_sel["best"])
-    jobs += [
+    jobs = [
         (variant_config(ctx, s, {"distill": kd, "sample": "extrinsic"}), f"students/bias_kd_es/seed{s}")
         for s in ctx.seeds
     ]
-
-    def is_config(h: float, s: int) -> RunConfig:
-        return ctx.student_config(s, distill=kd, sampler=sampler_config("intrinsic", h))
-
     grid = ctx.settings.grid.is_bandwidth_deg
-    jobs += grid_jobs(ctx, "is_bandwidth_deg", grid, is_config, "kd_is")
-    sel = select_if_ready(ctx, "is_bandwidth_deg", grid, is_config)
+    jobs += grid_jobs(ctx, "is_bandwidth_deg", grid, lambda h, s: is_grid_config(ctx, kd, h, s), "kd_is")
+    sel = is_selection_if_ready(ctx, kd)
+    if sel is not None:
+        jobs += [(is_grid_config(ctx, kd, sel["best"], s), f"students/bias_kd_is/seed{s}") for s in ctx.seeds]
+    return jobs
+
+
+def prefetch_table6(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
+    """Table 2's runs, scratch + ES (needs the teacher) and scratch + IS (needs h)."""
+    if not ctx.teacher_ready():
+        return []
+    jobs = prefetch_table2(ctx)
+    jobs += [(variant_config(ctx, s, {"sample": "extrinsic"}), f"students/bias_scratch_es/seed{s}") for s in ctx.seeds]
+    kd_sel = kd_selection_if_ready(ctx)
+    sel = None if kd_sel is None else is_selection_if_ready(ctx, kd_block(kd_sel["best"]))
     if sel is not None:
         h = sel["best"]
-        jobs += [(is_config(h, s), f"students/bias_kd_is/seed{s}") for s in ctx.seeds]
         jobs += [
             (variant_config(ctx, s, {"sample": "intrinsic", "h": h}), f"students/bias_scratch_is/seed{s}")
             for s in ctx.seeds
@@ -422,13 +432,13 @@ register(
         ),
         title="Data bias: KD with Extrinsic / Intrinsic Sampling (Table 2)",
         order=31,
-        prefetch=prefetch,
+        prefetch=prefetch_table2,
     )
 )
 register(
     Experiment(
         "bias.table6",
-        "default",
+        "full",
         run_table6,
         _student_report(
             "table6",
@@ -439,7 +449,7 @@ register(
         ),
         title="Data bias: sampling without distillation (Table 6)",
         order=32,
-        prefetch=prefetch,
+        prefetch=prefetch_table6,
     )
 )
 register(

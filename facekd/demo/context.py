@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from functools import cached_property
 from multiprocessing import get_context
 from pathlib import Path
@@ -128,27 +128,58 @@ class DemoContext:
         return self.store.run_state(cfg) == "done"
 
     def train_many(self, runs: Sequence[tuple[RunConfig, str]], splits: Sequence[str] = ("test",)) -> list[TrainedRun]:
-        """Train (or reuse) independent runs [(cfg, label)], `settings.workers` processes side by
-        side (each with `settings.threads` threads), and embed the SynthFaces `splits` of each face
-        run there; returns the runs in order. A failed run raises."""
-        pending: dict[Path, tuple[RunConfig, str]] = {}
-        for cfg, label in runs:
-            if not self.ready(cfg):
-                pending.setdefault(self.store.run_dir(cfg), (cfg, label))
-        workers = min(self.settings.workers, len(pending))
-        if workers > 1:
-            from facekd.demo.workers import train_in_worker
-
-            settings = self.settings.model_dump_json()
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                jobs = []
-                for cfg, label in pending.values():
-                    self.log(f"training {label} ({cfg.train.epochs} epochs, {workers} processes)")
-                    embed = tuple(splits) if cfg.task == "face" and cfg.data.kind == "synthfaces" else ()
-                    jobs.append(pool.submit(train_in_worker, str(self.run_dir), settings, cfg.model_dump_json(), embed))
-                for job in jobs:
-                    job.result()
+        """Train (or reuse) independent runs [(cfg, label)] side by side (`train_as_named`); returns
+        the runs in order. A failed run raises."""
+        self.train_as_named(lambda: runs, lambda _label: splits)
         return [self.train(cfg, label) for cfg, label in runs]
+
+    def train_as_named(
+        self, source: Callable[[], Sequence[tuple[RunConfig, str]]], splits: Callable[[str], Sequence[str]]
+    ) -> None:
+        """Train every unfinished run [(cfg, label)] that `source()` names, `settings.workers`
+        processes side by side (each with `settings.threads` threads; one worker: in this process),
+        and embed there the SynthFaces splits `splits(label)` of each face run. `source` is asked again whenever a
+        run finishes, so runs that depend on finished ones start as soon as a process is free
+        instead of after a whole batch; among the named runs the longest (most epochs) start first.
+        Returns when `source` names nothing unfinished and nothing runs. A failed run raises."""
+        started: set[Path] = set()
+
+        def pending(busy: set[Path]) -> list[tuple[RunConfig, str, Path]]:
+            named: dict[Path, tuple[RunConfig, str, Path]] = {}
+            for cfg, label in source():
+                directory = self.store.run_dir(cfg)
+                if directory in busy or directory in named or self.ready(cfg):
+                    continue
+                if directory in started:
+                    raise RuntimeError(f"run {label} ({directory}) was trained but is still not finished")
+                named[directory] = (cfg, label, directory)
+            return sorted(named.values(), key=lambda job: -job[0].train.epochs)
+
+        if self.settings.workers <= 1:
+            while jobs := pending(set()):
+                cfg, label, directory = jobs[0]
+                started.add(directory)
+                self.train(cfg, label)
+            return
+        from facekd.demo.workers import train_in_worker
+
+        settings, workers = self.settings.model_dump_json(), self.settings.workers
+        running: dict[Future, Path] = {}
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            while True:
+                jobs = pending(set(running.values())) if len(running) < workers else []
+                for cfg, label, directory in jobs[: workers - len(running)]:
+                    self.log(f"training {label} ({cfg.train.epochs} epochs, {workers} processes)")
+                    embed = tuple(splits(label)) if cfg.task == "face" and cfg.data.kind == "synthfaces" else ()
+                    job = pool.submit(train_in_worker, str(self.run_dir), settings, cfg.model_dump_json(), embed)
+                    running[job] = directory
+                    started.add(directory)
+                if not running:
+                    return
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for job in done:
+                    running.pop(job)
+                    job.result()
 
     def teacher_config(self, seed: int | None = None) -> RunConfig:
         """A demo teacher: ArcFace on the training split (seed: default the first teacher seed)."""

@@ -2,8 +2,8 @@
 on SynthFaces.
 
 Default tier (`pad.weighting`): ArcFace + λ·L2 with all samples equal (the KD baseline, λ chosen on
-the validation split), with PAD (Eq. 7, the library's default recipe, its own λ chosen on the
-validation split), and with all samples equal at PAD's *effective* weight — λ times the mean of
+the validation split), with PAD (Eq. 7, the library's default recipe, at KD's λ unless the grid
+settings give it a grid of its own), and with all samples equal at PAD's *effective* weight — λ times the mean of
 PAD's weight 1/(D σ²) over its training (per seed) — which separates "PAD weighs samples
 differently" from "PAD weighs the distillation more". Then what the variance branch learned, on the
 training set, for every PAD seed: the spread of ln σ², its rank correlation with the gap (Fig. 2)
@@ -29,7 +29,7 @@ from facekd.demo.context import DemoContext
 from facekd.demo.registry import Experiment, register
 from facekd.demo.report import comparison_table, group_table
 from facekd.demo.selection import grid_jobs, select, select_if_ready
-from facekd.demo.spine import kd_baseline, kd_block
+from facekd.demo.spine import kd_baseline, kd_block, kd_selection, kd_selection_if_ready
 from facekd.losses.pad_variance import pad_run_statistics, per_sample_variance
 from facekd.refo.stages import TrainedRun
 
@@ -47,17 +47,44 @@ def pad_grid_config(ctx: DemoContext, lam: float, seed: int) -> RunConfig:
 
 
 def pad_selection(ctx: DemoContext) -> dict:
-    return select(ctx, "pad_lambda", ctx.settings.grid.pad_lambda, lambda v, s: pad_grid_config(ctx, v, s), "pad")
+    """λ of PAD-L2: KD's validation-chosen λ unless the settings give PAD a grid of its own."""
+    grid = ctx.settings.grid.pad_lambda
+    if grid is None:
+        return _as_kd_lambda(kd_selection(ctx))
+    return select(ctx, "pad_lambda", grid, lambda v, s: pad_grid_config(ctx, v, s), "pad")
+
+
+def pad_selection_if_ready(ctx: DemoContext) -> dict | None:
+    """`pad_selection` when what it needs is trained, else None."""
+    grid = ctx.settings.grid.pad_lambda
+    if grid is None:
+        kd = kd_selection_if_ready(ctx)
+        return None if kd is None else _as_kd_lambda(kd)
+    return select_if_ready(ctx, "pad_lambda", grid, lambda v, s: pad_grid_config(ctx, v, s))
+
+
+def _as_kd_lambda(kd: dict) -> dict:
+    """The PAD λ entry of the selection table when PAD takes KD's λ (nothing scored for PAD itself)."""
+    best = kd["best"]
+    return {
+        "name": "pad_lambda",
+        "values": [best],
+        "seeds": kd["seeds"],
+        "metric": "KD's λ",
+        "scores": {},
+        "mean": {},
+        "best": best,
+    }
 
 
 def prefetch(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
-    """The PAD grid (needs the teacher), PAD over the seeds (needs λ), then uniform L2 at each PAD
+    """The PAD grid if PAD has one (needs the teacher), PAD over the seeds (needs λ), then uniform L2 at each PAD
     seed's effective λ (needs that PAD run)."""
     if not ctx.teacher_ready():
         return []
     grid = ctx.settings.grid.pad_lambda
-    jobs = grid_jobs(ctx, "pad_lambda", grid, lambda v, s: pad_grid_config(ctx, v, s), "pad")
-    sel = select_if_ready(ctx, "pad_lambda", grid, lambda v, s: pad_grid_config(ctx, v, s))
+    jobs = [] if grid is None else grid_jobs(ctx, "pad_lambda", grid, lambda v, s: pad_grid_config(ctx, v, s), "pad")
+    sel = pad_selection_if_ready(ctx)
     if sel is None:
         return jobs
     for s in ctx.seeds:

@@ -26,6 +26,7 @@ import yaml
 from facekd.demo.context import DemoContext
 from facekd.demo.registry import Experiment, experiments_for
 from facekd.demo.report import claims_table, selection_table
+from facekd.demo.selection import SELECTION_LABEL
 from facekd.demo.settings import DemoSettings, tier_settings
 from facekd.refo.stages import digest
 from facekd.utils import atomic_path, save_json
@@ -48,23 +49,18 @@ def _stored(ctx: DemoContext, exp: Experiment) -> bool:
     return store.exists() and json.loads(store.read_text()).get("key") == result_key(ctx.settings, exp)
 
 
-def prefetch(ctx: DemoContext, chosen: list[Experiment], rounds: int = 8) -> None:
+def prefetch(ctx: DemoContext, chosen: list[Experiment]) -> None:
     """Train, side by side, every run the chosen experiments can name before running them: each
-    round asks every experiment's `prefetch` for the runs buildable now and trains their union;
-    rounds stop when nothing new is named (what runs then is trained by the experiments themselves)."""
+    experiment's `prefetch` names the runs buildable now, and is asked again whenever a run finishes
+    (`DemoContext.train_as_named`); what is left is trained by the experiments themselves. Each run
+    embeds the test split, and the runs of validation grids the validation split too."""
     hooks = [exp.prefetch for exp in chosen if exp.prefetch is not None]
-    for r in range(rounds):
-        jobs: dict[Path, tuple] = {}
-        for hook in hooks:
-            for cfg, label in hook(ctx):
-                if not ctx.ready(cfg):
-                    jobs.setdefault(ctx.store.run_dir(cfg), (cfg, label))
-        if not jobs:
-            return
-        ctx.log(f"prefetch round {r + 1}: {len(jobs)} runs")
-        # longest first (teacher-sized runs), so that the processes finish together
-        order = sorted(jobs.values(), key=lambda job: -job[0].train.epochs)
-        ctx.train_many(order, splits=("val", "test") if ctx.has_val() else ("test",))
+    if hooks:
+        with_val = ("val", "test") if ctx.has_val() else ("test",)
+        ctx.train_as_named(
+            lambda: [job for hook in hooks for job in hook(ctx)],
+            lambda label: with_val if label.startswith(SELECTION_LABEL) else ("test",),
+        )
 
 
 def _run_or_reuse(ctx: DemoContext, exp: Experiment) -> tuple[dict, float]:

@@ -24,9 +24,10 @@ from facekd.demo.context import DemoContext
 from facekd.refo.stages import TrainedRun, digest
 from facekd.utils import save_json
 
-__all__ = ["METRIC", "Scorer", "grid_jobs", "select", "select_if_ready", "synthfaces_scorer"]
+__all__ = ["METRIC", "SELECTION_LABEL", "Scorer", "grid_jobs", "select", "select_if_ready", "synthfaces_scorer"]
 
 METRIC = "TAR@1e-03"
+SELECTION_LABEL = "selection/"  # the label of every grid run starts with it
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def grid_jobs(
     if len(values) < 2:
         return []
     return [
-        (config(float(v), s), f"selection/{label or name}/{v:g}/seed{s}")
+        (config(float(v), s), f"{SELECTION_LABEL}{label or name}/{v:g}/seed{s}")
         for v in values
         for s in ctx.settings.grid.seeds
     ]

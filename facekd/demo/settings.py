@@ -32,7 +32,9 @@ class GridSettings(BaseModel):
     the first listed). Test pairs never take part.
 
     kd_lambda: λ of the data-bias paper's KD baseline (ArcFace + λ·L2 on normalised embeddings),
-        shared by KD + ES / IS and ReFO+'s proxy. pad_lambda: λ of PAD-L2. is_bandwidth_deg: the
+        shared by KD + ES / IS and ReFO+'s proxy. pad_lambda: λ of PAD-L2; None (default): KD's
+        chosen λ, so that PAD differs from the KD baseline in its weighting only (as in the PAD
+        paper, which adds the variance branch to a given distillation). is_bandwidth_deg: the
         Intrinsic Sampling bandwidth h (the paper's 12° is in the grid, not assumed).
     Full tier: soft_exp_T / soft_poly_alpha / hard_mining_T (PAD's Tables 1, 6, 7), hkd_T (HKD's T).
     """
@@ -40,7 +42,7 @@ class GridSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     seeds: list[int] = Field(default_factory=lambda: [0])
     kd_lambda: list[float] = Field(default_factory=lambda: [5.0, 20.0, 50.0])
-    pad_lambda: list[float] = Field(default_factory=lambda: [5.0, 20.0, 50.0])
+    pad_lambda: list[float] | None = None
     is_bandwidth_deg: list[float] = Field(default_factory=lambda: [6.0, 12.0, 24.0])
     soft_exp_T: list[float] = Field(default_factory=lambda: [0.1, 0.5, 2.0])
     soft_poly_alpha: list[float] = Field(default_factory=lambda: [1.0, 5.0, 20.0])
@@ -98,7 +100,7 @@ def tier_settings(tier: str, seeds: Sequence[int] | None = None) -> DemoSettings
             data={},
             teacher=dict(arch="iresnet_tiny", epochs=16, batch_size=32, lr=0.1),
             student=dict(arch="mbf_tiny", epochs=10, batch_size=32, lr=0.1),
-            grid=dict(kd_lambda=[20.0], pad_lambda=[20.0], is_bandwidth_deg=[12.0]),
+            grid=dict(kd_lambda=[20.0], is_bandwidth_deg=[12.0]),
         ),
         "default": dict(seeds=[0, 1, 2], data_preset="default", data=dict(num_train_identities=200), **nets),
         # Every experiment on the default tier's data and networks, with three teacher seeds: a full

@@ -12,13 +12,14 @@ through. `parse_options` turns a validation failure into one ValueError line.
 from __future__ import annotations
 
 import importlib
+import json
 import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-__all__ = ["NoOptions", "OptionsModel", "Registry", "parse_options"]
+__all__ = ["NoOptions", "OptionsModel", "Registry", "option_defaults", "parse_options"]
 
 
 class Named(Protocol):
@@ -47,6 +48,16 @@ def parse_options(schema: type[OptionsModel], given: Mapping[str, Any], owner: s
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, x['loc'])) or 'options'}: {x['msg']}" for x in e.errors())
         raise ValueError(f"{owner}: bad options ({problems})") from None
+
+
+def option_defaults(schema: type[BaseModel]) -> dict[str, Any]:
+    """The default of every option of `schema` that has one, as plain data: stored runs are keyed by
+    them too, so that a changed default is a different run, never a stale one reused."""
+    out = {}
+    for name, field in schema.model_fields.items():
+        if not field.is_required():
+            out[name] = field.get_default(call_default_factory=True)
+    return json.loads(json.dumps(out, default=str))
 
 
 class Registry(Mapping[str, T], Generic[T]):

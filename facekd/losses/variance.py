@@ -26,6 +26,7 @@ so σ² = exp(s) is positive without clamping; BN's bias starts at `init_logvar`
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -38,12 +39,18 @@ __all__ = [
     "ConvVarianceBranch",
     "PadBranches",
     "VarianceBranch",
+    "clip_norm",
     "embedding_layer",
     "pad_log_variance",
     "probe_backbone_dim",
 ]
 
 BRANCH_INPUTS = ("backbone", "regressed")
+
+
+def clip_norm(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """grad scaled down to norm ≤ max_norm (unchanged when already within it)."""
+    return grad * torch.clamp(max_norm / (grad.norm() + 1e-12), max=1.0)
 
 
 def pad_log_variance(logvar: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -180,6 +187,7 @@ class PadBranches:
     backbone_dim: width of the flattened backbone feature beside the embedding layer (L2 only).
     var_eps: the variance floor of `pad_log_variance`.
     lambda_free: the Distiller divides the gradient through the log-variance by λ·warm-up.
+    grad_clip: each branch parameter's gradient is clipped to this norm (PAD's `branch_clip`).
     """
 
     def __init__(
@@ -192,12 +200,13 @@ class PadBranches:
         backbone_dim: int | None = None,
         var_eps: float = 1e-6,
         lambda_free: bool = False,
+        grad_clip: float | None = None,
     ):
         if branch_input not in BRANCH_INPUTS:
             raise ValueError(f"PAD branch_input must be one of {BRANCH_INPUTS}, got {branch_input!r}")
         self.branches, self.per_dim, self.init_logvar, self.detach = branches, per_dim, init_logvar, detach
         self.branch_input, self.backbone_dim, self.var_eps = branch_input, backbone_dim, var_eps
-        self.lambda_free = lambda_free
+        self.lambda_free, self.grad_clip = lambda_free, grad_clip
 
     @property
     def reads_backbone(self) -> bool:
@@ -218,14 +227,20 @@ class PadBranches:
     def add_linear(self, in_dim: int, regressed: int) -> int:
         """A `VarianceBranch` reading (B, in_dim) for a (B, regressed) quantity; returns its index."""
         out = regressed if self.per_dim else 1
-        self.branches.append(VarianceBranch(in_dim, out, self.init_logvar(regressed)))
-        return len(self.branches) - 1
+        return self._add(VarianceBranch(in_dim, out, self.init_logvar(regressed)))
 
     def add_conv(self, in_channels: int, channels: int, positions: int) -> int:
         """A `ConvVarianceBranch` reading a (B, in_channels, H, W) map for a (B, channels, H, W)
         quantity (positions = H·W); returns its index."""
         out = channels if self.per_dim else 1
-        self.branches.append(ConvVarianceBranch(in_channels, out, self.init_logvar(channels * positions)))
+        return self._add(ConvVarianceBranch(in_channels, out, self.init_logvar(channels * positions)))
+
+    def _add(self, branch: nn.Module) -> int:
+        """Append `branch` (its parameters' gradients clipped to `grad_clip`); returns its index."""
+        if self.grad_clip is not None:
+            for p in branch.parameters():
+                p.register_hook(functools.partial(clip_norm, max_norm=self.grad_clip))
+        self.branches.append(branch)
         return len(self.branches) - 1
 
     def log_variance(self, logvar: torch.Tensor) -> torch.Tensor:

@@ -76,6 +76,15 @@ class TrainedRun:
         return cast(nn.Module, self.task.student)
 
 
+def distill_option_defaults(loss: str, weighting: str) -> dict[str, Any]:
+    """The defaults of the options of a distillation loss and weighting (`option_defaults`)."""
+    from facekd.losses.distill.base import LOSSES
+    from facekd.losses.registry import option_defaults
+    from facekd.losses.weighting.base import WEIGHTINGS
+
+    return {"loss": option_defaults(LOSSES[loss].Options), "weighting": option_defaults(WEIGHTINGS[weighting].Options)}
+
+
 class StageStore:
     """Trained runs and embedding caches under `root`, each in the directory named by its digest."""
 
@@ -98,6 +107,8 @@ class StageStore:
         key["train"] = {k: v for k, v in key["train"].items() if k not in store.RESUMABLE}
         key["data"] = {k: v for k, v in key["data"].items() if k not in _DATA_LOCATIONS}
         key["data"]["fingerprint"] = self.fingerprint(cfg.data)
+        if cfg.distill is not None:
+            key["distill"]["option_defaults"] = distill_option_defaults(cfg.distill.loss, cfg.distill.weighting)
         for block, fields in _FILE_FIELDS.items():
             for name in fields:
                 if key.get(block) and key[block].get(name) is not None:

@@ -62,6 +62,9 @@ class TrainConfig(BaseModel):
     epochs (fractions allowed) and converted to optimizer steps.
     `amp`: "bf16" (autocast, no scaler), "fp16" (CUDA: autocast + GradScaler), "off"; `true` is
     fp16 on CUDA and bf16 on CPU, `false` is off. Heads and losses always run in float32.
+    `channels_last`: the networks and 4-D images in channels_last memory format, on every device:
+    the layout cuDNN's fast kernels want, and on this project's CPU (oneDNN) faster training
+    steps (1.43× for mbf_tiny, 1.29× for iresnet_tiny: benchmarks/train_throughput.py --only layout).
     `num_workers`: "auto" is min(8, this process' share of the cores) on CUDA and 0 on CPU
     (where exact resume needs it).
     """
@@ -82,6 +85,7 @@ class TrainConfig(BaseModel):
     amp: bool | Literal["bf16", "fp16", "off"] = False
     accumulate: int = Field(default=1, ge=1)
     compile: bool = False
+    channels_last: bool = True
     seed: int = 0
     checkpoint_every: int = Field(default=0, ge=0)
     log_every: int = Field(default=20, ge=1)

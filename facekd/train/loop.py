@@ -131,11 +131,12 @@ def _channels_last(module: nn.Module) -> None:
 
 
 def set_up_device(task: nn.Module, cfg: TrainConfig, device: torch.device) -> None:
-    """The task on `device`; on CUDA channels_last networks and cudnn.benchmark; `compile`: the
+    """The task on `device`; `channels_last` networks; on CUDA cudnn.benchmark; `compile`: the
     student compiled in place (torch.compile; its state_dict keys are unchanged)."""
     task.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if cfg.channels_last:
         _channels_last(_backbone(task))
         teacher_model = getattr(getattr(task, "teacher", None), "model", None)
         if isinstance(teacher_model, nn.Module):
@@ -301,7 +302,7 @@ def _run_epochs(loop: _Loop, pos: Position, progress: bool) -> NonFiniteWatch:
     )  # fmt: skip
     watch, means = NonFiniteWatch(loop.device), StepMeans()
     loop.task.train()
-    channels_last = loop.device.type == "cuda"
+    channels_last = cfg.channels_last
     try:
         while pos.epoch < cfg.epochs:
             for batch in epoch_iter(loop.loader, loop.batches, cfg.seed, pos.epoch, pos.batch_in_epoch):
