@@ -140,7 +140,7 @@ def tiny_ctx(tmp_path):
         data=TINY_DATA,
         teacher={"arch": "iresnet_mini", **net},
         student={"arch": "iresnet_mini", **net},
-        grid={"kd_lambda": [5.0], "pad_lambda": [5.0], "is_bandwidth_deg": [12.0]},
+        grid={"kd_lambda": [5.0], "is_bandwidth_deg": [12.0]},
         eval_flip=False,
         workers=1,
     )
@@ -379,8 +379,8 @@ def test_face_baselines_train_on_the_same_budget(tiny_ctx):
 
 @pytest.mark.slow
 def test_prefetch_trains_every_default_run_before_the_experiments(tiny_ctx, capsys):
-    """The runner's prefetch rounds name every run of the default tier (teacher and scratch first,
-    then grids, then what the chosen values need), so the experiments themselves train nothing."""
+    """The runner's prefetch names every run of the default tier (the teacher first, grids once it is
+    done, then what the chosen values need), so the experiments themselves train nothing."""
     from facekd.demo.registry import experiments_for
     from facekd.demo.runner import prefetch
 
@@ -390,10 +390,15 @@ def test_prefetch_trains_every_default_run_before_the_experiments(tiny_ctx, caps
     )
     chosen = experiments_for("default")
     prefetch(ctx, chosen)
-    log = capsys.readouterr().out
-    # round 1: the teacher and the scratch students, nothing else being ready (here the scratch student
-    # of seed 0 is the teacher's run: the tiny settings give both the same network and training)
-    assert "prefetch round 1: 2 runs" in log
+    trained = [
+        line.split("training ")[1].split(" (")[0]
+        for line in capsys.readouterr().out.splitlines()
+        if "training " in line
+    ]
+    # the teacher first (here the scratch student of seed 0 is the teacher's run: the tiny settings
+    # give both the same network and training); a grid run before the other runs it makes nameable
+    assert trained[0] == "teacher/seed0" and len(trained) == len(set(trained))
+    assert trained.index("selection/kd/1/seed0") < trained.index("students/bias_kd_es/seed0")
     for exp in chosen:
         exp.run(ctx)
     assert "training" not in capsys.readouterr().out

@@ -134,13 +134,18 @@ class DemoContext:
         return [self.train(cfg, label) for cfg, label in runs]
 
     def train_as_named(
-        self, source: Callable[[], Sequence[tuple[RunConfig, str]]], splits: Callable[[str], Sequence[str]]
+        self,
+        source: Callable[[], Sequence[tuple[RunConfig, str]]],
+        splits: Callable[[str], Sequence[str]],
+        gates: Callable[[str], bool] = lambda _label: False,
     ) -> None:
         """Train every unfinished run [(cfg, label)] that `source()` names, `settings.workers`
         processes side by side (each with `settings.threads` threads; one worker: in this process),
         and embed there the SynthFaces splits `splits(label)` of each face run. `source` is asked again whenever a
         run finishes, so runs that depend on finished ones start as soon as a process is free
-        instead of after a whole batch; among the named runs the longest (most epochs) start first.
+        instead of after a whole batch; among the named runs the longest (most epochs) start first,
+        and among equally long ones those for which `gates(label)` holds (runs whose results name
+        further runs, such as a grid's).
         Returns when `source` names nothing unfinished and nothing runs. A failed run raises."""
         started: set[Path] = set()
 
@@ -153,7 +158,7 @@ class DemoContext:
                 if directory in started:
                     raise RuntimeError(f"run {label} ({directory}) was trained but is still not finished")
                 named[directory] = (cfg, label, directory)
-            return sorted(named.values(), key=lambda job: -job[0].train.epochs)
+            return sorted(named.values(), key=lambda job: (-job[0].train.epochs, not gates(job[1])))
 
         if self.settings.workers <= 1:
             while jobs := pending(set()):

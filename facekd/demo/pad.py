@@ -71,6 +71,7 @@ def _as_kd_lambda(kd: dict) -> dict:
         "values": [best],
         "seeds": kd["seeds"],
         "metric": "KD's λ",
+        "note": "KD's λ, chosen on validation (no grid of its own)",
         "scores": {},
         "mean": {},
         "best": best,

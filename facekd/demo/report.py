@@ -119,7 +119,8 @@ def selection_table(selections: Iterable[Mapping]) -> str:
     lines = ["| hyper-parameter | grid | validation score per value | chosen |", "|---|---|---|---|"]
     for s in selections:
         grid = ", ".join(f"{v:g}" for v in s["values"])
-        scores = ", ".join(f"{k}: {v:.4f}" for k, v in s.get("mean", {}).items()) or "(one value: not searched)"
+        scores = ", ".join(f"{k}: {v:.4f}" for k, v in s.get("mean", {}).items())
+        scores = s.get("note") or scores or "(one value: not searched)"
         lines.append(f"| {s['name']} | {grid} | {scores} | {s['best']:g} |")
     return "\n".join(lines)
 
