@@ -93,9 +93,9 @@ class IVFSearch:
     most of the time; it only ranks cells, so it is a `facekd.bias.shortlist.Shortlist` (`coarse`:
     its dtype, bf16 where the CPU has bf16 dot products). The rows of the probed cells are always
     scored in float32. The search misses the exact answer when the best row's identity is not
-    among the probed ones (recall measured in benchmarks/scale.py). A graph index over the means (FAISS HNSW) was tried for the first step:
-    random directions are far from every mean, its search visited most of the graph, and it was
-    12× slower than the product at 3,200 cells."""
+    among the probed ones (recall measured in benchmarks/scale.py). A graph index over the means
+    (FAISS HNSW) was tried for the first step: random directions are far from every mean, its
+    search visited most of the graph, and it was 12× slower than the product at 3,200 cells."""
 
     name = "ivf"
 
