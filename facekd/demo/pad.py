@@ -595,6 +595,7 @@ register(
         title="PAD: uniform vs PAD vs uniform at PAD's effective weight (L2), what σ² learned, Fig. 2 and Fig. 3",
         order=40,
         prefetch=prefetch,
+        gating=("students/pad/",),
     )
 )
 register(

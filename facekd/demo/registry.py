@@ -28,8 +28,11 @@ class Experiment:
     title: section heading (default: name). order: position in the report (smaller first).
     prefetch: ctx → [(RunConfig, label)]: runs the experiment will need whose configs can be built
         *now* without training anything (dependencies it checks with `ctx.ready`). The runner trains
-        the union over all experiments side by side, in rounds, before running them, so that runs of
-        different experiments share the worker processes.
+        the union over all experiments side by side before running them, so that runs of different
+        experiments share the worker processes.
+    gating: label prefixes of the runs whose results name further runs of this experiment (e.g.
+        PAD's runs, which its effective-weight runs need): they start before other runs of the
+        same length, as every validation grid's runs do.
     """
 
     name: str
@@ -39,6 +42,7 @@ class Experiment:
     title: str = ""
     order: int = 100
     prefetch: Callable[[DemoContext], list[tuple[RunConfig, str]]] | None = None
+    gating: tuple[str, ...] = ()
 
 
 EXPERIMENTS: dict[str, Experiment] = {}

@@ -53,15 +53,17 @@ def prefetch(ctx: DemoContext, chosen: list[Experiment]) -> None:
     """Train, side by side, every run the chosen experiments can name before running them: each
     experiment's `prefetch` names the runs buildable now, and is asked again whenever a run finishes
     (`DemoContext.train_as_named`); what is left is trained by the experiments themselves. Each run
-    embeds the test split, and the runs of validation grids the validation split too; grid runs
-    start first among equally long runs, since their choice names the runs that follow."""
+    embeds the test split, and the runs of validation grids the validation split too; grid runs and
+    the experiments' `gating` runs start first among equally long runs, since they name the runs
+    that follow."""
     hooks = [exp.prefetch for exp in chosen if exp.prefetch is not None]
+    gating = (SELECTION_LABEL, *(prefix for exp in chosen for prefix in exp.gating))
     if hooks:
         with_val = ("val", "test") if ctx.has_val() else ("test",)
         ctx.train_as_named(
             lambda: [job for hook in hooks for job in hook(ctx)],
             lambda label: with_val if label.startswith(SELECTION_LABEL) else ("test",),
-            gates=lambda label: label.startswith(SELECTION_LABEL),
+            gates=lambda label: label.startswith(gating),
         )
 
 

@@ -41,7 +41,7 @@ class GridSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     seeds: list[int] = Field(default_factory=lambda: [0])
-    kd_lambda: list[float] = Field(default_factory=lambda: [5.0, 20.0, 50.0])
+    kd_lambda: list[float] = Field(default_factory=lambda: [20.0, 50.0])
     pad_lambda: list[float] | None = None
     is_bandwidth_deg: list[float] = Field(default_factory=lambda: [6.0, 12.0, 24.0])
     soft_exp_T: list[float] = Field(default_factory=lambda: [0.1, 0.5, 2.0])
