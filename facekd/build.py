@@ -327,11 +327,13 @@ class Run:
         return run_record(self.cfg, self.dataset, self.teacher, self.sampler)
 
 
-def build_run(cfg: RunConfig) -> Run:
-    """Dataset, teacher, sampler, then (after seeding with `train.seed`) the task."""
+def build_run(cfg: RunConfig, progress: bool = True) -> Run:
+    """Dataset, teacher, sampler (progress bars when `progress`), then (after seeding with
+    `train.seed`) the task."""
     dataset = build_dataset(cfg.data)
     teacher = build_teacher(cfg, dataset) if cfg.teacher is not None else None
-    sampler = build_sampler(cfg.sampler, dataset, cfg.train.seed, teacher.cache if teacher else None)
+    cache = teacher.cache if teacher else None
+    sampler = build_sampler(cfg.sampler, dataset, cfg.train.seed, cache, progress=progress)
     seed_everything(cfg.train.seed)
     task = build_task(cfg, dataset, teacher.provider if teacher else None)
     return Run(cfg, dataset, teacher, sampler, task)
@@ -419,7 +421,7 @@ def run_training(cfg: RunConfig, resume: bool = True, progress: bool = True) -> 
             store.invalidate(cfg.run_dir, [*RUN_ARTIFACTS, RUN_RECORD])
         if resume:
             _check_against_run_dir(cfg, {"config": config_record(cfg)})
-        run = build_run(cfg)
+        run = build_run(cfg, progress=progress)
         record = run.record()
         if resume:
             _check_against_run_dir(cfg, record)
