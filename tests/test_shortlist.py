@@ -43,9 +43,11 @@ def test_shortlist_refuses_bad_arguments():
 def test_cell_graph_puts_each_cell_first_and_the_rest_by_cosine():
     dirs = _unit(np.random.default_rng(2), 6, 16)
     ids = np.array([[3, 1, 2], [0, 1, 5]])  # cell 0 missing from its own list: it replaces the farthest
-    got = _self_first_by_cosine(dirs, ids.copy(), 0)
+    got, got_cos = _self_first_by_cosine(dirs, ids.copy(), 0)
     assert got[:, 0].tolist() == [0, 1]
     cos = [[float(dirs[r] @ dirs[c]) for c in got[r, 1:]] for r in range(2)]
+    np.testing.assert_allclose(got_cos[:, 1:], cos, rtol=1e-6)
+    assert (got_cos[:, 0] == 1.0).all()
     assert all(a >= b for row in cos for a, b in itertools.pairwise(row))
     far0 = min((1, 2, 3), key=lambda c: float(dirs[0] @ dirs[c]))
     assert far0 not in got[0].tolist()

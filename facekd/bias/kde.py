@@ -548,24 +548,27 @@ def _near_cells(dirs: np.ndarray, p: int) -> tuple[np.ndarray, np.ndarray, float
         shortlist = Shortlist(dirs)
         ids = shortlist.search(dirs[s0:s1], p)
         offset = 2 * BF16_COS_ERROR if shortlist.dtype == "bf16" else 0.0
-    ids = _self_first_by_cosine(dirs, ids, s0)
+    ids, cos = _self_first_by_cosine(dirs, ids, s0)
     if dist.world_size() > 1:
-        ids = dist.all_gather_cat(torch.from_numpy(ids).to(_collective_device())).cpu().numpy()
-    cos = np.einsum("cd,cpd->cp", dirs.astype(np.float64), dirs[ids].astype(np.float64))
-    cos[:, 0] = 1.0
+        local = torch.from_numpy(np.concatenate([cos, ids.astype(np.float64)], 1)).to(_collective_device())
+        both = dist.all_gather_cat(local).cpu().numpy()
+        cos, ids = both[:, :p], both[:, p:].astype(np.int64)
     return ids, cos, offset
 
 
-def _self_first_by_cosine(dirs: np.ndarray, ids: np.ndarray, s0: int) -> np.ndarray:
+def _self_first_by_cosine(dirs: np.ndarray, ids: np.ndarray, s0: int) -> tuple[np.ndarray, np.ndarray]:
     """ids (q, p) of the cells s0.. reordered: the cell itself first (in place of the farthest entry
-    if the search left it out), then the others by decreasing float64 cosine."""
+    if the search left it out), then the others by decreasing cosine; with their float64 cosines
+    (q, p), the first 1."""
     own = np.arange(s0, s0 + ids.shape[0])
     missing = ~(ids == own[:, None]).any(1)
     ids[missing, -1] = own[missing]
     cos = np.einsum("qd,qpd->qp", dirs[own].astype(np.float64), dirs[ids].astype(np.float64))
     cos[ids == own[:, None]] = np.inf
     order = np.argsort(-cos, axis=1, kind="stable")
-    return np.take_along_axis(ids, order, 1)
+    cos = np.take_along_axis(cos, order, 1)
+    cos[np.isinf(cos)] = 1.0  # the cell itself
+    return np.take_along_axis(ids, order, 1), cos
 
 
 def kde_knn(

@@ -175,10 +175,13 @@ def is_selection(ctx: DemoContext) -> dict:
     return select(ctx, "is_bandwidth_deg", grid, lambda h, s: is_grid_config(ctx, kd, h, s), "kd_is")
 
 
-def is_selection_if_ready(ctx: DemoContext, kd: dict) -> dict | None:
-    """`is_selection` when its grid is trained, else None."""
+def _is_grid(ctx: DemoContext, kd: dict) -> tuple[list[tuple[RunConfig, str]], float | None]:
+    """The runs of the IS bandwidth grid of KD + IS (`kd`: KD's distill block), and the chosen h
+    once they are trained (else None)."""
     grid = ctx.settings.grid.is_bandwidth_deg
-    return select_if_ready(ctx, "is_bandwidth_deg", grid, lambda h, s: is_grid_config(ctx, kd, h, s))
+    jobs = grid_jobs(ctx, "is_bandwidth_deg", grid, lambda h, s: is_grid_config(ctx, kd, h, s), "kd_is")
+    sel = select_if_ready(ctx, "is_bandwidth_deg", grid, lambda h, s: is_grid_config(ctx, kd, h, s))
+    return jobs, None if sel is None else sel["best"]
 
 
 def prefetch_table2(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
@@ -191,24 +194,24 @@ def prefetch_table2(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
         (variant_config(ctx, s, {"distill": kd, "sample": "extrinsic"}), f"students/bias_kd_es/seed{s}")
         for s in ctx.seeds
     ]
-    grid = ctx.settings.grid.is_bandwidth_deg
-    jobs += grid_jobs(ctx, "is_bandwidth_deg", grid, lambda h, s: is_grid_config(ctx, kd, h, s), "kd_is")
-    sel = is_selection_if_ready(ctx, kd)
-    if sel is not None:
-        jobs += [(is_grid_config(ctx, kd, sel["best"], s), f"students/bias_kd_is/seed{s}") for s in ctx.seeds]
+    grid, h = _is_grid(ctx, kd)
+    jobs += grid
+    if h is not None:
+        jobs += [(is_grid_config(ctx, kd, h, s), f"students/bias_kd_is/seed{s}") for s in ctx.seeds]
     return jobs
 
 
 def prefetch_table6(ctx: DemoContext) -> list[tuple[RunConfig, str]]:
-    """Table 2's runs, scratch + ES (needs the teacher) and scratch + IS (needs h)."""
+    """scratch + ES (needs the teacher), the IS grid (needs KD's λ), then scratch + IS (needs h)."""
     if not ctx.teacher_ready():
         return []
-    jobs = prefetch_table2(ctx)
-    jobs += [(variant_config(ctx, s, {"sample": "extrinsic"}), f"students/bias_scratch_es/seed{s}") for s in ctx.seeds]
+    jobs = [(variant_config(ctx, s, {"sample": "extrinsic"}), f"students/bias_scratch_es/seed{s}") for s in ctx.seeds]
     kd_sel = kd_selection_if_ready(ctx)
-    sel = None if kd_sel is None else is_selection_if_ready(ctx, kd_block(kd_sel["best"]))
-    if sel is not None:
-        h = sel["best"]
+    if kd_sel is None:
+        return jobs
+    grid, h = _is_grid(ctx, kd_block(kd_sel["best"]))
+    jobs += grid
+    if h is not None:
         jobs += [
             (variant_config(ctx, s, {"sample": "intrinsic", "h": h}), f"students/bias_scratch_is/seed{s}")
             for s in ctx.seeds
